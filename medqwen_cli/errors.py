@@ -1,0 +1,57 @@
+"""Known errors. Each says what was expected, what was found, and how to fix it.
+
+The CLI turns any `MedqwenError` into two lines on stderr (`Error: ...` / `Hint: ...`) and exit
+code 1; anything else is a bug and shows a traceback only under `MEDQWEN_DEBUG=1`.
+"""
+
+from __future__ import annotations
+
+
+class MedqwenError(Exception):
+    """Base class: `message` says what is wrong, `hint` says how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class RecipeError(MedqwenError):
+    """A recipe file or a `--set` override is invalid. `problems` lists every (path, message)."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, problems: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.problems = problems or []
+
+
+class BaseModelError(MedqwenError):
+    """A base model cannot be found or loaded."""
+
+
+class BundleError(MedqwenError):
+    """A bundle is missing, corrupt, locked, or from a newer format."""
+
+
+class BundleLockedError(BundleError):
+    """Another process holds the bundle's write lock."""
+
+
+class AdapterError(MedqwenError):
+    """Adapter settings do not fit the model (rank too large, no target matched, ...)."""
+
+
+class DataError(MedqwenError):
+    """A dataset file or record is invalid; the message names the file and line."""
+
+
+class TrainingError(MedqwenError):
+    """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
+
+
+class EvaluationError(MedqwenError):
+    """An evaluation cannot be run or a report cannot be built."""

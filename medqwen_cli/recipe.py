@@ -1,0 +1,480 @@
+"""Recipes: one pydantic model for everything a run needs, loaded from YAML or JSON.
+
+A recipe is validated as a whole: every problem (unknown key, wrong type, missing dataset) is
+collected and reported at once with its dotted path, and a misspelt key gets a "did you mean".
+`--set a.b=value` overrides any field; the value is parsed as YAML and typed by the schema.
+
+Relative dataset paths are resolved against the directory of the recipe file, so a recipe can be
+moved together with its data and a resolved recipe (stored in a bundle) needs no working directory.
+Dataset paths of the form `builtin:NAME` name a task the package generates itself (no download).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medqwen_cli.errors import RecipeError
+
+# Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
+BUILTIN_TASKS = ("xray", "ct", "mri", "fundus", "pathology", "dicom")
+
+DEFAULT_TARGETS = [
+    r"layers\.\d+\.self_attn\.(q|k|v|o)_proj$",
+    r"layers\.\d+\.mlp\.(gate|up|down)_proj$",
+]
+DEFAULT_EXCLUDE = [r"(^|\.)visual\.", r"(^|\.)lm_head$"]
+
+Method = Literal["sslora", "moelora", "lora", "pissa"]
+DatasetFormat = Literal[
+    "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom"
+]
+TaskType = Literal["vqa_closed", "vqa_open", "report", "classification", "pope"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    base: str = Field(
+        "tiny-qwen2-vl",
+        description="Base model: a local directory, a Hub id in the local cache, an alias "
+        "(Qwen2-VL, Qwen2.5-VL, ...) or a built-in preset (tiny-qwen2-vl, tiny-qwen2.5-vl).",
+    )
+    revision: str | None = Field(None, description="Hub revision (commit) when `base` is a Hub id.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype of the frozen base: auto = float32 on CPU, bfloat16 on GPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Device: auto = cuda when available, else cpu."
+    )
+
+
+class AdapterConfig(_Strict):
+    method: Method = Field(
+        "sslora",
+        description="sslora = routed experts from spectral segments (this method); moelora = "
+        "routed experts with random init; lora = one rank-r LoRA; pissa = principal-SVD LoRA.",
+    )
+    experts: int = Field(8, ge=1, le=256, description="Number of experts E (lora/pissa use 1).")
+    top_k: int = Field(2, ge=1, description="Experts routed per token (k <= E).")
+    rank: int = Field(32, ge=1, description="Total rank r over all experts; per-expert rank r/E.")
+    scaling: Literal["theory", "constant"] = Field(
+        "theory",
+        description="theory: s = sqrt(3 * fan_in * eta / d) per layer; constant: s = alpha / d.",
+    )
+    alpha: float = Field(64.0, gt=0, description="Constant-scaling numerator: s = alpha / d.")
+    eta: float = Field(0.1, gt=0, description="LR ratio (full fine-tuning LR / adapter LR).")
+    rho: float = Field(10.0, gt=0, description="Damping of the spectral init: s*B0*A0 = U S V^T / rho.")
+    segments: Literal["spread", "principal", "minor", "random"] = Field(
+        "spread", description="Which singular indices each expert takes (sslora)."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    balance_loss: float = Field(
+        1e-3, ge=0, description="Weight lambda of the load-balance loss (0 turns it off)."
+    )
+    targets: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGETS),
+        description="Regexes searched in module names; a linear layer matching one is adapted.",
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EXCLUDE),
+        description="Regexes of module names never adapted (vision tower, merger, lm_head).",
+    )
+    seed: int = Field(0, description="Seed for router init, random segments and random factors.")
+
+    @field_validator("targets", "exclude")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> AdapterConfig:
+        experts = 1 if self.method in ("lora", "pissa") else self.experts
+        if self.method in ("sslora", "moelora"):
+            if self.top_k > experts:
+                raise ValueError(f"top_k ({self.top_k}) must be <= experts ({experts})")
+            if self.rank % experts:
+                raise ValueError(
+                    f"rank ({self.rank}) must be divisible by experts ({experts}) so every expert "
+                    f"gets the same rank; try rank={experts * max(1, round(self.rank / experts))}"
+                )
+        return self
+
+    @property
+    def num_experts(self) -> int:
+        """Experts actually used: lora and pissa are single-expert methods."""
+        return 1 if self.method in ("lora", "pissa") else self.experts
+
+    @property
+    def expert_rank(self) -> int:
+        return self.rank // self.num_experts
+
+
+class DatasetSpec(_Strict):
+    path: str = Field(
+        ...,
+        description="A file or directory of data, or builtin:NAME for a generated task "
+        f"({', '.join(BUILTIN_TASKS)}). Relative paths are relative to the recipe file.",
+    )
+    name: str | None = Field(None, description="Name in logs and reports (default: from the path).")
+    format: DatasetFormat = Field("auto", description="Reader; auto detects it from the content.")
+    task_type: TaskType | None = Field(
+        None, description="Force a task type for every record (default: from the data)."
+    )
+    split: str = Field("train", description="Split used for training (file <split>.jsonl in a dir).")
+    eval_split: str | None = Field("eval", description="Split used for evaluation, or null.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight under the weighted regime.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.path.startswith("builtin:"):
+            return self.path.split(":", 1)[1]
+        return Path(self.path).stem or Path(self.path).name
+
+
+class DataConfig(_Strict):
+    datasets: list[DatasetSpec] = Field(
+        default_factory=list, description="Datasets `medqwen train` uses when no --task is given."
+    )
+
+
+class RegimeConfig(_Strict):
+    kind: Literal["mixed", "weighted", "temperature", "round_robin", "sequential"] = Field(
+        "mixed",
+        description="How datasets mix: mixed (by size), weighted (by weight), temperature "
+        "(size^(1/T)), round_robin, sequential (one after another).",
+    )
+    temperature: float = Field(2.0, gt=0, description="T of the temperature regime.")
+
+
+class TaskConfig(_Strict):
+    datasets: list[DatasetSpec] = Field(..., min_length=1, description="Datasets of this task.")
+    regime: RegimeConfig | None = Field(None, description="Regime inside this task (default: top).")
+    description: str | None = Field(None, description="Free text shown in reports.")
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(2e-4, gt=0, description="Learning rate of the expert factors.")
+    router_lr: float | None = Field(None, gt=0, description="Learning rate of routers (default: lr).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored with max_steps).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    batch_size: int = Field(4, ge=1, description="Samples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="Max gradient norm (null: no clipping).")
+    seed: int = Field(0, description="Seed for data order, dropout and sampling.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = fp32 on CPU, bf16 autocast on GPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    checkpoint_every: int = Field(100, ge=1, description="Save resumable state every N steps.")
+    log_every: int = Field(10, ge=1, description="Write a train_log.jsonl line every N steps.")
+    max_image_pixels: int = Field(
+        224 * 224, ge=28 * 28, description="Images are resized to at most this many pixels."
+    )
+    max_length: int = Field(2048, ge=16, description="Token cap per sample (prompt truncated first).")
+
+
+class EvalConfig(_Strict):
+    tasks: list[str] | None = Field(None, description="Tasks to evaluate (default: all seen).")
+    batch_size: int = Field(8, ge=1, description="Samples per evaluation batch.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation cap for open answers and reports.")
+    max_samples: int | None = Field(None, ge=1, description="Evaluate at most N samples per task.")
+    scoring: Literal["likelihood", "generate"] = Field(
+        "likelihood", description="Closed questions: score candidates, or generate and parse."
+    )
+    finding_keywords: list[str] = Field(
+        default_factory=list, description="Clinical terms for the report finding-F1."
+    )
+
+
+class Recipe(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The frozen base model.")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="The adapter method.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training data of `train`.")
+    regime: RegimeConfig = Field(default_factory=RegimeConfig, description="How datasets mix.")
+    tasks: dict[str, TaskConfig] = Field(
+        default_factory=dict, description="Named tasks for `train --task` and `continue --task`."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    def task_datasets(self, name: str) -> list[DatasetSpec]:
+        """Datasets of task `name`: a recipe task, or a dataset path / builtin:NAME given directly."""
+        if name in self.tasks:
+            return list(self.tasks[name].datasets)
+        if name.startswith("builtin:") or Path(name).exists():
+            return [DatasetSpec(path=str(Path(name).resolve()) if Path(name).exists() else name)]
+        known = ", ".join(sorted(self.tasks)) or "none"
+        close = difflib.get_close_matches(name, list(self.tasks), n=1)
+        raise RecipeError(
+            f"unknown task {name!r}: not a task of the recipe (tasks: {known}) nor an existing path",
+            f"did you mean {close[0]!r}?" if close else "define it under `tasks:` in the recipe, "
+            "or pass a dataset path or builtin:NAME",
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}", "check the path; `ls recipes/` lists shipped ones")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not UTF-8 text", "save it as UTF-8 YAML or JSON") from None
+    if not text.strip():
+        raise RecipeError(f"recipe {path} is empty", "start from recipes/debug/tiny.yaml")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        elif isinstance(exc, json.JSONDecodeError):
+            where = f" at line {exc.lineno}, column {exc.colno}"
+        problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or "parse error"
+        raise RecipeError(
+            f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}{where}: {problem}",
+            "fix the syntax there (indentation, a missing colon or quote)",
+        ) from None
+    if data is None:
+        raise RecipeError(f"recipe {path} is empty", "start from recipes/debug/tiny.yaml")
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"recipe {path} must be a mapping of sections, found {type(data).__name__}",
+            "top-level keys are: " + ", ".join(Recipe.model_fields),
+        )
+    return data
+
+
+def _inner_model(annotation: Any, _part: str) -> Any:
+    """The pydantic model inside `X`, `X | None`, `list[X]` or `dict[str, X]`, else None."""
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in args or ():
+        inner = _inner_model(arg, _part)
+        if inner is not None:
+            return _ContainerOf(inner) if getattr(annotation, "__origin__", None) in (list, dict) else inner
+    return None
+
+
+class _ContainerOf:
+    """Marks a list/dict of models: the next path part is an index or key, then the model."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(choices)}"
+
+
+def _problems(exc: ValidationError, raw: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = ".".join(loc) or "(top)"
+        if err["type"] == "extra_forbidden":
+            choices = _valid_keys(loc[:-1])
+            message = f"unknown key {loc[-1]!r}; {_suggest(loc[-1], choices)}"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        else:
+            given = err.get("input")
+            shown = repr(given) if not isinstance(given, dict | list) else type(given).__name__
+            message = f"{err['msg']} (got {shown[:60]})"
+        problems.append((path, message))
+    return problems
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    current: Any = Recipe
+    for part in loc:
+        if isinstance(current, _ContainerOf):
+            current = current.model  # skip the index/key
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            current = _inner_model(field.annotation, part) if field else None
+    if isinstance(current, _ContainerOf):
+        current = current.model
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in item:
+        raise RecipeError(
+            f"--set {item!r} is not of the form key.path=value", "example: --set train.lr=1e-4"
+        )
+    key, value = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"--set {item!r} has an empty key", "example: --set adapter.rank=16")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def _check_override_path(parts: list[str]) -> None:
+    """Refuse `--set` on a path the schema does not have, with a suggestion."""
+    current: Any = Recipe
+    for i, part in enumerate(parts):
+        if isinstance(current, _ContainerOf):
+            current = current.model
+            continue  # this part is a list index or a dict key
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            dotted = ".".join(parts[:i])
+            raise RecipeError(
+                f"--set {'.'.join(parts)}: {dotted!r} is a value, it has no field {part!r}",
+                f"set {dotted} itself, e.g. --set {dotted}=...",
+            )
+        field = current.model_fields.get(part)
+        if field is None:
+            where = ".".join(parts[:i]) or "the recipe"
+            raise RecipeError(
+                f"--set {'.'.join(parts)}: {where} has no field {part!r}",
+                _suggest(part, list(current.model_fields)),
+            )
+        current = _inner_model(field.annotation, part)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` items to a raw recipe dict (in place, also returned)."""
+    for item in overrides:
+        parts, value = parse_override(item)
+        _check_override_path(parts)
+        node: Any = raw
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), dict | list):
+                node[part] = {}
+            node = node[part]
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return raw
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    def fix(specs: Any) -> None:
+        for spec in specs if isinstance(specs, list) else []:
+            path = spec.get("path") if isinstance(spec, dict) else None
+            if isinstance(path, str) and not path.startswith("builtin:"):
+                p = Path(path).expanduser()
+                spec["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        fix(data.get("datasets"))
+    tasks = raw.get("tasks")
+    if isinstance(tasks, dict):
+        for task in tasks.values():
+            if isinstance(task, dict):
+                fix(task.get("datasets"))
+
+
+def dataset_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Datasets whose path does not exist (or names an unknown built-in task)."""
+    problems = []
+    groups = [("data.datasets", recipe.data.datasets)] + [
+        (f"tasks.{name}.datasets", task.datasets) for name, task in recipe.tasks.items()
+    ]
+    for prefix, specs in groups:
+        for i, spec in enumerate(specs):
+            where = f"{prefix}.{i}.path"
+            if spec.path.startswith("builtin:"):
+                name = spec.path.split(":", 1)[1]
+                if name not in BUILTIN_TASKS:
+                    problems.append((where, f"unknown built-in task {name!r}; {_suggest(name, list(BUILTIN_TASKS))}"))
+            elif not Path(spec.path).exists():
+                problems.append((where, f"path does not exist: {spec.path}"))
+    return problems
+
+
+def build_recipe(
+    raw: dict[str, Any], *, source: str = "recipe", check_paths: bool = True
+) -> Recipe:
+    """Validate a raw dict into a Recipe, raising one RecipeError that lists every problem."""
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = _problems(exc, raw)
+        raise RecipeError(
+            f"{source} has {len(problems)} problem{'s' * (len(problems) > 1)}: "
+            + "; ".join(f"{p}: {m}" for p, m in problems),
+            "fix the keys above; `medqwen validate RECIPE` shows them as a table, "
+            "docs/recipes.md lists every field",
+            problems,
+        ) from None
+    if check_paths:
+        problems = dataset_problems(recipe)
+        if problems:
+            raise RecipeError(
+                f"{source}: {len(problems)} dataset path{'s' * (len(problems) > 1)} not found: "
+                + "; ".join(f"{p}: {m}" for p, m in problems),
+                "paths are relative to the recipe file; built-in tasks are builtin:"
+                + "|builtin:".join(BUILTIN_TASKS),
+                problems,
+            )
+    return recipe
+
+
+def load_recipe(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    base: dict[str, Any] | None = None,
+    check_paths: bool = True,
+) -> Recipe:
+    """Load a recipe file (or start from `base`, e.g. the recipe stored in a bundle), apply
+    `--set` overrides, resolve relative paths, validate everything at once."""
+    if path is not None:
+        path = Path(path)
+        raw = _read_file(path)
+        _resolve_paths(raw, path.resolve().parent)
+        source = f"recipe {path}"
+    else:
+        raw = json.loads(json.dumps(base or {}))
+        source = "recipe"
+    if overrides:
+        apply_overrides(raw, overrides)
+        _resolve_paths(raw, Path.cwd())
+    return build_recipe(raw, source=source, check_paths=check_paths)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain JSON data (stored in bundles and versions)."""
+    return recipe.model_dump(mode="json")
