@@ -50,7 +50,8 @@ class ModelConfig(_Strict):
     )
     revision: str | None = Field(None, description="Hub revision (commit) when `base` is a Hub id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype of the frozen base: auto = float32 on CPU, bfloat16 on GPU."
+        "auto",
+        description="Weight dtype of the frozen base: auto = float32 on CPU, bfloat16 on GPU.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Device: auto = cuda when available, else cpu."
@@ -72,7 +73,9 @@ class AdapterConfig(_Strict):
     )
     alpha: float = Field(64.0, gt=0, description="Constant-scaling numerator: s = alpha / d.")
     eta: float = Field(0.1, gt=0, description="LR ratio (full fine-tuning LR / adapter LR).")
-    rho: float = Field(10.0, gt=0, description="Damping of the spectral init: s*B0*A0 = U S V^T / rho.")
+    rho: float = Field(
+        10.0, gt=0, description="Damping of the spectral init: s*B0*A0 = U S V^T / rho."
+    )
     segments: Literal["spread", "principal", "minor", "random"] = Field(
         "spread", description="Which singular indices each expert takes (sslora)."
     )
@@ -134,7 +137,9 @@ class DatasetSpec(_Strict):
     task_type: TaskType | None = Field(
         None, description="Force a task type for every record (default: from the data)."
     )
-    split: str = Field("train", description="Split used for training (file <split>.jsonl in a dir).")
+    split: str = Field(
+        "train", description="Split used for training (file <split>.jsonl in a dir)."
+    )
     eval_split: str | None = Field("eval", description="Split used for evaluation, or null.")
     weight: float = Field(1.0, gt=0, description="Sampling weight under the weighted regime.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
@@ -171,7 +176,9 @@ class TaskConfig(_Strict):
 
 class TrainConfig(_Strict):
     lr: float = Field(2e-4, gt=0, description="Learning rate of the expert factors.")
-    router_lr: float | None = Field(None, gt=0, description="Learning rate of routers (default: lr).")
+    router_lr: float | None = Field(
+        None, gt=0, description="Learning rate of routers (default: lr)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored with max_steps).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
@@ -192,13 +199,17 @@ class TrainConfig(_Strict):
     max_image_pixels: int = Field(
         224 * 224, ge=28 * 28, description="Images are resized to at most this many pixels."
     )
-    max_length: int = Field(2048, ge=16, description="Token cap per sample (prompt truncated first).")
+    max_length: int = Field(
+        2048, ge=16, description="Token cap per sample (prompt truncated first)."
+    )
 
 
 class EvalConfig(_Strict):
     tasks: list[str] | None = Field(None, description="Tasks to evaluate (default: all seen).")
     batch_size: int = Field(8, ge=1, description="Samples per evaluation batch.")
-    max_new_tokens: int = Field(64, ge=1, description="Generation cap for open answers and reports.")
+    max_new_tokens: int = Field(
+        64, ge=1, description="Generation cap for open answers and reports."
+    )
     max_samples: int | None = Field(None, ge=1, description="Evaluate at most N samples per task.")
     scoring: Literal["likelihood", "generate"] = Field(
         "likelihood", description="Closed questions: score candidates, or generate and parse."
@@ -229,8 +240,9 @@ class Recipe(_Strict):
         close = difflib.get_close_matches(name, list(self.tasks), n=1)
         raise RecipeError(
             f"unknown task {name!r}: not a task of the recipe (tasks: {known}) nor an existing path",
-            f"did you mean {close[0]!r}?" if close else "define it under `tasks:` in the recipe, "
-            "or pass a dataset path or builtin:NAME",
+            f"did you mean {close[0]!r}?"
+            if close
+            else "define it under `tasks:` in the recipe, or pass a dataset path or builtin:NAME",
         )
 
 
@@ -239,11 +251,15 @@ class Recipe(_Strict):
 
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}", "check the path; `ls recipes/` lists shipped ones")
+        raise RecipeError(
+            f"recipe file not found: {path}", "check the path; `ls recipes/` lists shipped ones"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise RecipeError(f"recipe {path} is not UTF-8 text", "save it as UTF-8 YAML or JSON") from None
+        raise RecipeError(
+            f"recipe {path} is not UTF-8 text", "save it as UTF-8 YAML or JSON"
+        ) from None
     if not text.strip():
         raise RecipeError(f"recipe {path} is empty", "start from recipes/debug/tiny.yaml")
     try:
@@ -278,7 +294,11 @@ def _inner_model(annotation: Any, _part: str) -> Any:
     for arg in args or ():
         inner = _inner_model(arg, _part)
         if inner is not None:
-            return _ContainerOf(inner) if getattr(annotation, "__origin__", None) in (list, dict) else inner
+            return (
+                _ContainerOf(inner)
+                if getattr(annotation, "__origin__", None) in (list, dict)
+                else inner
+            )
     return None
 
 
@@ -418,7 +438,12 @@ def dataset_problems(recipe: Recipe) -> list[tuple[str, str]]:
             if spec.path.startswith("builtin:"):
                 name = spec.path.split(":", 1)[1]
                 if name not in BUILTIN_TASKS:
-                    problems.append((where, f"unknown built-in task {name!r}; {_suggest(name, list(BUILTIN_TASKS))}"))
+                    problems.append(
+                        (
+                            where,
+                            f"unknown built-in task {name!r}; {_suggest(name, list(BUILTIN_TASKS))}",
+                        )
+                    )
             elif not Path(spec.path).exists():
                 problems.append((where, f"path does not exist: {spec.path}"))
     return problems
@@ -478,3 +503,38 @@ def load_recipe(
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe as plain JSON data (stored in bundles and versions)."""
     return recipe.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- docs
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelConfig,
+    "adapter": AdapterConfig,
+    "data.datasets[] / tasks.NAME.datasets[]": DatasetSpec,
+    "regime": RegimeConfig,
+    "tasks.NAME": TaskConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def schema_markdown() -> str:
+    """The field reference of docs/recipes.md, generated from the schema (a test keeps it in sync)."""
+    out = []
+    for section, model in SECTIONS.items():
+        out.append(
+            f"### `{section}`\n\n| field | type | default | description |\n|---|---|---|---|"
+        )
+        for name, field in model.model_fields.items():
+            annotation = str(field.annotation).replace("typing.", "").replace("<class '", "")
+            annotation = annotation.replace("'>", "").replace("|", "\\|")
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                default = json.dumps(field.default_factory(), default=lambda o: o.model_dump())
+            else:
+                default = json.dumps(field.default)
+            default = default.replace("|", "\\|")
+            out.append(f"| `{name}` | `{annotation}` | `{default}` | {field.description or ''} |")
+        out.append("")
+    return "\n".join(out)

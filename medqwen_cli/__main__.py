@@ -1,0 +1,3 @@
+from medqwen_cli.cli.app import main
+
+main()

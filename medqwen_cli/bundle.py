@@ -1,0 +1,642 @@
+"""Versioned bundle store: every version of one adapter lineage, immutable, checksummed.
+
+    <bundle>/
+      bundle.json            Manifest: format, base (id, fingerprint), method, recipe, versions, head
+      init.safetensors       frozen spectral factors A_j0 / B_j0 (exact residual, never re-SVD)
+      versions/v0001/        one immutable directory per version:
+        adapter.safetensors    trainable tensors; keys relative to the target module path
+        version.json           parent, command, tasks, recipe, time, sha256 of every file
+        metrics.json           training summary (and any other files the writer adds)
+      evals.jsonl            one line per (version, task, metric, value)
+      work/                  resumable training state (not part of any version)
+      .lock                  held by the one process writing
+
+Crash safety: a version is written into `versions/.tmp-*`, fsynced, renamed into place, and only
+then published by an atomic rewrite of `bundle.json`. A crash at any point leaves the previous
+head readable; an unpublished version directory is ignored (and reported by `verify`). Versions are
+never rewritten or deleted. Only safetensors and JSON are written; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medqwen_cli import __version__
+from medqwen_cli.errors import BundleError, BundleLockedError
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+INIT_FILE = "init.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+VERSION_FILE = "version.json"
+EVALS_FILE = "evals.jsonl"
+LOCK_FILE = ".lock"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VersionEntry(_Model):
+    id: str
+    parent: str | None
+    command: str
+    tasks: list[str] = Field(default_factory=list, description="tasks trained in this version")
+    created: str
+    sha256: str = Field(..., description="sha256 of the version's version.json")
+
+
+class Manifest(_Model):
+    format_version: int = FORMAT_VERSION
+    medqwen_version: str = __version__
+    created: str
+    base: dict[str, Any] = Field(..., description="BaseInfo: name, id, revision, fingerprint, ...")
+    method: dict[str, Any] = Field(..., description="adapter config used at init")
+    recipe: dict[str, Any] = Field(..., description="resolved recipe given at init")
+    init_sha256: str | None = None
+    versions: list[VersionEntry] = Field(default_factory=list)
+    head: str | None = None
+
+    @property
+    def tasks_seen(self) -> list[str]:
+        seen: list[str] = []
+        for entry in self.versions:
+            seen += [t for t in entry.tasks if t not in seen]
+        return seen
+
+
+class VersionInfo(_Model):
+    """Contents of versions/vNNNN/version.json."""
+
+    id: str
+    parent: str | None
+    command: str
+    tasks: list[str]
+    lineage_tasks: list[str] = Field(..., description="every task trained from v0001 to this one")
+    created: str
+    medqwen_version: str
+    recipe: dict[str, Any]
+    files: dict[str, str] = Field(..., description="file name -> sha256")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors file written atomically (contiguous CPU copies)."""
+    from safetensors.torch import save
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(clean, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(
+            f"cannot read tensors from {path}: {str(exc)[:160]}",
+            "the file is truncated or corrupt; restore it from a backup copy of the bundle",
+        ) from None
+
+
+def is_bundle(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def find_bundle(path: str | Path | None = None) -> Path:
+    """The bundle at `path`, else $MEDQWEN_BUNDLE, else the cwd or its nearest parent holding one."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise BundleError(
+                f"bundle path does not exist: {p}",
+                "create one with `medqwen init-experts --out DIR`",
+            )
+        if not is_bundle(p):
+            raise BundleError(
+                f"{p} is not a medqwen bundle (no {MANIFEST})",
+                "pass the directory made by `medqwen init-experts`",
+            )
+        return p.resolve()
+    env = os.environ.get("MEDQWEN_BUNDLE")
+    if env:
+        return find_bundle(env)
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if is_bundle(candidate):
+            return candidate
+    raise BundleError(
+        f"no bundle in {here} or any parent directory",
+        "cd into a bundle, pass its path, or set MEDQWEN_BUNDLE; create one with "
+        "`medqwen init-experts --base tiny-qwen2-vl --out DIR`",
+    )
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def bundle_lock(root: Path, command: str = "") -> Iterator[None]:
+    """Exclusive write lock: a second writer gets BundleLockedError; a dead holder's lock is taken over."""
+    lock = root / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": _now()}
+    for _attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            stale = holder.get("host") == me["host"] and not _pid_alive(
+                int(holder.get("pid", 0) or 0)
+            )
+            if stale or not holder:
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            raise BundleLockedError(
+                f"bundle {root} is locked by process {holder.get('pid')} on {holder.get('host')} "
+                f"({holder.get('command') or 'unknown command'}, since {holder.get('since')})",
+                "wait for that command to finish; if it is gone on another host, delete "
+                f"{lock} by hand",
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:  # pragma: no cover - two stale takeovers in a row
+        raise BundleLockedError(f"could not take the lock of {root}", "retry the command")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+class Bundle:
+    """An opened bundle. Reads verify checksums; writes take the lock and are atomic."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    # ----- opening and creating
+
+    @classmethod
+    def open(cls, path: str | Path | None = None) -> Bundle:
+        root = find_bundle(path)
+        return cls(root, cls._read_manifest(root))
+
+    @staticmethod
+    def _read_manifest(root: Path) -> Manifest:
+        file = root / MANIFEST
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(
+                f"cannot read {file}: {exc}", "the manifest is corrupt; restore it from a backup"
+            ) from None
+        found = raw.get("format_version") if isinstance(raw, dict) else None
+        if not isinstance(found, int):
+            raise BundleError(
+                f"{file} has no format_version", "this is not a medqwen bundle manifest"
+            )
+        if found > FORMAT_VERSION:
+            raise BundleError(
+                f"bundle {root} has format {found}, newer than this medqwen reads ({FORMAT_VERSION}; "
+                f"written by medqwen {raw.get('medqwen_version', '?')})",
+                "upgrade medqwen: pip install -U medqwen-cli",
+            )
+        try:
+            return Manifest.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise BundleError(
+                f"{file} is invalid at {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                "the manifest was edited or damaged; restore it from a backup",
+            ) from None
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        *,
+        base: dict[str, Any],
+        method: dict[str, Any],
+        recipe: dict[str, Any],
+        init_tensors: dict[str, torch.Tensor] | None = None,
+    ) -> Bundle:
+        """Create an empty bundle (no versions yet) in `root`, refusing an existing bundle."""
+        root = Path(root).expanduser().resolve()
+        if is_bundle(root):
+            raise BundleError(
+                f"{root} already holds a bundle; medqwen never overwrites one",
+                "choose another --out directory, or continue this one with `medqwen train`",
+            )
+        if root.exists() and not root.is_dir():
+            raise BundleError(f"{root} exists and is not a directory", "choose another --out path")
+        root.mkdir(parents=True, exist_ok=True)
+        with bundle_lock(root, "init-experts"):
+            init_sha = None
+            if init_tensors is not None:
+                save_tensors(root / INIT_FILE, init_tensors, {"format": "medqwen-init"})
+                init_sha = sha256_file(root / INIT_FILE)
+            manifest = Manifest(
+                created=_now(), base=base, method=method, recipe=recipe, init_sha256=init_sha
+            )
+            atomic_write_json(root / MANIFEST, manifest.model_dump(mode="json"))
+        return cls(root, manifest)
+
+    # ----- reading
+
+    @property
+    def head(self) -> str | None:
+        return self.manifest.head
+
+    def entry(self, version: str | None = None) -> VersionEntry:
+        vid = self.resolve_version(version)
+        return next(e for e in self.manifest.versions if e.id == vid)
+
+    def resolve_version(self, version: str | None = None) -> str:
+        """`None`/'head' -> the head id; 'v3', '3', 'v0003' -> 'v0003'."""
+        if not self.manifest.versions:
+            raise BundleError(
+                f"bundle {self.root} has no versions yet",
+                "run `medqwen init-experts` to write v0001",
+            )
+        if version in (None, "head", "HEAD"):
+            return self.manifest.head  # type: ignore[return-value]
+        digits = str(version).lstrip("vV")
+        if not digits.isdigit():
+            raise BundleError(
+                f"bad version {version!r}", "versions look like v0001 (or 1); see `medqwen log`"
+            )
+        vid = f"v{int(digits):04d}"
+        if vid not in {e.id for e in self.manifest.versions}:
+            ids = ", ".join(e.id for e in self.manifest.versions)
+            raise BundleError(f"bundle has no version {vid}", f"versions: {ids}")
+        return vid
+
+    def version_dir(self, version: str | None = None) -> Path:
+        return self.root / "versions" / self.resolve_version(version)
+
+    def lineage(self, version: str | None = None) -> list[VersionEntry]:
+        """Entries from v0001 to `version` following parents."""
+        by_id = {e.id: e for e in self.manifest.versions}
+        chain = []
+        current: str | None = self.resolve_version(version)
+        while current is not None:
+            entry = by_id[current]
+            chain.append(entry)
+            current = entry.parent
+        return chain[::-1]
+
+    def read_version_info(self, version: str | None = None) -> VersionInfo:
+        entry = self.entry(version)
+        vdir = self.root / "versions" / entry.id
+        file = vdir / VERSION_FILE
+        if not file.is_file():
+            raise BundleError(
+                f"{file} is missing", "the version directory was damaged; restore it from a backup"
+            )
+        if sha256_file(file) != entry.sha256:
+            raise BundleError(
+                f"checksum mismatch for {file}",
+                "the file was modified or damaged; restore it from a backup",
+            )
+        info = VersionInfo.model_validate_json(file.read_text(encoding="utf-8"))
+        for name, digest in info.files.items():
+            path = vdir / name
+            if not path.is_file():
+                raise BundleError(
+                    f"{path} is missing", "restore the version directory from a backup"
+                )
+            if sha256_file(path) != digest:
+                raise BundleError(
+                    f"checksum mismatch for {path}: the file changed after it was written",
+                    "restore it from a backup; medqwen never loads a modified version",
+                )
+        return info
+
+    def read_adapter(self, version: str | None = None) -> dict[str, torch.Tensor]:
+        """Verified trainable tensors of a version."""
+        self.read_version_info(version)
+        return load_tensors(self.version_dir(version) / ADAPTER_FILE)
+
+    def read_init(self) -> dict[str, torch.Tensor]:
+        file = self.root / INIT_FILE
+        if self.manifest.init_sha256 is None:
+            return {}
+        if not file.is_file():
+            raise BundleError(
+                f"{file} is missing", "restore it from a backup; it cannot be rebuilt exactly"
+            )
+        if sha256_file(file) != self.manifest.init_sha256:
+            raise BundleError(f"checksum mismatch for {file}", "restore it from a backup")
+        return load_tensors(file)
+
+    def read_json(self, name: str, version: str | None = None) -> Any:
+        info = self.read_version_info(version)
+        if name not in info.files:
+            raise BundleError(f"version {info.id} has no {name}", f"files: {', '.join(info.files)}")
+        return json.loads((self.version_dir(version) / name).read_text(encoding="utf-8"))
+
+    # ----- writing
+
+    def append_version(
+        self,
+        adapter: dict[str, torch.Tensor],
+        *,
+        command: str,
+        tasks: list[str],
+        recipe: dict[str, Any],
+        parent: str | None = None,
+        json_files: dict[str, Any] | None = None,
+        files: dict[str, Path] | None = None,
+    ) -> VersionEntry:
+        """Write a new immutable version (child of `parent`, default the head) and make it head.
+
+        `json_files` are written as JSON, `files` copied; all get a checksum in version.json.
+        """
+        with bundle_lock(self.root, command):
+            self.manifest = self._read_manifest(self.root)  # another writer may have added one
+            if parent is None:
+                parent = self.manifest.head
+            elif parent not in {e.id for e in self.manifest.versions}:
+                raise BundleError(f"parent version {parent} does not exist", "see `medqwen log`")
+            vid = self._next_id()
+            lineage_tasks = self._lineage_tasks(parent) + list(tasks)
+            versions = self.root / "versions"
+            versions.mkdir(exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{vid}-", dir=versions))
+            try:
+                save_tensors(
+                    tmp / ADAPTER_FILE, adapter, {"format": "medqwen-adapter", "version": vid}
+                )
+                for name, data in (json_files or {}).items():
+                    atomic_write_json(tmp / name, data)
+                for name, src in (files or {}).items():
+                    shutil.copyfile(src, tmp / name)
+                digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                info = VersionInfo(
+                    id=vid,
+                    parent=parent,
+                    command=command,
+                    tasks=tasks,
+                    lineage_tasks=lineage_tasks,
+                    created=_now(),
+                    medqwen_version=__version__,
+                    recipe=recipe,
+                    files=digests,
+                )
+                atomic_write_json(tmp / VERSION_FILE, info.model_dump(mode="json"))
+                entry = VersionEntry(
+                    id=vid,
+                    parent=parent,
+                    command=command,
+                    tasks=tasks,
+                    created=info.created,
+                    sha256=sha256_file(tmp / VERSION_FILE),
+                )
+                os.rename(tmp, versions / vid)  # refuses to replace an existing directory
+                _fsync_dir(versions)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            manifest = self.manifest.model_copy(deep=True)
+            manifest.versions.append(entry)
+            manifest.head = vid
+            atomic_write_json(self.root / MANIFEST, manifest.model_dump(mode="json"))
+            self.manifest = manifest
+            return entry
+
+    def _lineage_tasks(self, version: str | None) -> list[str]:
+        if version is None:
+            return []
+        tasks: list[str] = []
+        for entry in self.lineage(version):
+            tasks += entry.tasks
+        return tasks
+
+    def _next_id(self) -> str:
+        """Next id after every published version and every directory on disk (even orphans)."""
+        used = [int(m.group(1)) for e in self.manifest.versions if (m := _VERSION_RE.match(e.id))]
+        vdir = self.root / "versions"
+        if vdir.is_dir():
+            used += [int(m.group(1)) for p in vdir.iterdir() if (m := _VERSION_RE.match(p.name))]
+        return f"v{max(used, default=0) + 1:04d}"
+
+    # ----- evaluations
+
+    def append_evals(self, records: list[dict[str, Any]]) -> None:
+        """Append evaluation lines {version, task, metric, value, ...} to evals.jsonl."""
+        if not records:
+            return
+        lines = "".join(json.dumps({"time": _now(), **r}, sort_keys=True) + "\n" for r in records)
+        with (
+            bundle_lock(self.root, "evaluate"),
+            open(self.root / EVALS_FILE, "a", encoding="utf-8") as fh,
+        ):
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_evals(self) -> list[dict[str, Any]]:
+        file = self.root / EVALS_FILE
+        if not file.is_file():
+            return []
+        records = []
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise BundleError(
+                    f"{file}:{number} is not valid JSON",
+                    "remove or repair that line (a write was cut off?)",
+                ) from None
+        return records
+
+    # ----- checks
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / "work"
+
+    def verify(self) -> list[str]:
+        """Every problem found in the bundle (empty when all checksums and files agree)."""
+        problems = []
+        try:
+            self.read_init()
+        except BundleError as exc:
+            problems.append(exc.message)
+        for entry in self.manifest.versions:
+            try:
+                self.read_version_info(entry.id)
+            except BundleError as exc:
+                problems.append(exc.message)
+        published = {e.id for e in self.manifest.versions}
+        vdir = self.root / "versions"
+        for path in sorted(vdir.iterdir()) if vdir.is_dir() else []:
+            if path.name not in published:
+                problems.append(
+                    f"unpublished directory {path} (left by an interrupted write; not loaded)"
+                )
+        return problems
+
+    def check_base(self, fingerprint: str) -> None:
+        expected = self.manifest.base.get("fingerprint")
+        if expected and expected != fingerprint:
+            raise BundleError(
+                f"base model fingerprint {fingerprint} differs from the bundle's {expected} "
+                f"(made on {self.manifest.base.get('model_id')})",
+                "apply the bundle to the base it was made on (see `medqwen inspect`)",
+            )
+
+
+# --------------------------------------------------------------------------- summaries (no torch)
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Shapes of the tensors in a safetensors file, read from its header only."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(
+            f"cannot read the header of {path}: {exc}", "the file is truncated or corrupt"
+        ) from None
+    header.pop("__metadata__", None)
+    return {k: v["shape"] for k, v in header.items()}
+
+
+def _count(shapes: dict[str, list[int]]) -> int:
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for dim in shape:
+            n *= dim
+        total += n
+    return total
+
+
+def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
+    """What `medqwen inspect` shows: manifest, head, parameter counts, integrity problems."""
+    m = bundle.manifest
+    summary: dict[str, Any] = {
+        "path": str(bundle.root),
+        "format_version": m.format_version,
+        "medqwen_version": m.medqwen_version,
+        "created": m.created,
+        "base": m.base,
+        "method": m.method,
+        "versions": len(m.versions),
+        "head": m.head,
+        "tasks_seen": m.tasks_seen,
+        "problems": bundle.verify(),
+    }
+    if m.versions:
+        vdir = bundle.version_dir(version)
+        adapter = tensor_shapes(vdir / ADAPTER_FILE)
+        summary["version"] = vdir.name
+        summary["trainable_parameters"] = _count(adapter)
+        summary["adapted_layers"] = len({k.rsplit(".", 1)[0] for k in adapter if "." in k})
+    if (bundle.root / INIT_FILE).is_file():
+        summary["frozen_init_parameters"] = _count(tensor_shapes(bundle.root / INIT_FILE))
+    base_path = Path(str(m.base.get("path", "")))
+    if base_path.is_dir():
+        try:
+            from medqwen_cli.modeling import checkpoint_files
+
+            summary["base_parameters"] = sum(
+                _count(tensor_shapes(f)) for f in checkpoint_files(base_path)
+            )
+        except Exception:  # the base may have moved; counts are informative only
+            summary["base_parameters"] = None
+    if summary.get("base_parameters") and summary.get("trainable_parameters"):
+        summary["trainable_percent"] = (
+            100.0 * summary["trainable_parameters"] / summary["base_parameters"]
+        )
+    return summary

@@ -1,0 +1,50 @@
+"""Option types shared by commands: the git-like BUNDLE argument, --format, --set."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+BundleArg = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional on Python 3.10
+    typer.Argument(
+        help="Bundle directory. Default: $MEDQWEN_BUNDLE, else the current directory or its "
+        "nearest parent holding a bundle (like git).",
+        show_default=False,
+    ),
+]
+
+FORMATS = ("table", "json", "csv")
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Output format: table, json or csv (default: table on a terminal, json otherwise).",
+        show_default=False,
+    ),
+]
+
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--set", "-s", help="Override a recipe field: --set train.lr=1e-4 (repeatable)."),
+]
+
+
+def resolve_format(value: str, allowed: tuple[str, ...] = FORMATS) -> str:
+    if value in ("", "auto"):
+        return "table" if sys.stdout.isatty() else "json"
+    if value not in allowed:
+        raise typer.BadParameter(
+            f"{value!r} is not one of {', '.join(allowed)}", param_hint="--format"
+        )
+    return value
+
+
+def command_line() -> str:
+    """The command as typed, for version records (argv only: never data)."""
+    return "medqwen " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,83 @@
+"""The `medqwen` Typer app and its error policy.
+
+Exit codes: 0 success, 1 a known error (`Error: ...` + `Hint: ...` on stderr), 2 bad usage.
+`MEDQWEN_DEBUG=1` prints the traceback (never with local variables, which may hold patient data).
+Commands import torch/transformers inside their bodies so `medqwen --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import typer
+
+from medqwen_cli import __version__
+from medqwen_cli.cli import inspect_cmd, log_cmd, validate_cmd
+from medqwen_cli.errors import MedqwenError
+
+app = typer.Typer(
+    name="medqwen",
+    help="Sparse Spectral LoRA for medical vision-language models: routed spectral experts, "
+    "continual tasks without forgetting, versioned adapter bundles. Results go to stdout, "
+    "logs and progress to stderr.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medqwen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+app.command("validate")(validate_cmd.validate)
+app.command("inspect")(inspect_cmd.inspect)
+app.command("log")(log_cmd.log)
+
+
+def _debug() -> bool:
+    return os.environ.get("MEDQWEN_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turn known errors into `Error:`/`Hint:` and exit 1."""
+    try:
+        app(args=argv, prog_name="medqwen")
+    except MedqwenError as exc:
+        if _debug():
+            traceback.print_exc()
+        sys.stderr.write(f"Error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"Hint: {exc.hint}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("Error: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so plainly; the traceback only on request
+        if _debug():
+            traceback.print_exc()
+        sys.stderr.write(f"Error: unexpected {type(exc).__name__}: {str(exc)[:300]}\n")
+        sys.stderr.write("Hint: rerun with MEDQWEN_DEBUG=1 for the traceback and report it\n")
+        sys.exit(1)

@@ -1,0 +1,48 @@
+"""`medqwen inspect [BUNDLE]`: manifest, versions, parameter counts, integrity."""
+
+from __future__ import annotations
+
+import typer
+
+from medqwen_cli.cli import _output
+from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
+
+
+def inspect(
+    bundle: BundleArg = None,
+    version: str | None = typer.Option(
+        None, "--version", "-v", help="Version to count (default: head)."
+    ),  # noqa: UP045
+    fmt: FormatOpt = "",
+) -> None:
+    """Show a bundle's base, method, versions, parameter counts and integrity check."""
+    from medqwen_cli.bundle import Bundle, summarize
+
+    fmt = resolve_format(fmt)
+    summary = summarize(Bundle.open(bundle), version)
+    base, method = summary["base"], summary["method"]
+    rows = [
+        {"field": "path", "value": summary["path"]},
+        {
+            "field": "base",
+            "value": f"{base.get('model_id')} ({base.get('source')}, fingerprint {base.get('fingerprint')})",
+        },
+        {
+            "field": "method",
+            "value": " ".join(
+                f"{k}={method[k]}"
+                for k in ("method", "experts", "top_k", "rank", "scaling", "segments")
+                if k in method
+            ),
+        },
+        {"field": "versions", "value": summary["versions"]},
+        {"field": "head", "value": summary["head"]},
+        {"field": "tasks seen", "value": summary["tasks_seen"]},
+        {"field": "adapted layers", "value": summary.get("adapted_layers")},
+        {"field": "trainable parameters", "value": summary.get("trainable_parameters")},
+        {"field": "frozen init parameters", "value": summary.get("frozen_init_parameters")},
+        {"field": "base parameters", "value": summary.get("base_parameters")},
+        {"field": "trainable %", "value": summary.get("trainable_percent")},
+        {"field": "integrity", "value": "ok" if not summary["problems"] else summary["problems"]},
+    ]
+    _output.emit(fmt, rows, ["field", "value"], title="bundle", data=summary)

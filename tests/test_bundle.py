@@ -1,0 +1,227 @@
+"""Bundle store: round trips, immutability, atomicity, locking and every corruption we can make."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medqwen_cli import bundle as bundle_mod
+from medqwen_cli.bundle import Bundle, bundle_lock, find_bundle
+from medqwen_cli.errors import BundleError, BundleLockedError
+
+
+def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "language_model.layers.0.self_attn.q_proj.lora_A": torch.randn(8, 64, generator=g),
+        "language_model.layers.0.self_attn.q_proj.lora_B": torch.randn(64, 8, generator=g),
+    }
+
+
+def make(tmp_path: Path, versions: int = 1) -> Bundle:
+    b = Bundle.create(
+        tmp_path / "b",
+        base={"model_id": "tiny-qwen2-vl", "fingerprint": "abc", "source": "preset"},
+        method={"method": "sslora", "experts": 4, "top_k": 2, "rank": 8},
+        recipe={"model": {"base": "tiny-qwen2-vl"}},
+        init_tensors={"x.init_A": torch.ones(2, 3)},
+    )
+    for i in range(versions):
+        b.append_version(
+            tensors(i),
+            command=f"test {i}",
+            tasks=[f"t{i}"],
+            recipe={},
+            json_files={"metrics.json": {"i": i}},
+        )
+    return b
+
+
+def test_round_trip_and_lineage(tmp_path: Path) -> None:
+    b = make(tmp_path, 3)
+    again = Bundle.open(b.root)
+    assert again.head == "v0003" and [e.id for e in again.lineage()] == ["v0001", "v0002", "v0003"]
+    assert again.manifest.tasks_seen == ["t0", "t1", "t2"]
+    for i, vid in enumerate(["v0001", "v0002", "v0003"]):
+        loaded = again.read_adapter(vid)
+        assert all(torch.equal(loaded[k], v) for k, v in tensors(i).items())
+        assert again.read_json("metrics.json", vid) == {"i": i}
+    assert again.read_version_info("v3").lineage_tasks == ["t0", "t1", "t2"]
+    assert torch.equal(again.read_init()["x.init_A"], torch.ones(2, 3))
+    assert again.verify() == []
+
+
+def test_branching_from_an_older_parent_keeps_every_version(tmp_path: Path) -> None:
+    b = make(tmp_path, 2)
+    entry = b.append_version(tensors(9), command="branch", tasks=["x"], recipe={}, parent="v0001")
+    assert entry.id == "v0003" and entry.parent == "v0001"
+    assert [e.id for e in b.lineage()] == ["v0001", "v0003"]
+    assert len(b.manifest.versions) == 3 and (b.root / "versions" / "v0002").is_dir()
+
+
+def test_create_refuses_an_existing_bundle(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    with pytest.raises(BundleError, match="never overwrites"):
+        Bundle.create(b.root, base={}, method={}, recipe={})
+    assert Bundle.open(b.root).head == "v0001"
+
+
+def test_evals_append_and_read(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    b.append_evals([{"version": "v0001", "task": "t0", "metric": "acc", "value": 0.5}])
+    b.append_evals([{"version": "v0001", "task": "t1", "metric": "acc", "value": 0.25}])
+    rows = b.read_evals()
+    assert [(r["task"], r["value"]) for r in rows] == [("t0", 0.5), ("t1", 0.25)]
+    with open(b.root / "evals.jsonl", "a") as fh:
+        fh.write('{"version": "v0001", "ta')
+    with pytest.raises(BundleError, match=r"evals.jsonl:3"):
+        b.read_evals()
+
+
+def test_find_bundle_like_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = make(tmp_path)
+    deep = b.root / "notes" / "deeper"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_bundle() == b.root
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError, match="no bundle in"):
+        find_bundle()
+    monkeypatch.setenv("MEDQWEN_BUNDLE", str(b.root))
+    assert find_bundle() == b.root
+    with pytest.raises(BundleError, match="not a medqwen bundle"):
+        find_bundle(tmp_path)
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    adapter = b.root / "versions/v0001/adapter.safetensors"
+    data = bytearray(adapter.read_bytes())
+    data[-1] ^= 0xFF
+    adapter.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        b.read_adapter()
+    assert any("checksum mismatch" in p for p in b.verify())
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    path = b.root / "versions/v0001/adapter.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(BundleError):
+        b.read_adapter()
+    with pytest.raises(BundleError, match="truncated or corrupt"):
+        bundle_mod.load_tensors(path)
+
+
+def test_newer_format_is_refused(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    raw = json.loads((b.root / "bundle.json").read_text())
+    raw["format_version"] = 99
+    (b.root / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="newer than this medqwen"):
+        Bundle.open(b.root)
+
+
+def test_damaged_manifest(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    (b.root / "bundle.json").write_text("{not json")
+    with pytest.raises(BundleError, match="cannot read"):
+        Bundle.open(b.root)
+
+
+def test_crash_before_rename_leaves_head_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = make(tmp_path)
+
+    def boom(*_a, **_k):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(bundle_mod.os, "rename", boom)
+    with pytest.raises(OSError, match="injected"):
+        b.append_version(tensors(5), command="crash", tasks=["x"], recipe={})
+    monkeypatch.undo()
+    again = Bundle.open(b.root)
+    assert again.head == "v0001" and again.verify() == []
+    assert sorted(p.name for p in (b.root / "versions").iterdir()) == ["v0001"]  # no temp dir left
+    assert not (b.root / ".lock").exists()
+
+
+def test_crash_between_rename_and_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = make(tmp_path)
+    real = bundle_mod.atomic_write_json
+
+    def fail_on_manifest(path: Path, data: object) -> None:
+        if path.name == "bundle.json":
+            raise KeyboardInterrupt("killed (injected)")
+        real(path, data)
+
+    monkeypatch.setattr(bundle_mod, "atomic_write_json", fail_on_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        b.append_version(tensors(5), command="crash", tasks=["x"], recipe={})
+    monkeypatch.undo()
+    again = Bundle.open(b.root)
+    assert again.head == "v0001"
+    assert torch.equal(
+        again.read_adapter()["language_model.layers.0.self_attn.q_proj.lora_A"],
+        tensors(0)["language_model.layers.0.self_attn.q_proj.lora_A"],
+    )
+    assert any("unpublished" in p for p in again.verify())
+    entry = again.append_version(tensors(6), command="after", tasks=["y"], recipe={})
+    assert entry.id == "v0003"  # never reuses the orphan's id
+
+
+def test_second_writer_is_refused(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from pathlib import Path; from medqwen_cli.bundle import bundle_lock\n"
+            "with bundle_lock(Path(sys.argv[1]), 'holder'):\n    print('held', flush=True); time.sleep(30)",
+            str(b.root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BundleLockedError, match=f"locked by process {holder.pid}"):
+            b.append_version(tensors(1), command="second", tasks=[], recipe={})
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock is stale and is taken over
+    assert (b.root / ".lock").exists()
+    assert b.append_version(tensors(1), command="after", tasks=[], recipe={}).id == "v0002"
+
+
+def test_lock_is_released_on_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), bundle_lock(tmp_path, "x"):
+        raise RuntimeError("boom")
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_versions_are_never_overwritten(tmp_path: Path) -> None:
+    b = make(tmp_path, 2)
+    before = {p: p.read_bytes() for p in (b.root / "versions").rglob("*") if p.is_file()}
+    b.append_version(tensors(7), command="third", tasks=[], recipe={})
+    for path, data in before.items():
+        assert path.read_bytes() == data
+    assert os.listdir(b.root / "versions") and len(list((b.root / "versions").iterdir())) == 3
+
+
+def test_bad_version_names(tmp_path: Path) -> None:
+    b = make(tmp_path, 2)
+    assert b.resolve_version("2") == b.resolve_version("v2") == "v0002"
+    with pytest.raises(BundleError, match="no version v0009"):
+        b.resolve_version("v9")
+    with pytest.raises(BundleError, match="bad version"):
+        b.resolve_version("latest-ish")
