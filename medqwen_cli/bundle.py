@@ -622,7 +622,7 @@ def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
         adapter = tensor_shapes(vdir / ADAPTER_FILE)
         summary["version"] = vdir.name
         summary["trainable_parameters"] = _count(adapter)
-        summary["adapted_layers"] = len({k.rsplit(".", 1)[0] for k in adapter if "." in k})
+        summary["adapted_layers"] = sum(1 for k in adapter if k.endswith(".lora_A"))
     if (bundle.root / INIT_FILE).is_file():
         summary["frozen_init_parameters"] = _count(tensor_shapes(bundle.root / INIT_FILE))
     base_path = Path(str(m.base.get("path", "")))

@@ -45,6 +45,10 @@ def resolve_format(value: str, allowed: tuple[str, ...] = FORMATS) -> str:
     return value
 
 
+ARGV: list[str] | None = None  # set by main(); sys.argv otherwise
+
+
 def command_line() -> str:
     """The command as typed, for version records (argv only: never data)."""
-    return "medqwen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args = ARGV if ARGV is not None else sys.argv[1:]
+    return "medqwen " + " ".join(shlex.quote(a) for a in args)
