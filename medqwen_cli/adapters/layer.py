@@ -1,0 +1,160 @@
+"""The routed expert linear layer, in the dense two-GEMM form.
+
+    y = W0 x  -  W_res x  +  sum_{i in top-k} w_i * s * B_i A_i * dropout(x)
+
+    W0            frozen base weight (m x n), kept untouched in `base_layer`
+    A (r x n)     experts' A_i stacked by rows, expert i owns rows [i*d, (i+1)*d)
+    B (m x r)     experts' B_i stacked by columns, same blocks
+    W_res x       (s / E) * (x A0^T) B0^T from the frozen init factors (low rank, never merged)
+
+Dense form (the cost of one rank-r LoRA, no per-expert copies of x):
+
+    h = dropout(x) A^T                 (..., r)
+    g = gates.repeat_interleave(d)     (..., r)   zero on unselected experts' columns
+    y_ad = s * (h * g) B^T             (..., m)
+
+Adapter and router maths run in float32 with autocast off, whatever the base dtype; the sum is
+cast back to the base output's dtype. Single-expert layers (lora, pissa) have no router (g = 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from medqwen_cli.adapters.router import TopKRouter, expert_counts, load_balance_loss
+
+
+class RoutedLoRALinear(nn.Module):
+    """Wraps a frozen nn.Linear with E routed LoRA experts (E = 1: plain LoRA / PiSSA)."""
+
+    # Adapter state, declared once: save, load and freeze follow these names.
+    trainable_names: tuple[str, ...] = ("lora_A", "lora_B", "router.weight")
+    frozen_names: tuple[str, ...] = ("init_A", "init_B", "scale")
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        init: Mapping[str, Tensor],
+        *,
+        experts: int,
+        top_k: int,
+        dropout: float = 0.0,
+        router_init_std: float = 0.02,
+        router_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        rank = init["lora_A"].shape[0]
+        self.experts, self.top_k, self.rank = experts, top_k, rank
+        self.expert_rank = rank // experts  # d
+        device = base_layer.weight.device
+        self.lora_A = nn.Parameter(init["lora_A"].detach().to(device, torch.float32).clone())
+        self.lora_B = nn.Parameter(init["lora_B"].detach().to(device, torch.float32).clone())
+        self.register_buffer("scale", init["scale"].detach().to(device, torch.float32).reshape(()))
+        spectral = "init_A" in init
+        for name in ("init_A", "init_B"):
+            value = init[name].detach().to(device, torch.float32).clone() if spectral else None
+            self.register_buffer(name, value)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.router: TopKRouter | None = None
+        if experts > 1:
+            self.router = TopKRouter(
+                self.in_features, experts, top_k, init_std=router_init_std, seed=router_seed
+            ).to(device)
+        counts = torch.zeros(experts, dtype=torch.long, device=device)
+        self.register_buffer("load_counts", counts, persistent=False)  # slots per expert
+        self.register_buffer("routed_tokens", counts.new_zeros(()), persistent=False)
+        self.token_mask: Tensor | None = None  # (batch, seq), set by the model-level hook
+        self.last_balance_loss: Tensor | None = None  # L_b of the latest forward (0-d)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    def adapter_tensors(self, kind: str = "trainable") -> dict[str, Tensor]:
+        """Declared adapter state present on this layer: `trainable` or `frozen` names."""
+        names = self.trainable_names if kind == "trainable" else self.frozen_names
+        out = {}
+        for name in names:
+            value: object = self
+            for part in name.split("."):  # "router.weight": None when there is no router
+                value = getattr(value, part, None)
+            if isinstance(value, Tensor):
+                out[name] = value
+        return out
+
+    def residual(self, x: Tensor) -> Tensor:
+        """W_res x = (s / E) * (x A0^T) B0^T in float32 (zero for lora / moelora): (..., m)."""
+        if self.init_A is None:
+            return x.new_zeros(*x.shape[:-1], self.out_features, dtype=torch.float32)
+        h0 = x.float() @ self.init_A.t()  # (..., r)
+        return (h0 @ self.init_B.t()) * (self.scale / self.experts)  # (..., m)
+
+    def route(self, x: Tensor) -> Tensor:
+        """Gates (..., E); records the balance loss and expert load of this forward."""
+        assert self.router is not None
+        routing = self.router(x)
+        mask = self.token_mask
+        self.last_balance_loss = load_balance_loss(routing.probs, routing.indices, mask)
+        with torch.no_grad():
+            counts = expert_counts(routing.indices, self.experts, mask)  # (E,)
+            self.load_counts += counts
+            self.routed_tokens += counts.sum() // self.top_k
+        return routing.gates
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base_layer(x)  # (..., m), base dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.float()  # (..., n)
+            h = self.dropout(xf) @ self.lora_A.float().t()  # (..., r)
+            if self.router is not None:
+                gates = self.route(xf)  # (..., E)
+                h = h * gates.repeat_interleave(self.expert_rank, dim=-1)  # (..., r)
+            delta = (h @ self.lora_B.float().t()) * self.scale  # (..., m)
+            if self.init_A is not None:
+                delta = delta - self.residual(xf)  # (..., m)
+        return y + delta.to(y.dtype)
+
+    def reset_stats(self) -> None:
+        self.load_counts.zero_()
+        self.routed_tokens.zero_()
+
+    def extra_repr(self) -> str:
+        kind = "spectral" if self.init_A is not None else "random"
+        return f"experts={self.experts}, top_k={self.top_k}, rank={self.rank}, init={kind}"
+
+
+def looped_forward(layer: RoutedLoRALinear, x: Tensor) -> Tensor:
+    """Reference for tests and benchmarks: a Python loop over experts, each on its own tokens.
+
+    Same maths as `RoutedLoRALinear.forward` (dropout must be off): gathers the tokens routed
+    to expert i, applies s * w_i * B_i A_i to them, subtracts each expert's share of W_res.
+    """
+    y = layer.base_layer(x)  # (..., m)
+    xf = x.float().reshape(-1, layer.in_features)  # (N, n)
+    d, e, s = layer.expert_rank, layer.experts, layer.scale
+    out = torch.zeros(xf.shape[0], layer.out_features, device=x.device)  # (N, m)
+    if layer.router is not None:
+        routing = layer.router(xf)
+        gates, chosen = routing.gates, routing.indices  # (N, E), (N, k)
+    else:
+        gates = xf.new_ones(xf.shape[0], 1)  # (N, 1)
+        chosen = torch.zeros(xf.shape[0], 1, dtype=torch.long, device=x.device)  # (N, 1)
+    for i in range(e):
+        block = slice(i * d, (i + 1) * d)
+        rows = (chosen == i).any(dim=-1).nonzero().squeeze(1)  # tokens routed to expert i
+        xi = xf.index_select(0, rows)  # (N_i, n)
+        yi = (xi @ layer.lora_A[block].t()) @ layer.lora_B[:, block].t()  # (N_i, m)
+        out = out.index_add(0, rows, yi * gates.index_select(0, rows)[:, i : i + 1] * s)
+        if layer.init_A is not None:
+            res_i = (xf @ layer.init_A[block].t()) @ layer.init_B[:, block].t()  # (N, m)
+            out = out - res_i * (s / e)
+    return y + out.reshape(*x.shape[:-1], -1).to(y.dtype)

@@ -1,0 +1,163 @@
+"""The routed layer: base equivalence at init, dense form == expert loop, gradients, dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medqwen_cli.adapters.layer import RoutedLoRALinear, looped_forward
+from medqwen_cli.adapters.spectral import init_layer
+
+
+def make_layer(
+    m: int = 24,
+    n: int = 20,
+    *,
+    method: str = "sslora",
+    experts: int = 4,
+    top_k: int = 2,
+    rank: int = 8,
+    rho: float = 10.0,
+    router_std: float = 0.02,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> RoutedLoRALinear:
+    torch.manual_seed(seed)
+    base = nn.Linear(n, m, bias=True).requires_grad_(False)
+    e = 1 if method in ("lora", "pissa") else experts
+    init = init_layer(base.weight, method=method, experts=e, rank=rank, rho=rho, seed=seed)  # type: ignore[arg-type]
+    return RoutedLoRALinear(
+        base, init, experts=e, top_k=min(top_k, e), dropout=dropout, router_init_std=router_std,
+        router_seed=seed,
+    )  # fmt: skip
+
+
+def x_of(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", [(24, 20), (20, 24)])
+@pytest.mark.parametrize("experts", [3, 4])
+@pytest.mark.parametrize("rho", [1.0, 10.0])
+def test_k_equals_e_zero_router_equals_base(
+    shape: tuple[int, int], experts: int, rho: float
+) -> None:
+    layer = make_layer(
+        *shape, experts=experts, top_k=experts, rank=2 * experts, rho=rho, router_std=0
+    )
+    x = x_of(2, 5, shape[1])
+    torch.testing.assert_close(layer(x), layer.base_layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_residual_is_mean_of_expert_products() -> None:
+    layer = make_layer(experts=4, rank=8, rho=2.0)
+    d, s = layer.expert_rank, layer.scale
+    w_res = sum(
+        layer.init_B[:, j * d : (j + 1) * d] @ layer.init_A[j * d : (j + 1) * d] for j in range(4)
+    ) * (s / 4)
+    x = x_of(6, 20)
+    torch.testing.assert_close(layer.residual(x), x @ w_res.T, atol=1e-6, rtol=1e-5)
+
+
+def test_expectation_over_random_routers_approaches_base() -> None:
+    """k < E: by symmetry E[w_i] = 1/E over random routers, so the mean output tends to W0 x."""
+    layer = make_layer(experts=4, top_k=2, rank=8, rho=1.0)
+    x = x_of(16, 20)
+    base = layer.base_layer(x)
+    gen = torch.Generator().manual_seed(0)
+    deltas = []
+    with torch.no_grad():
+        for _ in range(256):
+            layer.router.weight.copy_(torch.randn(4, 20, generator=gen))
+            deltas.append(layer(x) - base)
+    deltas_t = torch.stack(deltas)  # (R, N, m)
+    size = float(layer.residual(x).norm())  # the term being compensated
+    err = {r: float(deltas_t[:r].mean(0).norm()) / size for r in (16, 256)}
+    single = float(deltas_t[0].norm()) / size
+    assert err[256] < 0.6 * err[16], err
+    assert err[256] < 0.15 * single and err[256] < 0.15, (err, single)
+
+
+@pytest.mark.parametrize("method", ["sslora", "moelora", "lora", "pissa"])
+def test_dense_form_matches_expert_loop_in_values_and_gradients(method: str) -> None:
+    layer = make_layer(method=method, experts=4, top_k=2, rank=8, router_std=0.5)
+    with torch.no_grad():  # trained-looking factors so every gradient is non-trivial
+        layer.lora_B.add_(0.1 * torch.randn_like(layer.lora_B))
+        layer.lora_A.add_(0.1 * torch.randn_like(layer.lora_A))
+    x = x_of(3, 5, 20)
+    target = x_of(3, 5, 24, seed=2)
+    grads = []
+    for forward in (layer.forward, lambda t: looped_forward(layer, t)):
+        layer.zero_grad()
+        y = forward(x)
+        ((y - target) ** 2).mean().backward()
+        params = [layer.lora_A, layer.lora_B] + ([layer.router.weight] if layer.router else [])
+        grads.append((y.detach(), [p.grad.clone() for p in params]))
+    (y_dense, g_dense), (y_loop, g_loop) = grads
+    torch.testing.assert_close(y_dense, y_loop, atol=1e-5, rtol=1e-5)
+    for gd, gl in zip(g_dense, g_loop, strict=True):
+        assert torch.count_nonzero(gd) > 0
+        torch.testing.assert_close(gd, gl, atol=1e-6, rtol=1e-4)
+
+
+def test_gradients_reach_only_selected_experts() -> None:
+    layer = make_layer(experts=4, top_k=2, rank=8, router_std=1.0)
+    x = x_of(1, 20)  # one token: exactly two experts chosen
+    layer(x).sum().backward()
+    chosen = set(layer.router(x).indices[0].tolist())
+    d = layer.expert_rank
+    for j in range(4):
+        a_grad = layer.lora_A.grad[j * d : (j + 1) * d]
+        b_grad = layer.lora_B.grad[:, j * d : (j + 1) * d]
+        assert (torch.count_nonzero(a_grad) > 0) == (j in chosen)
+        assert (torch.count_nonzero(b_grad) > 0) == (j in chosen)
+    assert layer.base_layer.weight.grad is None
+
+
+def test_router_stats_and_balance_loss_follow_the_token_mask() -> None:
+    layer = make_layer(experts=4, top_k=2, rank=8, router_std=1.0)
+    x = x_of(2, 6, 20)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :4] = 0
+    layer.token_mask = mask
+    layer(x)
+    assert int(layer.load_counts.sum()) == 8 * 2 and int(layer.routed_tokens) == 8
+    assert layer.last_balance_loss is not None and layer.last_balance_loss.requires_grad
+    layer.reset_stats()
+    assert int(layer.load_counts.sum()) == 0
+
+
+def test_declared_adapter_state() -> None:
+    routed, single = make_layer(method="sslora"), make_layer(method="lora")
+    assert set(routed.adapter_tensors("trainable")) == {"lora_A", "lora_B", "router.weight"}
+    assert set(routed.adapter_tensors("frozen")) == {"init_A", "init_B", "scale"}
+    assert set(single.adapter_tensors("trainable")) == {"lora_A", "lora_B"}
+    assert set(single.adapter_tensors("frozen")) == {"scale"}
+    assert single.router is None and single.weight is single.base_layer.weight
+
+
+def test_bf16_base_keeps_adapter_maths_in_float32() -> None:
+    layer = make_layer(8, 12, experts=2, top_k=1, rank=4, router_std=0.5)
+    layer.base_layer.to(torch.bfloat16)
+    x = x_of(2, 3, 12).bfloat16()
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert layer.lora_A.dtype == torch.float32 and layer.last_balance_loss.dtype == torch.float32
+    with torch.no_grad():
+        xf = x.float()
+        g = layer.router(xf).gates.repeat_interleave(layer.expert_rank, -1)
+        delta = ((xf @ layer.lora_A.T) * g) @ layer.lora_B.T * layer.scale - layer.residual(xf)
+        expected = layer.base_layer(x) + delta.to(torch.bfloat16)
+    torch.testing.assert_close(y, expected)
+    y.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.router.weight.grad is not None
+
+
+def test_dropout_only_in_training() -> None:
+    layer = make_layer(method="sslora", dropout=0.5, rho=1.0)
+    x = x_of(4, 20)
+    layer.eval()
+    torch.testing.assert_close(layer(x), looped_forward(layer, x), atol=1e-5, rtol=1e-5)
+    layer.train()
+    assert not torch.allclose(layer(x), looped_forward(layer, x), atol=1e-4)
