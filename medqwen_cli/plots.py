@@ -1,0 +1,168 @@
+"""PNG plot of forgetting reports: per run, the accuracy matrix R and per-task curves.
+
+One row of two panels per run (the figure is 13 x 4.8 inches per run at 100 dpi, so
+1300 x 480*runs pixels): left, R as a heatmap (rows: base then versions; columns: tasks; the cell
+where each task was trained is outlined; missing cells are grey, hatched and labelled "n/a");
+right, each task's score across versions, with a star where it was trained and gaps where a
+score is missing. The run's ACC / BWT / FWT / forgetting head its panels, and their definitions
+are printed at the bottom.
+
+matplotlib is imported lazily and drawn through the Agg canvas directly (no pyplot, no global
+backend switch), so this works headless and costs nothing until called. The file is written to
+a temporary name in the same directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from medqwen_cli.errors import EvaluationError
+from medqwen_cli.forgetting import ForgettingReport
+
+WIDTH_IN = 13.0
+HEIGHT_PER_RUN_IN = 4.8
+FOOTER_IN = 0.9
+DPI = 100
+MISSING_COLOR = "#d9d9d9"
+
+
+def figure_size_px(n_runs: int) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG for `n_runs` runs."""
+    return round(WIDTH_IN * DPI), round((HEIGHT_PER_RUN_IN * n_runs + FOOTER_IN) * DPI)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _heatmap(ax, report: ForgettingReport, vmin: float, vmax: float):
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    m = report.matrix
+    data = np.array([[np.nan if v is None else v for v in row] for row in m.values], dtype=float)
+    image = ax.imshow(
+        np.ma.masked_invalid(data), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto"
+    )
+    cmap = image.get_cmap()
+    for r, row in enumerate(m.values):
+        for c, value in enumerate(row):
+            if value is None:
+                ax.add_patch(
+                    Rectangle(
+                        (c - 0.5, r - 0.5),
+                        1,
+                        1,
+                        facecolor=MISSING_COLOR,
+                        hatch="///",
+                        edgecolor="#9a9a9a",
+                        linewidth=0,
+                    )
+                )
+                ax.text(c, r, "n/a", ha="center", va="center", fontsize=9, color="#404040")
+                continue
+            red, green, blue, _ = cmap(image.norm(value))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.55
+            ax.text(
+                c,
+                r,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
+    for task, r in m.trained_row.items():
+        c = m.tasks.index(task)
+        ax.add_patch(
+            Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="#e4572e", linewidth=2.2)
+        )
+    ax.set_xticks(range(len(m.tasks)), labels=m.tasks, rotation=30, ha="right", fontsize=9)
+    ax.set_yticks(range(len(m.rows)), labels=m.rows, fontsize=9)
+    ax.set_xlabel("task (column j)", fontsize=9)
+    ax.set_ylabel("model after version (row i)", fontsize=9)
+    ax.set_title(f"{report.name}: R[i][j] (outlined: where trained)", fontsize=10)
+    return image
+
+
+def _curves(ax, report: ForgettingReport, vmin: float, vmax: float) -> None:
+    m = report.matrix
+    x = list(range(len(m.rows)))
+    for c, task in enumerate(m.tasks):
+        y = [float("nan") if row[c] is None else row[c] for row in m.values]
+        (line,) = ax.plot(x, y, marker="o", markersize=4, linewidth=1.6, label=task)
+        t = m.trained_row[task]
+        if m.values[t][c] is not None:
+            ax.plot([t], [m.values[t][c]], marker="*", markersize=13, color=line.get_color())
+    ax.set_xticks(x, labels=m.rows, rotation=30, ha="right", fontsize=9)
+    ax.set_xlim(-0.3, len(x) - 0.7)
+    pad = 0.04 * (vmax - vmin)
+    ax.set_ylim(vmin - pad, vmax + pad)  # one scale for every run, so runs compare by eye
+    ax.set_xlabel("model after version", fontsize=9)
+    ax.set_ylabel(
+        "score (" + ", ".join(sorted({str(v) for v in m.metrics.values()})) + ")", fontsize=9
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(
+        fontsize=8,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        title="task",
+        title_fontsize=8,
+        frameon=False,
+    )
+    figures = "   ".join(f"{f.name} {_fmt(f.value)}" for f in report.figures())
+    ax.set_title(f"{report.name}: per-task score (star: just trained)\n{figures}", fontsize=10)
+
+
+def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike[str]) -> Path:
+    """Draw `reports` side by side (one row each) into a PNG at `path`; returns the path."""
+    if not reports:
+        raise EvaluationError("no forgetting report to plot", hint="pass at least one run")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise EvaluationError(
+            "matplotlib is needed for --plot but is not installed",
+            hint="pip install 'medqwen-cli[metrics]'",
+        ) from exc
+
+    values = [v for r in reports for row in r.matrix.values for v in row if v is not None]
+    vmin = min([0.0, *values])
+    vmax = max([1.0, *values])
+
+    width, height = figure_size_px(len(reports))
+    height_in = height / DPI
+    fig = Figure(figsize=(width / DPI, height_in), dpi=DPI)
+    FigureCanvasAgg(fig)
+    # Columns: heatmap | colour bar | gap | curves (legend in the right margin).
+    grid = fig.add_gridspec(
+        len(reports),
+        4,
+        width_ratios=[1.0, 0.035, 0.3, 1.3],
+        left=0.08,
+        right=0.87,
+        top=1 - 0.55 / height_in,
+        bottom=(FOOTER_IN + 0.75) / height_in,
+        hspace=1.6 / HEIGHT_PER_RUN_IN,
+        wspace=0.04,
+    )
+    for i, report in enumerate(reports):
+        image = _heatmap(fig.add_subplot(grid[i, 0]), report, vmin, vmax)
+        fig.colorbar(image, cax=fig.add_subplot(grid[i, 1]))
+        _curves(fig.add_subplot(grid[i, 3]), report, vmin, vmax)
+    definitions = "\n".join(f.definition for f in reports[0].figures())
+    fig.text(0.01, 0.012, definitions, fontsize=8, family="monospace", va="bottom", ha="left")
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
