@@ -127,7 +127,7 @@ def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike
     except ImportError as exc:
         raise EvaluationError(
             "matplotlib is needed for --plot but is not installed",
-            hint="pip install 'medqwen-cli[metrics]'",
+            hint="reinstall medqwen-cli with its dependencies (matplotlib): pip install -c constraints.txt -e .",
         ) from exc
 
     values = [v for r in reports for row in r.matrix.values for v in row if v is not None]

@@ -76,3 +76,42 @@ def key_values(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> No
 def note(message: str) -> None:
     """A human message on stderr (never mixed into results)."""
     stderr.print(message, highlight=False)
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> _Progress:
+        if stderr.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[item]}"), console=stderr, transient=True,
+            )  # fmt: skip
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=None, item="")
+        return self
+
+    def __call__(self, done: int, total: int, item: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, item=item)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def progress(description: str) -> _Progress:
+    return _Progress(description)

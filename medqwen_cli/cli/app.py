@@ -15,7 +15,7 @@ import traceback
 import typer
 
 from medqwen_cli import __version__
-from medqwen_cli.cli import inspect_cmd, log_cmd, validate_cmd
+from medqwen_cli.cli import _common, init_experts_cmd, inspect_cmd, log_cmd, validate_cmd
 from medqwen_cli.errors import MedqwenError
 
 app = typer.Typer(
@@ -52,6 +52,7 @@ def _root(
     )
 
 
+app.command("init-experts")(init_experts_cmd.init_experts)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("log")(log_cmd.log)
@@ -63,6 +64,7 @@ def _debug() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn known errors into `Error:`/`Hint:` and exit 1."""
+    _common.ARGV = list(argv) if argv is not None else sys.argv[1:]
     try:
         app(args=argv, prog_name="medqwen")
     except MedqwenError as exc:

@@ -47,7 +47,7 @@ def backend(module: str) -> ModuleType:
     except ImportError as exc:
         raise EvaluationError(
             f"the metric backend {module!r} is not installed",
-            hint="pip install 'medqwen-cli[metrics]' (sacrebleu, rouge-score, scikit-learn)",
+            hint="reinstall medqwen-cli with its dependencies (sacrebleu, rouge-score, scikit-learn): pip install -c constraints.txt -e .",
         ) from exc
 
 

@@ -1,0 +1,94 @@
+"""`medqwen init-experts`: create a bundle with spectral experts initialised from a base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medqwen_cli.cli import _output
+from medqwen_cli.cli._common import FormatOpt, SetOpt, command_line, resolve_format
+
+
+def init_experts(
+    base: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        "--base",
+        "-b",
+        help="Base model: preset, local dir, alias or cached Hub id (default: the recipe's model.base).",
+    ),
+    out: Path = typer.Option(
+        Path("."),
+        "--out",
+        "-o",
+        help="Bundle directory to create (refused if a bundle is already there).",
+        show_default="current directory",
+    ),
+    recipe: Optional[Path] = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        help="Recipe file; stored in the bundle so later commands need no path.",
+    ),  # noqa: UP045
+    overrides: SetOpt = None,
+    method: Optional[str] = typer.Option(
+        None, "--method", help="sslora | moelora | lora | pissa (= --set adapter.method=...)."
+    ),  # noqa: UP045
+    experts: Optional[int] = typer.Option(
+        None, "--experts", "-E", help="Number of experts (= --set adapter.experts=...)."
+    ),  # noqa: UP045
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", "-k", help="Experts per token (= --set adapter.top_k=...)."
+    ),  # noqa: UP045
+    rank: Optional[int] = typer.Option(
+        None, "--rank", help="Total rank over all experts (= --set adapter.rank=...)."
+    ),  # noqa: UP045
+    device: str = typer.Option("cpu", "--device", help="Device for the SVDs: cpu or cuda."),
+    fmt: FormatOpt = "",
+) -> None:
+    """Stream the base's weights tensor by tensor, initialise experts from SVD segments and
+    write bundle version v0001."""
+    from medqwen_cli.errors import RecipeError
+    from medqwen_cli.init_experts import init_experts as run
+    from medqwen_cli.recipe import load_recipe
+
+    fmt = resolve_format(fmt)
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r} is not cpu or cuda", param_hint="--device")
+    items = list(overrides or [])
+    for key, value in (("method", method), ("experts", experts), ("top_k", top_k), ("rank", rank)):
+        if value is not None:
+            items.append(f"adapter.{key}={value}")
+    if base is not None:
+        items.append(f"model.base={base}")
+    elif recipe is None:
+        raise RecipeError(
+            "no base model given",
+            "pass --base (e.g. --base tiny-qwen2-vl) or a --recipe with model.base",
+        )
+    loaded = load_recipe(recipe, items) if recipe else load_recipe(None, items, base={})
+
+    with _output.progress("SVD per layer") as bar:
+        summary = run(loaded, out, command=command_line(), device=device, progress=bar)
+    rows = [
+        {"field": "bundle", "value": f"{summary.bundle} ({summary.version})"},
+        {"field": "base", "value": f"{summary.base} (fingerprint {summary.fingerprint})"},
+        {
+            "field": "method",
+            "value": f"{summary.method} E={summary.experts} k={summary.top_k} r={summary.rank}",
+        },
+        {"field": "layers adapted", "value": summary.adapted_layers},
+        {
+            "field": "layers skipped",
+            "value": [f"{k} ({v})" for k, v in summary.skipped.items()] or 0,
+        },
+        {"field": "trainable parameters", "value": summary.trainable_params},
+        {"field": "ratio to full-rank MoE", "value": f"{summary.ratio_to_full_moe:.1f}x fewer"},
+        *(
+            {"field": f"s ({kind.rsplit('.', 1)[-1]})", "value": s}
+            for kind, s in summary.scales.items()
+        ),
+        {"field": "time", "value": f"{summary.seconds:.2f} s (SVD {summary.svd_seconds:.2f} s)"},
+    ]
+    _output.emit(fmt, rows, ["field", "value"], title="init-experts", data=summary.to_dict())

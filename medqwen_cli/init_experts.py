@@ -1,0 +1,178 @@
+"""`init-experts`: spectral expert init streamed tensor by tensor from a base's safetensors files.
+
+The base model is never loaded whole for the SVD pass: the checkpoint headers give every tensor's
+name and shape, the targets are selected on canonical module names, and each target weight is read
+alone (`safe_open(...).get_tensor`), decomposed, and dropped. Peak memory is about one weight
+plus the (small) factors gathered so far.
+
+The result is a new bundle: `init.safetensors` (frozen A_j0, B_j0 and the scale of every adapted
+layer) and version v0001 whose adapter holds the trainable starting values (the experts' A and B,
+and the routers), i.e. exactly what `inject_adapters` builds from the same recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medqwen_cli.adapters import (
+    canonical_from_checkpoint_key,
+    init_tensors_for,
+    layer_kind,
+    layer_seed,
+    select_targets,
+)
+from medqwen_cli.adapters.router import TopKRouter
+from medqwen_cli.bundle import Bundle
+from medqwen_cli.errors import AdapterError
+from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
+from medqwen_cli.recipe import AdapterConfig, Recipe, recipe_to_dict
+
+ROUTER_INIT_STD = 0.02  # inject_adapters' default; the v0001 routers must match it
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class InitSummary:
+    bundle: str
+    version: str
+    base: str
+    fingerprint: str
+    method: str
+    experts: int
+    top_k: int
+    rank: int
+    adapted_layers: int
+    skipped: dict[str, str]
+    trainable_params: int
+    full_moe_params: int
+    ratio_to_full_moe: float
+    scales: dict[str, float] = field(default_factory=dict)  # layer kind -> s
+    seconds: float = 0.0
+    svd_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def checkpoint_targets(paths: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """canonical module name -> (file, tensor key, shape) for every `.weight`, headers only."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+    for path in paths:
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                name = canonical_from_checkpoint_key(key)
+                if name is not None:
+                    found[name] = (path, key, tuple(fh.get_slice(key).get_shape()))
+    return found
+
+
+def router_start(name: str, in_features: int, cfg: AdapterConfig) -> torch.Tensor | None:
+    """The router weight inject_adapters gives layer `name` (None for single-expert methods)."""
+    if cfg.num_experts == 1:
+        return None
+    router = TopKRouter(
+        in_features, cfg.num_experts, min(cfg.top_k, cfg.num_experts),
+        init_std=ROUTER_INIT_STD, seed=layer_seed(cfg.seed, name + ".router"),
+    )  # fmt: skip
+    return router.weight.detach()
+
+
+def init_experts(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    command: str = "medqwen init-experts",
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> InitSummary:
+    """Stream the base's target weights, compute each layer's init, write a new bundle."""
+    start = time.perf_counter()
+    cfg = recipe.adapter
+    out = Path(out).expanduser().resolve()
+    if (out / "bundle.json").exists():
+        Bundle.create(out, base={}, method={}, recipe={})  # raises the "never overwrites" error
+    info = resolve_base(recipe.model.base, recipe.model.revision)
+    device = select_device(device)
+    files = checkpoint_targets(checkpoint_files(info.path))
+    selection = select_targets({k: v[2] for k, v in files.items()}, cfg)
+
+    from safetensors import safe_open
+
+    init: dict[str, torch.Tensor] = {}
+    adapter: dict[str, torch.Tensor] = {}
+    scales: dict[str, float] = {}
+    svd_seconds, full_moe = 0.0, 0
+    total = len(selection.selected)
+    by_file: dict[Path, list[str]] = {}
+    for name in selection.selected:
+        by_file.setdefault(files[name][0], []).append(name)
+    done = 0
+    for path, names in by_file.items():
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for name in names:
+                key = files[name][1]
+                weight = fh.get_tensor(key).to(device)  # (m, n): the only full weight in memory
+                t0 = time.perf_counter()
+                layer = init_tensors_for(weight, cfg, name)
+                svd_seconds += time.perf_counter() - t0
+                m, n = weight.shape
+                del weight
+                for k in ("init_A", "init_B", "scale"):
+                    if k in layer:
+                        init[f"{name}.{k}"] = layer[k].cpu()
+                adapter[f"{name}.lora_A"] = layer["lora_A"].cpu()
+                adapter[f"{name}.lora_B"] = layer["lora_B"].cpu()
+                router = router_start(name, n, cfg)
+                if router is not None:
+                    adapter[f"{name}.router.weight"] = router
+                scales.setdefault(layer_kind(name), float(layer["scale"]))
+                full_moe += cfg.num_experts * m * n
+                done += 1
+                if progress is not None:
+                    progress(done, total, name)
+    if not adapter:  # select_targets raises first; kept as a guard for empty checkpoints
+        raise AdapterError("no layer was adapted", "check adapter.targets")
+    trainable = sum(t.numel() for t in adapter.values())
+    recipe_data = recipe_to_dict(recipe)
+    bundle = Bundle.create(
+        out,
+        base=info.to_dict(),
+        method=cfg.model_dump(mode="json"),
+        recipe=recipe_data,
+        init_tensors=init,
+    )
+    summary = InitSummary(
+        bundle=str(bundle.root),
+        version="v0001",
+        base=info.model_id,
+        fingerprint=info.fingerprint,
+        method=cfg.method,
+        experts=cfg.num_experts,
+        top_k=min(cfg.top_k, cfg.num_experts),
+        rank=cfg.rank,
+        adapted_layers=len(selection.selected),
+        skipped=selection.skipped,
+        trainable_params=trainable,
+        full_moe_params=full_moe,
+        ratio_to_full_moe=full_moe / max(trainable, 1),
+        scales=scales,
+        svd_seconds=svd_seconds,
+    )
+    summary.seconds = time.perf_counter() - start
+    bundle.append_version(
+        adapter,
+        command=command,
+        tasks=[],
+        recipe=recipe_data,
+        json_files={"metrics.json": {"init": summary.to_dict()}},
+    )
+    return summary

@@ -1,0 +1,82 @@
+"""Apply a bundle version to its base model: the one loader train, evaluate and merge share.
+
+Steps: find the base the bundle was made on (preset, local directory or HF cache), check its
+fingerprint, load it, inject adapters with the bundle's method and exact frozen init
+(`init.safetensors`, never a fresh SVD), then load the version's trainable tensors. Missing or
+unexpected keys, a shape mismatch or a different base fingerprint are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medqwen_cli.bundle import Bundle
+from medqwen_cli.errors import BaseModelError, BundleError
+from medqwen_cli.modeling import BaseInfo, load_base, resolve_base
+from medqwen_cli.recipe import AdapterConfig, Recipe
+
+
+@dataclass
+class AdaptedModel:
+    model: Any
+    processor: Any
+    base: BaseInfo
+    version: str
+    report: Any  # adapters.InjectionReport
+
+
+def adapter_config(bundle: Bundle) -> AdapterConfig:
+    return AdapterConfig.model_validate(bundle.manifest.method)
+
+
+def bundle_recipe(bundle: Bundle) -> Recipe:
+    """The recipe stored at init (paths already resolved)."""
+    return Recipe.model_validate(bundle.manifest.recipe)
+
+
+def bundle_base(bundle: Bundle) -> BaseInfo:
+    """Find the bundle's base again and check it is the same model (fingerprint)."""
+    base = bundle.manifest.base
+    candidates = []
+    if base.get("source") == "local" and base.get("path"):
+        candidates.append(base["path"])
+    candidates.append(base.get("name") or base.get("model_id"))
+    last_error: BaseModelError | None = None
+    for candidate in candidates:
+        if candidate is None or (base.get("source") == "local" and not Path(candidate).exists()):
+            continue
+        try:
+            info = resolve_base(candidate, base.get("revision"))
+        except BaseModelError as exc:
+            last_error = exc
+            continue
+        bundle.check_base(info.fingerprint)
+        return info
+    if last_error is not None:
+        raise last_error
+    raise BundleError(
+        f"the bundle's base model ({base.get('model_id')}) is no longer at {base.get('path')}",
+        "put the base model back there, or point MEDQWEN_BUNDLE at a bundle made on an available base",
+    )
+
+
+def load_adapted(
+    bundle: Bundle,
+    version: str | None = None,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    max_pixels: int | None = None,
+) -> AdaptedModel:
+    """The base model with the adapters of `version` (default head) in place, in eval mode."""
+    from medqwen_cli.adapters import inject_adapters, load_adapter_state
+
+    vid = bundle.resolve_version(version)
+    info = bundle_base(bundle)
+    model, processor, info = load_base(info, dtype=dtype, device=device, max_pixels=max_pixels)
+    report = inject_adapters(model, adapter_config(bundle), bundle.read_init())
+    load_adapter_state(model, bundle.read_adapter(vid))
+    model.eval()
+    return AdaptedModel(model, processor, info, vid, report)
