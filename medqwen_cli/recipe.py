@@ -231,9 +231,13 @@ class Recipe(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
 
     def task_datasets(self, name: str) -> list[DatasetSpec]:
-        """Datasets of task `name`: a recipe task, or a dataset path / builtin:NAME given directly."""
+        """Datasets of task `name`: a recipe task, a dataset of `data.datasets` by name, or a
+        dataset path / builtin:NAME given directly."""
         if name in self.tasks:
             return list(self.tasks[name].datasets)
+        named = [d for d in self.data.datasets if d.display_name == name]
+        if named:
+            return named
         if name.startswith("builtin:") or Path(name).exists():
             return [DatasetSpec(path=str(Path(name).resolve()) if Path(name).exists() else name)]
         known = ", ".join(sorted(self.tasks)) or "none"
