@@ -23,7 +23,13 @@ from medqwen_cli.adapters.naming import (
     canonical_module_name,
     layer_kind,
 )
-from medqwen_cli.adapters.router import Routing, TopKRouter, load_balance_loss
+from medqwen_cli.adapters.router import (
+    DEFAULT_ROUTER_INIT_STD,
+    Routing,
+    TopKRouter,
+    expert_counts,
+    load_balance_loss,
+)
 from medqwen_cli.adapters.spectral import (
     init_layer,
     layer_scale,
@@ -42,6 +48,7 @@ from medqwen_cli.adapters.state import (
 )
 
 __all__ = [
+    "DEFAULT_ROUTER_INIT_STD",
     "InjectionReport",
     "RoutedLoRALinear",
     "Routing",
@@ -52,6 +59,7 @@ __all__ = [
     "balance_loss",
     "canonical_from_checkpoint_key",
     "canonical_module_name",
+    "expert_counts",
     "init_layer",
     "init_state_dict",
     "init_tensors_for",

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from medqwen_cli.adapters.layer import RoutedLoRALinear
 from medqwen_cli.adapters.naming import canonical_module_name, layer_kind
+from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD
 from medqwen_cli.adapters.spectral import init_layer, layer_seed
 from medqwen_cli.errors import AdapterError
 from medqwen_cli.recipe import AdapterConfig
@@ -44,6 +47,9 @@ class InjectionReport:
     full_moe_params: int  # E * sum of m*n over adapted layers
     ratio_to_full_moe: float  # full_moe_params / trainable_params
     scales: dict[str, float] = field(default_factory=dict)  # layer kind -> s
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, RoutedLoRALinear]]:
@@ -86,7 +92,8 @@ def select_targets(
         raise AdapterError(
             f"every matched layer is smaller than rank {cfg.rank}: "
             + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5]),
-            f"lower adapter.rank below {max(min(s) for s in shapes.values() if len(s) == 2)}",
+            f"lower adapter.rank to at most {max(min(s) for s in shapes.values())} "
+            "(a multiple of adapter.experts), or target larger layers",
         )
     first_of_kind: dict[str, str] = {}  # one example per layer kind: vision and language both show
     for name in shapes:
@@ -99,12 +106,14 @@ def select_targets(
     )
 
 
-def init_tensors_for(weight: Tensor, cfg: AdapterConfig, name: str) -> dict[str, Tensor]:
+def init_tensors_for(
+    weight: Tensor, cfg: AdapterConfig, name: str, svd_dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
     """`spectral.init_layer` with the recipe's settings and the layer's own seed."""
     return init_layer(
         weight, method=cfg.method, experts=cfg.num_experts, rank=cfg.rank, scaling=cfg.scaling,
         alpha=cfg.alpha, eta=cfg.eta, rho=cfg.rho, segments=cfg.segments,
-        seed=layer_seed(cfg.seed, canonical_module_name(name)),
+        seed=layer_seed(cfg.seed, canonical_module_name(name)), svd_dtype=svd_dtype,
     )  # fmt: skip
 
 
@@ -146,7 +155,7 @@ def inject_adapters(
     cfg: AdapterConfig,
     init_tensors: dict[str, Tensor] | None = None,
     *,
-    router_init_std: float = 0.02,
+    router_init_std: float = DEFAULT_ROUTER_INIT_STD,
 ) -> InjectionReport:
     """Wrap the target nn.Linear modules of `model` in place and freeze every other parameter.
 
@@ -155,10 +164,10 @@ def inject_adapters(
     """
     if any(True for _ in adapter_layers(model)):
         raise AdapterError("the model already has adapter layers", "inject into a fresh base model")
-    modules = {
+    modules = {  # the root itself cannot be replaced in place: skip name ""
         canonical_module_name(n): (n, m)
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear)
+        if n and isinstance(m, nn.Linear)
     }
     selection = select_targets({k: tuple(m.weight.shape) for k, (_, m) in modules.items()}, cfg)
     extra = sorted({k.rsplit(".", 1)[0] for k in init_tensors or {}} - set(selection.selected))
@@ -187,11 +196,14 @@ def inject_adapters(
         for value in layer.adapter_tensors("trainable").values():
             value.requires_grad_(True)
 
-    def capture_mask(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
+    def capture_mask(module: nn.Module, _args: tuple, kwargs: dict) -> None:
+        # Walks the module it fires on (not a captured list), so a deep copy of the model
+        # sets the mask on its own layers. Also clears last forward's balance losses.
         mask = kwargs.get("attention_mask")
         mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
-        for layer in layers:
-            layer.token_mask, layer.last_balance_loss = mask, None
+        for layer in module.modules():
+            if isinstance(layer, RoutedLoRALinear):
+                layer.token_mask, layer.last_balance_loss = mask, None
 
     model.medqwen_mask_hook = model.register_forward_pre_hook(capture_mask, with_kwargs=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -24,7 +24,18 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from medqwen_cli.adapters.router import TopKRouter, expert_counts, load_balance_loss
+from medqwen_cli.adapters.router import (
+    DEFAULT_ROUTER_INIT_STD,
+    TopKRouter,
+    expert_counts,
+    load_balance_loss,
+)
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (where checkpointed forwards are recomputed)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
 
 
 class RoutedLoRALinear(nn.Module):
@@ -42,7 +53,7 @@ class RoutedLoRALinear(nn.Module):
         experts: int,
         top_k: int,
         dropout: float = 0.0,
-        router_init_std: float = 0.02,
+        router_init_std: float = DEFAULT_ROUTER_INIT_STD,
         router_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -103,7 +114,10 @@ class RoutedLoRALinear(nn.Module):
         assert self.router is not None
         routing = self.router(x)
         mask = self.token_mask
+        # Computed on recomputation too: non-reentrant checkpointing needs the same saved tensors.
         self.last_balance_loss = load_balance_loss(routing.probs, routing.indices, mask)
+        if _in_backward():  # activation checkpointing recomputes this forward: count it once
+            return routing.gates
         with torch.no_grad():
             counts = expert_counts(routing.indices, self.experts, mask)  # (E,)
             self.load_counts += counts

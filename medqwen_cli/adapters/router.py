@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+DEFAULT_ROUTER_INIT_STD = 0.02
+
 
 class Routing(NamedTuple):
     gates: Tensor  # (..., E) renormalised top-k weights, zero for unselected experts
@@ -40,7 +42,13 @@ class TopKRouter(nn.Module):
     """Linear n -> E without bias, softmax, top-k, renormalised gates; float32 throughout."""
 
     def __init__(
-        self, in_features: int, experts: int, top_k: int, *, init_std: float = 0.02, seed: int = 0
+        self,
+        in_features: int,
+        experts: int,
+        top_k: int,
+        *,
+        init_std: float = DEFAULT_ROUTER_INIT_STD,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= experts:

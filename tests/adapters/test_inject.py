@@ -223,3 +223,23 @@ def test_wrapped_modules_are_routed_layers(make_model: ModelFactory, small_cfg: 
     q = model.get_submodule("model.language_model.layers.0.self_attn.q_proj")
     assert isinstance(q, RoutedLoRALinear) and isinstance(q.base_layer, nn.Linear)
     assert not q.base_layer.weight.requires_grad
+
+
+def test_activation_checkpointing_counts_each_token_once(
+    make_model: ModelFactory, small_cfg: CfgFactory, batch: dict
+) -> None:
+    grads, counts = [], []
+    for checkpointing in (False, True):
+        model = make_model()
+        inject_adapters(model, small_cfg(), router_init_std=1.0)
+        model.train()
+        if checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
+        out = model(**batch, labels=batch["input_ids"])
+        (out.loss + balance_loss(model)).backward()
+        layer = next(layer for _, layer in adapter_layers(model))
+        counts.append(int(layer.load_counts.sum()))
+        grads.append(layer.router.weight.grad.clone())
+    assert counts[0] == counts[1] == int(batch["attention_mask"].sum()) * 2
+    torch.testing.assert_close(grads[0], grads[1])

@@ -154,6 +154,16 @@ def test_bf16_base_keeps_adapter_maths_in_float32() -> None:
     assert layer.lora_A.grad.dtype == torch.float32 and layer.router.weight.grad is not None
 
 
+def test_cpu_autocast_runs_adapter_in_float32() -> None:
+    layer = make_layer(8, 12, experts=2, top_k=1, rank=4, router_std=0.5)
+    x = x_of(2, 3, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16  # what autocast makes of the base product
+    assert layer.last_balance_loss.dtype == torch.float32
+    torch.testing.assert_close(y.float(), layer(x), atol=0.1, rtol=0.05)
+
+
 def test_dropout_only_in_training() -> None:
     layer = make_layer(method="sslora", dropout=0.5, rho=1.0)
     x = x_of(4, 20)
