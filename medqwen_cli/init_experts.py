@@ -27,13 +27,11 @@ from medqwen_cli.adapters import (
     layer_seed,
     select_targets,
 )
-from medqwen_cli.adapters.router import TopKRouter
+from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD, TopKRouter
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.errors import AdapterError
 from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
 from medqwen_cli.recipe import AdapterConfig, Recipe, recipe_to_dict
-
-ROUTER_INIT_STD = 0.02  # inject_adapters' default; the v0001 routers must match it
 
 Progress = Callable[[int, int, str], None]
 
@@ -75,13 +73,30 @@ def checkpoint_targets(paths: list[Path]) -> dict[str, tuple[Path, str, tuple[in
     return found
 
 
+def linear_module_names(model_path: str, model_type: str) -> set[str]:
+    """Canonical names of the base's nn.Linear modules, from a weightless (meta-device) model.
+
+    Checkpoint headers cannot tell a linear weight from an embedding; the model's own modules can.
+    """
+    import transformers
+
+    from medqwen_cli.adapters import linear_shapes
+    from medqwen_cli.modeling import SUPPORTED_TYPES
+
+    cls = getattr(transformers, SUPPORTED_TYPES[model_type])
+    config = cls.config_class.from_pretrained(model_path, local_files_only=True)
+    with torch.device("meta"):
+        model = cls._from_config(config)
+    return set(linear_shapes(model))
+
+
 def router_start(name: str, in_features: int, cfg: AdapterConfig) -> torch.Tensor | None:
     """The router weight inject_adapters gives layer `name` (None for single-expert methods)."""
     if cfg.num_experts == 1:
         return None
     router = TopKRouter(
         in_features, cfg.num_experts, min(cfg.top_k, cfg.num_experts),
-        init_std=ROUTER_INIT_STD, seed=layer_seed(cfg.seed, name + ".router"),
+        init_std=DEFAULT_ROUTER_INIT_STD, seed=layer_seed(cfg.seed, name + ".router"),
     )  # fmt: skip
     return router.weight.detach()
 
@@ -103,7 +118,8 @@ def init_experts(
     info = resolve_base(recipe.model.base, recipe.model.revision)
     device = select_device(device)
     files = checkpoint_targets(checkpoint_files(info.path))
-    selection = select_targets({k: v[2] for k, v in files.items()}, cfg)
+    linear = linear_module_names(info.path, info.model_type)
+    selection = select_targets({k: v[2] for k, v in files.items() if k in linear}, cfg)
 
     from safetensors import safe_open
 

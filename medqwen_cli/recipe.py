@@ -69,7 +69,8 @@ class AdapterConfig(_Strict):
     rank: int = Field(32, ge=1, description="Total rank r over all experts; per-expert rank r/E.")
     scaling: Literal["theory", "constant"] = Field(
         "theory",
-        description="theory: s = sqrt(3 * fan_in * eta / d) per layer; constant: s = alpha / d.",
+        description="theory: s = sqrt(3 * fan_in * eta / d) per layer; constant: s = alpha / d "
+        "(the lora baseline always uses alpha / r).",
     )
     alpha: float = Field(64.0, gt=0, description="Constant-scaling numerator: s = alpha / d.")
     eta: float = Field(0.1, gt=0, description="LR ratio (full fine-tuning LR / adapter LR).")

@@ -142,3 +142,17 @@ def test_rank_larger_than_every_layer_and_no_target_match(tmp_path: Path) -> Non
     with pytest.raises(AdapterError, match="language_model.layers.0"):
         init_experts(recipe('adapter.targets=["nothing_matches$"]'), tmp_path / "b")
     assert not (tmp_path / "a/bundle.json").exists() and not (tmp_path / "b/bundle.json").exists()
+
+
+def test_only_linear_layers_are_targets(tmp_path: Path) -> None:
+    """A broad regex matches the embedding's 2-D weight too; only nn.Linear layers are adapted."""
+    summary = init_experts(
+        recipe('adapter.targets=["embed_tokens$", "layers\\\\.0\\\\.mlp\\\\.up_proj$"]'),
+        tmp_path / "b",
+    )
+    assert summary.adapted_layers == 1
+    assert list(Bundle.open(tmp_path / "b").read_init()) == [
+        "language_model.layers.0.mlp.up_proj.init_A",
+        "language_model.layers.0.mlp.up_proj.init_B",
+        "language_model.layers.0.mlp.up_proj.scale",
+    ]

@@ -139,7 +139,8 @@ def init_layer(
     if e < 1 or rank % e:
         raise AdapterError(f"rank {rank} is not divisible by experts {e}", "use rank = E * d")
     d = rank // e
-    s = layer_scale(scaling, n, d, alpha, eta)
+    # lora is the classic baseline: s = alpha / r whatever the recipe's scaling rule
+    s = layer_scale("constant" if method == "lora" else scaling, n, d, alpha, eta)
     device = weight.device
     out: dict[str, Tensor] = {"scale": torch.tensor(s, dtype=torch.float32, device=device)}
     if method in SPECTRAL_METHODS:
