@@ -1,0 +1,73 @@
+"""What every reader receives: the split asked for, the image resolver, the output cache.
+
+A reader is a function `read(path, ctx) -> list[Record]`. It raises `DataError` naming the
+file and line for any bad record; it never skips one. Formats that carry their own split
+information (MedMNIST `.npz`, VQA-RAD's `phrase_type`) select `ctx.split` themselves; for the
+others the locator has already picked the file of the split (or refuses, see
+`ReadContext.require_whole_file_split`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from medqwen_cli.data.images import ImageResolver
+from medqwen_cli.errors import DataError
+
+# Split names tried, in order, for a requested split: "eval" reads a test or validation file
+# when no eval file exists (the split a paper reports).
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "eval": ("eval", "test", "val", "validation", "validate", "valid", "dev"),
+    "test": ("test",),
+    "val": ("val", "validation", "validate", "valid", "dev"),
+    "validation": ("validation", "val", "validate", "valid", "dev"),
+}
+
+
+def split_aliases(split: str) -> tuple[str, ...]:
+    return SPLIT_ALIASES.get(split, (split,))
+
+
+@dataclass
+class ReadContext:
+    split: str
+    train_split: str
+    split_in_path: bool  # the file (or folder) was chosen by its split name
+    cache_dir: Path
+    default_type: str | None = None
+    max_image_pixels: int | None = None
+    dicom_frames: Literal["middle", "all"] = "middle"
+    dicom_window: tuple[float, float] | None = None
+    warnings: list[str] = field(default_factory=list)
+    _resolvers: list[ImageResolver] = field(default_factory=list)
+
+    def resolver(
+        self, root: Path, *, search_dirs: Sequence[str] = ("",), extensions: Sequence[str] = ()
+    ) -> ImageResolver:
+        resolver = ImageResolver(
+            root,
+            cache_dir=self.cache_dir,
+            max_image_pixels=self.max_image_pixels,
+            search_dirs=search_dirs,
+            extensions=extensions,
+        )
+        self._resolvers.append(resolver)
+        return resolver
+
+    def all_warnings(self) -> list[str]:
+        return [*self.warnings, *(w for r in self._resolvers for w in r.warnings)]
+
+    def require_whole_file_split(self, path: Path) -> None:
+        """A file without split information serves the training split only."""
+        if self.split_in_path or self.split == self.train_split:
+            return
+        raise DataError(
+            f"{path}: the file has no split {self.split!r} (it holds one split, used for "
+            f"{self.train_split!r})",
+            f"point the dataset path at a directory with {self.train_split}.jsonl and "
+            f"{self.split}.jsonl (or test.*), or set eval_split: null for this dataset",
+        )

@@ -1,0 +1,380 @@
+"""Records: the one sample schema every reader produces, and the native JSONL reader.
+
+Contract:
+
+- A `Record` is one question with its answer about zero or more images: `id`, `type`
+  (vqa_closed | vqa_open | report | classification | pope), `images` (absolute paths),
+  `question`, `answer`, optional `labels` (the candidate set: the class names of a
+  classification, the options of a closed question; `answer` is always one of them),
+  optional `task` and `meta`, and where it came from (`source` file, 1-based `line`).
+- Native JSONL, one object per line::
+
+      {"id": "c1", "type": "vqa_closed", "images": ["img/c1.png"], "question": "Is there
+       an effusion?", "answer": "no", "labels": ["yes", "no"], "task": "cxr", "meta": {}}
+
+  `images` (or `image`) paths are relative to the file's directory; `id` defaults to
+  `<file stem>-<n>` for the n-th item; `label` is accepted for `answer`; `type` defaults to classification when `labels` is given, else vqa_closed
+  for yes/no answers and vqa_open otherwise. Unknown keys are refused (put extras under
+  `meta`).
+- A bad line is never skipped: the reader raises `DataError("<file>:<line>: <what>")` with a
+  hint. Messages name the file, line and field, never the record's text (it may be patient
+  data).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medqwen_cli.errors import DataError
+
+TaskType = Literal["vqa_closed", "vqa_open", "report", "classification", "pope"]
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+YES_NO = ("yes", "no")
+
+NATIVE_KEYS = (
+    "id",
+    "type",
+    "task",
+    "images",
+    "image",
+    "question",
+    "prompt",
+    "answer",
+    "label",
+    "labels",
+    "meta",
+)
+
+
+class Record(BaseModel):
+    """One sample. Build records through `make_record` so errors name the file and line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., min_length=1, description="Unique within its dataset.")
+    type: TaskType = Field(..., description="Task type: decides the metric and the scoring.")
+    images: list[str] = Field(default_factory=list, description="Absolute image paths, in order.")
+    question: str = Field(..., min_length=1, description="The prompt shown after the images.")
+    answer: str = Field(..., min_length=1, description="The target text.")
+    labels: list[str] | None = Field(None, description="Candidate answers; `answer` is one.")
+    task: str | None = Field(None, description="Task / dataset name (set by load_records).")
+    meta: dict[str, Any] = Field(default_factory=dict, description="Extra fields, kept as is.")
+    source: str = Field(..., description="File the record was read from.")
+    line: int = Field(..., ge=0, description="1-based line (row, item) in `source`.")
+
+    @field_validator("images")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not Path(path).is_absolute():
+                raise ValueError("image paths must be absolute (readers resolve them)")
+        return value
+
+    @model_validator(mode="after")
+    def _answer_in_labels(self) -> Record:
+        if self.labels is not None:
+            if not self.labels:
+                raise ValueError("labels must not be empty")
+            if self.answer not in self.labels:
+                raise ValueError("answer is not one of labels")
+        return self
+
+    @property
+    def where(self) -> str:
+        """`file:line` for messages."""
+        return f"{self.source}:{self.line}"
+
+
+def data_error(where: str, what: str, hint: str | None = None) -> DataError:
+    """A one-line DataError `where: what` (where is `file:line` or `file`)."""
+    return DataError(f"{where}: {what}", hint)
+
+
+def is_yes_no(answer: str) -> bool:
+    return normalize(answer).rstrip(".") in YES_NO
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def infer_type(answer: str, labels: list[str] | None) -> str:
+    """Default task type when the data does not say: labels -> classification, yes/no ->
+    closed VQA, anything else -> open VQA."""
+    if labels:
+        return "classification"
+    return "vqa_closed" if is_yes_no(answer) else "vqa_open"
+
+
+def _text(value: Any, where: str, field: str, *, required: bool = True) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise data_error(where, f"field {field!r} is missing or empty", _HINTS.get(field))
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise data_error(
+            where, f"field {field!r} must be text, found {type(value).__name__}", _HINTS.get(field)
+        )
+    return str(value).strip()
+
+
+_HINTS = {
+    "answer": "every record needs a non-empty answer (the training target)",
+    "question": "every record needs a question (the prompt)",
+    "id": "ids are optional; when given they must be text and unique",
+}
+
+
+def make_record(
+    *,
+    where_file: str,
+    line: int,
+    record_id: Any,
+    question: Any,
+    answer: Any,
+    images: list[str],
+    task_type: Any = None,
+    labels: Any = None,
+    task: Any = None,
+    meta: Any = None,
+    default_type: str | None = None,
+    default_id: str | None = None,
+) -> Record:
+    """Check the fields one by one (so the error names the field, never its content) and
+    build a Record. `images` must already be resolved to absolute paths. `default_type`
+    (a dataset's forced task type) wins over `task_type`; `default_id` (else `<stem>-<line>`)
+    is used when the data gives no id."""
+    where = f"{where_file}:{line}"
+    answer_text = _text(answer, where, "answer")
+    question_text = _text(question, where, "question")
+    identifier = _text(record_id, where, "id", required=False) or (
+        default_id or f"{Path(where_file).stem}-{line}"
+    )
+    label_set = _labels(labels, where)
+    kind = default_type or task_type
+    if kind is None:
+        kind = infer_type(answer_text, label_set)
+    if kind not in TASK_TYPES:
+        shown = kind if isinstance(kind, str) and len(kind) < 40 else type(kind).__name__
+        close = difflib.get_close_matches(str(shown), TASK_TYPES, n=1)
+        raise data_error(
+            where,
+            f"unknown task type {shown!r}",
+            f"did you mean {close[0]!r}?" if close else f"use one of: {', '.join(TASK_TYPES)}",
+        )
+    if label_set is None and kind in ("vqa_closed", "pope") and is_yes_no(answer_text):
+        label_set = list(YES_NO)  # candidates for likelihood scoring
+        answer_text = normalize(answer_text).rstrip(".")
+    if kind == "pope" and {normalize(label) for label in label_set or ()} != set(YES_NO):
+        raise data_error(where, "a pope record's answer must be yes or no")
+    if label_set is not None:
+        match = [label for label in label_set if normalize(label) == normalize(answer_text)]
+        if not match:
+            raise data_error(
+                where,
+                f"answer is not in the label set ({len(label_set)} labels)",
+                "the answer of a classification must be one of its `labels`; "
+                "fix the answer or add it to the labels",
+            )
+        answer_text = match[0]  # canonical spelling of the label
+    if meta is not None and not isinstance(meta, dict):
+        raise data_error(where, f"field 'meta' must be an object, found {type(meta).__name__}")
+    try:
+        return Record(
+            id=identifier,
+            type=kind,
+            images=images,
+            question=question_text,
+            answer=answer_text,
+            labels=label_set,
+            task=_text(task, where, "task", required=False),
+            meta=meta or {},
+            source=where_file,
+            line=line,
+        )
+    except ValidationError as exc:  # a safety net: never echo the input values
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "record"
+        raise data_error(where, f"invalid field {field!r}: {err['msg']}") from None
+
+
+def _labels(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise data_error(where, "field 'labels' must be a non-empty list of strings")
+    out: list[str] = []
+    for item in value:
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, str | int | float)
+            or not str(item).strip()
+        ):
+            raise data_error(where, "field 'labels' must be a non-empty list of strings")
+        text = str(item).strip()
+        if text in out:
+            raise data_error(where, "field 'labels' lists a label twice")
+        out.append(text)
+    return out
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def read_text(path: Path) -> str:
+    """Read a UTF-8 file; a decoding error names the line where it happens."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise data_error(
+            f"{path}:{line}",
+            "not valid UTF-8 text",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from None
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line of a JSONL file."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise data_error(
+                f"{path}:{number}", "not valid UTF-8 text", "save the file as UTF-8"
+            ) from None
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise data_error(
+                f"{path}:{number}",
+                f"malformed JSON at column {exc.colno}: {exc.msg}",
+                "each line must be one complete JSON object",
+            ) from None
+
+
+def iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line where the item starts, item) for each item of a JSON array file; a file of
+    JSON lines is read as JSONL."""
+    text = read_text(path)
+    decoder = json.JSONDecoder()
+    start = len(text) - len(text.lstrip())
+    if not text[start:].startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data":  # several objects: JSON lines in a .json file
+                yield from iter_jsonl(path)
+                return
+            raise data_error(
+                f"{path}:{exc.lineno}", f"malformed JSON at column {exc.colno}: {exc.msg}"
+            ) from None
+        raise data_error(
+            str(path),
+            "expected a JSON array of records",
+            "a .json dataset is a list of objects; use .jsonl for one object per line",
+        )
+    pos = start + 1
+    line = text.count("\n", 0, pos) + 1
+    counted = pos
+    while True:
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == "]":
+            return
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise data_error(
+                f"{path}:{exc.lineno}", f"malformed JSON at column {exc.colno}: {exc.msg}"
+            ) from None
+        yield line, item
+        pos = _skip_ws(text, end)
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos >= len(text) or text[pos] != "]":
+            lineno = text.count("\n", 0, pos) + 1
+            raise data_error(f"{path}:{lineno}", "malformed JSON: expected ',' or ']'")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def native_record(
+    obj: Any,
+    *,
+    path: Path,
+    line: int,
+    resolve: Callable[[Any, str], list[str]],
+    default_type: str | None = None,
+    default_id: str | None = None,
+) -> Record:
+    """One native JSONL object -> Record. `resolve(raw_images, where)` checks and resolves
+    image paths (see readers)."""
+    where = f"{path}:{line}"
+    if not isinstance(obj, dict):
+        raise data_error(where, f"expected a JSON object, found {type(obj).__name__}")
+    unknown = [key for key in obj if key not in NATIVE_KEYS]
+    if unknown:
+        key = str(unknown[0])[:40]
+        close = difflib.get_close_matches(key, NATIVE_KEYS, n=1)
+        raise data_error(
+            where,
+            f"unknown field {key!r}",
+            f"did you mean {close[0]!r}?"
+            if close
+            else f'put extra fields under "meta"; known fields: {", ".join(NATIVE_KEYS)}',
+        )
+    raw_images = obj.get("images", obj.get("image"))
+    answer = obj.get("answer", obj.get("label"))
+    return make_record(
+        where_file=str(path),
+        line=line,
+        record_id=obj.get("id"),
+        task_type=obj.get("type"),
+        question=obj.get("question", obj.get("prompt")),
+        answer=answer,
+        labels=obj.get("labels"),
+        task=obj.get("task"),
+        meta=obj.get("meta"),
+        images=resolve(raw_images, where),
+        default_type=default_type,
+        default_id=default_id,
+    )
+
+
+def record_to_json(record: Record, *, relative_to: Path | None = None) -> dict[str, Any]:
+    """A record as a native JSONL object (image paths relative to `relative_to` if given)."""
+    images = record.images
+    if relative_to is not None:
+        images = [Path(p).relative_to(relative_to).as_posix() for p in images]
+    out: dict[str, Any] = {
+        "id": record.id,
+        "type": record.type,
+        "images": images,
+        "question": record.question,
+        "answer": record.answer,
+    }
+    if record.labels is not None:
+        out["labels"] = record.labels
+    if record.task is not None:
+        out["task"] = record.task
+    if record.meta:
+        out["meta"] = record.meta
+    return out

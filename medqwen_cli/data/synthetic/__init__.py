@@ -1,0 +1,160 @@
+"""Built-in tasks that need no download: `generate_task(name, out_dir, seed=0, size=None)`.
+
+One task per `BUILTIN_TASKS` name. `xray`, `ct`, `mri`, `fundus` and `pathology` are
+synthetic: each record is a freshly drawn case of that modality (0-2 findings with side,
+level, size and count; see `scenes`) rendered as a small PNG (`render`), with a question of
+one of the five record types in turn (`questions`). Tasks differ in look, findings vocabulary
+and report style, so training on them in sequence shows forgetting. `dicom` uses real images
+from pydicom's test files (`dicom_task`).
+
+Output directory::
+
+    dataset.json   {"name", "generator_version", "seed", "image_size", "counts", ...}
+    train.jsonl    native records (see medqwen_cli.data.records), image paths relative
+    eval.jsonl
+    images/*.png
+
+Defaults: 96 train and 32 eval records of 112 px; `size` sets the train count (eval: a third
+of it, between 8 and 32). Everything derives from `seed` through numpy's seeded generators
+(train and eval streams independent), so a seed gives byte-identical files.
+
+`ensure_builtin` is what `load_records("builtin:NAME")` calls: it generates into
+`cache_dir/builtin/<NAME>-<GENERATOR_VERSION>-<seed>[-n<size>]/` once, atomically (a temporary
+directory renamed into place, so concurrent processes never see half a dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from medqwen_cli.data.synthetic.questions import POPE_SPLITS, TYPES, build, case_for
+from medqwen_cli.data.synthetic.render import RENDERERS
+from medqwen_cli.data.synthetic.scenes import MODALITIES
+from medqwen_cli.errors import DataError
+from medqwen_cli.recipe import BUILTIN_TASKS
+
+GENERATOR_VERSION = "1"
+IMAGE_SIZE = 112
+DEFAULT_TRAIN = 96
+DEFAULT_EVAL = 32
+
+__all__ = ["GENERATOR_VERSION", "ensure_builtin", "generate_task", "split_sizes"]
+
+
+def split_sizes(size: int | None) -> tuple[int, int]:
+    """(train, eval) record counts for a requested train size."""
+    if size is None:
+        return DEFAULT_TRAIN, DEFAULT_EVAL
+    if size < 1:
+        raise DataError(f"built-in task size must be at least 1, got {size}")
+    return size, max(8, min(DEFAULT_EVAL, size // 3))
+
+
+def generate_task(
+    name: str,
+    out_dir: Path | str,
+    *,
+    seed: int = 0,
+    size: int | None = None,
+    image_size: int = IMAGE_SIZE,
+) -> Path:
+    """Write the built-in task `name` into `out_dir` (created if needed); return `out_dir`."""
+    if name not in BUILTIN_TASKS:
+        raise DataError(
+            f"unknown built-in task {name!r}", f"built-in tasks: {', '.join(BUILTIN_TASKS)}"
+        )
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    if name == "dicom":
+        from medqwen_cli.data.synthetic.dicom_task import generate_dicom_task
+
+        counts = generate_dicom_task(out, seed=seed, size=size, image_size=image_size)
+        extra: dict[str, object] = {"source": "pydicom test files"}
+    else:
+        counts, types = _generate_synthetic(name, out, seed=seed, size=size, image_size=image_size)
+        modality = MODALITIES[name]
+        extra = {"modality": modality.noun, "findings": list(modality.findings), "types": types}
+    manifest = {
+        "name": name,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "size": size,
+        "image_size": image_size,
+        "counts": counts,
+        **extra,
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (out / "dataset.json").write_text(text, encoding="utf-8")
+    return out
+
+
+def _generate_synthetic(
+    name: str, out: Path, *, seed: int, size: int | None, image_size: int
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    modality = MODALITIES[name]
+    render = RENDERERS[name]
+    counts, types = {}, {}
+    for stream, (split, n) in enumerate(zip(("train", "eval"), split_sizes(size), strict=True)):
+        rng = np.random.default_rng([seed, BUILTIN_TASKS.index(name), stream])
+        lines, tally, pope_count = [], Counter(), 0
+        for i in range(n):
+            kind = TYPES[i % len(TYPES)]
+            positive = bool(rng.random() < 0.5)
+            case = case_for(kind, modality, rng, positive)
+            image = render(case, modality, image_size, rng)
+            rel = f"images/{split}-{i:04d}.png"
+            image.save(out / rel, format="PNG")
+            item = build(
+                kind,
+                case,
+                modality,
+                rng,
+                pope_split=POPE_SPLITS[pope_count % len(POPE_SPLITS)],
+                positive=positive,
+            )
+            pope_count += kind == "pope"
+            tally[kind] += 1
+            record = {"id": f"{name}-{split}-{i:04d}", "type": kind, "images": [rel], **item}
+            lines.append(json.dumps(record, ensure_ascii=False))
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        counts[split] = n
+        types[split] = dict(sorted(tally.items()))
+    return counts, types
+
+
+def ensure_builtin(
+    name: str, cache_dir: Path | str, *, seed: int = 0, size: int | None = None
+) -> Path:
+    """The generated directory of a built-in task under `cache_dir/builtin/`, made on first
+    use (atomically)."""
+    tag = f"{name}-{GENERATOR_VERSION}-{seed}" + (f"-n{size}" if size is not None else "")
+    target = Path(cache_dir) / "builtin" / tag
+    if (target / "dataset.json").is_file():
+        return target
+    if target.exists():
+        raise DataError(
+            f"built-in dataset directory {target} is incomplete (no dataset.json)",
+            f"delete it (rm -r {target}); it is regenerated on the next run",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{tag}-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        generate_task(name, tmp, seed=seed, size=size)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process renamed its copy first: keep that one
+            if not (target / "dataset.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
