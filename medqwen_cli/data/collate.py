@@ -116,12 +116,12 @@ class Collator:
         else:
             prefix = self._tokens(template.prefix, special=True)
             pixel_values = grid = None
-        question = self._tokens(record.question)
+        question = self._tokens(record.question, user=True)
         suffix = self._tokens(template.suffix)
         if self.for_generation:
             answer, end, tail = [], [], []
         else:
-            answer = self._tokens(template.answer_prefix + record.answer)
+            answer = self._tokens(template.answer_prefix) + self._tokens(record.answer, user=True)
             after = self._tokens(template.answer_suffix)
             if not after:
                 eos = self.tokenizer.eos_token_id
@@ -201,10 +201,13 @@ class Collator:
         answer_prefix, answer_suffix = full[len(prompt) :].split(_ANSWER)
         return _Template(prefix, suffix, answer_prefix, answer_suffix)
 
-    def _tokens(self, text: str, *, special: bool = False) -> list[int]:
+    def _tokens(self, text: str, *, special: bool = False, user: bool = False) -> list[int]:
+        """Token ids of `text`; `user` text never yields special tokens (a question that
+        contains "<|image_pad|>" must not forge image placeholders)."""
         if not text:
             return []
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        kwargs = {"split_special_tokens": True} if user else {}
+        return list(self.tokenizer(text, add_special_tokens=special, **kwargs)["input_ids"])
 
 
 def _image_token_id(processor: Any) -> int:

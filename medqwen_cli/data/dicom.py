@@ -51,6 +51,25 @@ MODALITY_NAMES = {
 }
 
 Window = tuple[float, float]
+NOT_DICOM_SUFFIXES = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".gif",
+        ".webp",
+        ".json",
+        ".jsonl",
+        ".csv",
+        ".tsv",
+        ".txt",
+        ".npz",
+        ".md",
+    }
+)
 
 
 def _pydicom() -> Any:
@@ -66,8 +85,11 @@ def _pydicom() -> Any:
 
 def is_dicom_file(path: Path) -> bool:
     """A .dcm/.dicom name or the DICM magic at byte 128."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
+    suffix = path.suffix.lower()
+    if suffix in (".dcm", ".dicom"):
         return True
+    if suffix in NOT_DICOM_SUFFIXES:  # skip opening every PNG of a large image folder
+        return False
     try:
         with path.open("rb") as handle:
             handle.seek(128)

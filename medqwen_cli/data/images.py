@@ -9,7 +9,7 @@ Contract of `ImageResolver(root, ...)(raw, where) -> list[absolute path]`:
   must still lie inside `root`: `../x.png`, or a symlink pointing out of the dataset, is
   refused. Absolute paths are the author's explicit choice and are accepted as they are.
 - The file must exist and be a readable image (its header is decoded and checked); a DICOM
-  file is converted once (middle frame, header window) to a PNG under
+  file is converted once (middle frame; the given window, else the header's) to a PNG under
   `cache_dir/dicom-png/` and that PNG is returned.
 - An image with more pixels than `max_image_pixels` is accepted with a warning (collected
   in `warnings`, one line per dataset); the collator downscales it. An image too large to
@@ -44,8 +44,10 @@ class ImageResolver:
         max_image_pixels: int | None = None,
         search_dirs: Sequence[str] = ("",),
         extensions: Sequence[str] = (),
+        dicom_window: tuple[float, float] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        self.dicom_window = dicom_window
         self.cache_dir = Path(cache_dir)
         self.max_image_pixels = max_image_pixels
         self.search_dirs = tuple(search_dirs) or ("",)
@@ -132,10 +134,11 @@ class ImageResolver:
 
     def _dicom_png(self, path: Path, where: str) -> Path:
         stat = path.stat()
-        digest = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+        key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{self.dicom_window}"
+        digest = hashlib.sha256(key.encode()).hexdigest()
         target = self.cache_dir / "dicom-png" / f"{digest[:24]}.png"
         if not target.exists():
-            image = dicom_to_images(path, where=where)[0]
+            image = dicom_to_images(path, window=self.dicom_window, where=where)[0]
             write_png_atomic(image, target)
         return target
 

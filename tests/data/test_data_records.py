@@ -184,3 +184,35 @@ def test_read_dataset_reports_format_and_path(dataset: Path, cache: Path) -> Non
     loaded = read_dataset(spec(dataset), "train", cache_dir=cache)
     assert loaded.format == "jsonl" and loaded.path == dataset / "train.jsonl"
     assert loaded.warnings == []
+
+
+def test_native_jsonl_may_mix_in_chat_lines(dataset: Path, cache: Path) -> None:
+    chat = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": "img/a.png"},
+                    {"type": "text", "text": "Organ?"},
+                ],
+            },
+            {"role": "assistant", "content": "lung"},
+        ]
+    }
+    write_jsonl(dataset / "train.jsonl", [_good(), chat])
+    records = _load(dataset, cache)
+    assert [r.answer for r in records] == ["yes", "lung"] and records[1].id == "train-2"
+
+
+def test_json_array_errors_name_the_line(dataset: Path, cache: Path) -> None:
+    path = dataset / "train.json"
+    path.write_text(
+        '[\n  {"question": "q", "answer": "a"},\n  {"question": "q" "answer": "a"}\n]\n'
+    )
+    with pytest.raises(DataError, match=r"train\.json:3: malformed JSON"):
+        _load(dataset, cache)
+    path.write_text('{"question": "q", "answer": "a"}\n{"question": "r", "answer": "b"}\n')
+    assert [r.line for r in _load(dataset, cache)] == [1, 2]  # JSON lines in a .json file
+    path.write_text('{"data": []}')
+    with pytest.raises(DataError, match="expected a JSON array"):
+        _load(dataset, cache)

@@ -10,7 +10,8 @@ Where the data of a split is found:
 - a file: that file. A file that has no split information serves the dataset's training
   split (`spec.split`) only; MedMNIST `.npz` and VQA-RAD JSON select the split inside.
 
-Formats (`spec.format`, `auto` detects): `jsonl` (native records), `llava`, `messages`,
+Formats (`spec.format`, `auto` detects): `jsonl` (native records; a line may also be a
+`messages` or `conversations` object), `llava`, `messages`,
 `vqa_rad`, `slake`, `pathvqa`, `medmnist`, `csv`, `dicom`. Detection: `.npz` -> medmnist,
 `.csv`/`.tsv` -> csv, DICOM files or folders -> dicom, JSON / JSONL by the keys of the first
 item (`conversations` -> llava, `messages` -> messages, VQA benchmark keys -> that benchmark,
@@ -227,16 +228,16 @@ def detect_format(path: Path) -> str:
 
 
 def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
+    if fmt == "dicom" or path.is_dir():
+        if fmt not in ("dicom", "auto"):
+            raise DataError(f"{path}: format {fmt!r} needs a file, found a directory")
+        return read_dicom_folder(path, ctx)
     if fmt == "medmnist":
         return read_medmnist(path, ctx)
     if fmt == "csv":
         return read_csv(path, ctx)
-    if fmt == "dicom":
-        return read_dicom_folder(path, ctx)
     if fmt in ("vqa_rad", "slake", "pathvqa"):
         return read_vqa(path, fmt, ctx)
-    if path.is_dir():
-        raise DataError(f"{path}: format {fmt!r} needs a file, found a directory")
     ctx.require_whole_file_split(path)
     items = iter_jsonl(path) if path.suffix.lower() == ".jsonl" else iter_json_items(path)
     resolve = ctx.resolver(path.parent)
@@ -249,9 +250,11 @@ def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
             default_type=ctx.default_type,
             default_id=f"{path.stem}-{number}",
         )
-        if fmt == "llava":
+        # native JSONL may mix in chat-style lines (DESIGN: "messages" or question/answer)
+        chat = isinstance(obj, dict) and fmt == "jsonl"
+        if fmt == "llava" or (chat and "conversations" in obj):
             records.extend(llava_item(obj, **kwargs))
-        elif fmt == "messages":
+        elif fmt == "messages" or (chat and "messages" in obj):
             records.extend(messages_item(obj, **kwargs))
         else:
             records.append(native_record(obj, **kwargs))

@@ -54,6 +54,7 @@ class ReadContext:
             max_image_pixels=self.max_image_pixels,
             search_dirs=search_dirs,
             extensions=extensions,
+            dicom_window=self.dicom_window,
         )
         self._resolvers.append(resolver)
         return resolver

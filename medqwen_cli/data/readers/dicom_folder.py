@@ -53,11 +53,8 @@ def dicom_files(folder: Path) -> list[Path]:
 
 
 def read_dicom_folder(folder: Path, ctx: ReadContext) -> list[Record]:
-    if folder.is_file():
-        files = [folder]
-    else:
-        ctx.require_whole_file_split(folder)
-        files = dicom_files(folder)
+    ctx.require_whole_file_split(folder)
+    files = [folder] if folder.is_file() else dicom_files(folder)
     if not files:
         raise data_error(
             str(folder), "no DICOM files found", "DICOM files end in .dcm or start with DICM"
