@@ -9,7 +9,9 @@ draws (default: the total number of records), a pure function of (seed, epoch):
 - `temperature`: p_i proportional to size_i^(1/T) (T = 1 is `mixed`'s proportions, large T
   tends to uniform);
 - `round_robin`: datasets in turn 0, 1, ..., K-1, 0, ...;
-- `sequential`: all of dataset 0 (shuffled), then all of dataset 1, ...
+- `sequential`: all of dataset 0 (shuffled), then all of dataset 1, ... in every epoch (a
+  curriculum inside one run; a sequence of tasks that should each finish before the next is
+  `medqwen continue`, one run per task).
 
 Within a dataset, records are drawn from a shuffled permutation without replacement; a dataset
 drawn more often than its size in an epoch starts a new permutation (so small datasets are
