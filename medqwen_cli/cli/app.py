@@ -15,7 +15,7 @@ import traceback
 import typer
 
 from medqwen_cli import __version__
-from medqwen_cli.cli import _common, init_experts_cmd, inspect_cmd, log_cmd, validate_cmd
+from medqwen_cli.cli import _common, init_experts_cmd, inspect_cmd, log_cmd, train_cmd, validate_cmd
 from medqwen_cli.errors import MedqwenError
 
 app = typer.Typer(
@@ -53,6 +53,8 @@ def _root(
 
 
 app.command("init-experts")(init_experts_cmd.init_experts)
+app.command("train")(train_cmd.train)
+app.command("continue")(train_cmd.continue_)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("log")(log_cmd.log)

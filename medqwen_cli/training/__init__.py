@@ -1,0 +1,1 @@
+"""Training: the accelerate loop, resumable checkpoints, and the train/continue drivers."""

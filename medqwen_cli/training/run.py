@@ -1,0 +1,321 @@
+"""`train` and `continue`: from a bundle's head to a new immutable version.
+
+recipe   the bundle's stored recipe, or --recipe, then --set overrides; the adapter structure
+         (method, experts, rank, ...) must match the bundle's, training-only fields may change
+data     the datasets of the requested tasks (or data.datasets), mixed by the regime
+model    the parent version applied to its base (fingerprint checked)
+fit      the accelerate loop, resuming from <bundle>/work/<run key>/ after a crash
+write    adapter + metrics.json + train_log.jsonl as a new version (main process only);
+         nothing is written to versions/ unless training finished
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medqwen_cli.bundle import Bundle
+from medqwen_cli.errors import RecipeError, TrainingError
+from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
+from medqwen_cli.training.checkpoint import run_key
+from medqwen_cli.training.loop import ProgressFn, fit
+
+# Adapter fields fixed at init: changing them would not match init.safetensors.
+STRUCTURAL = (
+    "method",
+    "experts",
+    "top_k",
+    "rank",
+    "scaling",
+    "alpha",
+    "eta",
+    "rho",
+    "segments",
+    "targets",
+    "exclude",
+    "seed",
+)
+
+
+@dataclass
+class TrainResult:
+    bundle: str
+    version: str
+    parent: str | None
+    tasks: list[str]
+    steps: int
+    samples: int
+    tokens: int
+    final_loss: float | None
+    mean_loss: float | None
+    seconds: float
+    resumed_from: int
+    router_load: dict[str, list[float]] = field(default_factory=dict)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_recipe(bundle: Bundle, recipe_path: str | Path | None, overrides: list[str]) -> Recipe:
+    """The recipe a run uses; refuses a change of the adapter's structure."""
+    if recipe_path is not None:
+        recipe = load_recipe(recipe_path, overrides)
+    else:
+        recipe = load_recipe(None, overrides, base=bundle.manifest.recipe)
+    stored = bundle.manifest.method
+    changed = [
+        k
+        for k in STRUCTURAL
+        if k in stored and recipe.adapter.model_dump(mode="json")[k] != stored[k]
+    ]
+    if changed:
+        raise RecipeError(
+            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
+            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
+            "only training fields (adapter.dropout, adapter.balance_loss, train.*, data, tasks, eval) "
+            "may change; start a new bundle with `medqwen init-experts` for another structure",
+        )
+    return recipe
+
+
+def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any]:
+    """Datasets (and regime) of the requested tasks, or of data.datasets when none is named."""
+    if not tasks:
+        if not recipe.data.datasets:
+            raise RecipeError(
+                "nothing to train on: the recipe has no data.datasets and no --task was given",
+                "pass --task NAME (a recipe task, a dataset path or builtin:NAME) or add data.datasets",
+            )
+        return list(recipe.data.datasets), recipe.regime
+    specs: list[DatasetSpec] = []
+    for name in tasks:
+        specs += recipe.task_datasets(name)
+    regime = recipe.regime
+    if len(tasks) == 1 and tasks[0] in recipe.tasks and recipe.tasks[tasks[0]].regime is not None:
+        regime = recipe.tasks[tasks[0]].regime
+    return specs, regime
+
+
+def task_names(recipe: Recipe, tasks: list[str]) -> list[str]:
+    return list(tasks) if tasks else [d.display_name for d in recipe.data.datasets]
+
+
+def _steps(cfg: Any, total_records: int, world: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    return max(1, math.ceil(cfg.epochs * total_records / per_step))
+
+
+def _batches(
+    records: list[list[Any]], sampler: Any, collator: Any, cfg: Any
+) -> Iterator[list[dict]]:
+    """Per optimizer step: `grad_accum` collated micro-batches of this process's samples."""
+
+    def draws() -> Iterator[tuple[int, int]]:
+        while True:  # the sampler yields one epoch per iter(); the next iter() is the next epoch
+            yield from sampler
+
+    indices = draws()
+    while True:
+        micro = []
+        for _ in range(cfg.grad_accum):
+            chosen = [next(indices) for _ in range(cfg.batch_size)]
+            micro.append(collator([records[d][i] for d, i in chosen]))
+        yield micro
+
+
+def train_bundle(
+    bundle_path: str | Path | None,
+    *,
+    tasks: list[str] | None = None,
+    recipe_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    command: str = "medqwen train",
+    restart: bool = False,
+    progress_fn: ProgressFn | None = None,
+    kind: str = "train",
+) -> TrainResult:
+    """Train the head on the tasks' datasets and append the result as a new version."""
+    from accelerate import Accelerator
+
+    from medqwen_cli.adapters import adapter_state_dict, reset_router_stats, router_load
+    from medqwen_cli.data.collate import Collator
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.loading import load_adapted
+    from medqwen_cli.modeling import cache_dir, select_device
+
+    bundle = Bundle.open(bundle_path)
+    recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
+    tasks = list(tasks or [])
+    specs, regime = task_specs(recipe, tasks)
+    names = task_names(recipe, tasks)
+    cfg = recipe.train
+    device = select_device(recipe.model.device)
+    precision = (
+        cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    )
+    accelerator = Accelerator(
+        cpu=device == "cpu",
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+    )
+    parent = bundle.head
+    recipe_data = recipe_to_dict(recipe)
+    run_dir = bundle.work_dir / run_key(parent, names, recipe_data, kind)
+    if restart and accelerator.is_main_process and run_dir.exists():
+        shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()
+
+    records = [
+        load_records(
+            s, s.split, cache_dir=cache_dir() / "data", max_image_pixels=cfg.max_image_pixels
+        )[: s.max_samples]
+        for s in specs
+    ]
+    sampler = make_sampler(
+        records, specs, regime, cfg.seed, accelerator.process_index, accelerator.num_processes
+    )
+    total_steps = _steps(cfg, sum(len(r) for r in records), accelerator.num_processes)
+
+    loaded = load_adapted(
+        bundle,
+        parent,
+        dtype="float32" if precision == "fp32" else "auto",
+        device=str(accelerator.device),
+    )
+    model = loaded.model
+    _set_dropout(model, recipe.adapter.dropout)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reset_router_stats(model)
+    collator = Collator(
+        loaded.processor, max_image_pixels=cfg.max_image_pixels, max_length=cfg.max_length
+    )
+    result = fit(
+        model,
+        _batches(records, sampler, collator, cfg),
+        sampler,
+        cfg=cfg,
+        balance_weight=recipe.adapter.balance_loss,
+        total_steps=total_steps,
+        accelerator=accelerator,
+        run_dir=run_dir,
+        progress_fn=progress_fn if accelerator.is_main_process else None,
+    )
+    p = result.progress
+    summary = TrainResult(
+        bundle=str(bundle.root),
+        version="",
+        parent=parent,
+        tasks=names,
+        steps=p.step,
+        samples=p.samples,
+        tokens=p.tokens,
+        final_loss=p.last_loss,
+        mean_loss=p.loss_sum / p.step if p.step else None,
+        seconds=round(result.seconds, 3),
+        resumed_from=result.resumed_from,
+        router_load=router_load(model),
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        log = run_dir / "train_log.jsonl"
+        entry = bundle.append_version(
+            adapter_state_dict(model),
+            command=command,
+            tasks=names,
+            recipe=recipe_data,
+            parent=parent,
+            json_files={
+                "metrics.json": {
+                    "train": {k: v for k, v in summary.to_dict().items() if k != "evaluations"}
+                }
+            },
+            files={"train_log.jsonl": log} if log.is_file() else None,
+        )
+        summary.version = entry.id
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if bundle.work_dir.is_dir() and not any(bundle.work_dir.iterdir()):
+            bundle.work_dir.rmdir()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        summary.version = Bundle.open(bundle.root).head or ""
+    return summary
+
+
+def continue_bundle(
+    bundle_path: str | Path | None,
+    *,
+    task: str,
+    recipe_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    command: str = "medqwen continue",
+    restart: bool = False,
+    evaluate: bool = True,
+    progress_fn: ProgressFn | None = None,
+    eval_progress: Any = None,
+) -> TrainResult:
+    """The next task of a sequence: train the head on `task` only, then evaluate every task seen."""
+    result = train_bundle(
+        bundle_path,
+        tasks=[task],
+        recipe_path=recipe_path,
+        overrides=overrides,
+        command=command,
+        restart=restart,
+        progress_fn=progress_fn,
+        kind="continue",
+    )
+    if evaluate and result.version:
+        from medqwen_cli.evaluation.api import evaluate_bundle
+
+        bundle = Bundle.open(result.bundle)
+        seen = bundle.read_version_info(result.version).lineage_tasks
+        tasks = list(dict.fromkeys(seen))
+        evaluation = evaluate_bundle(
+            bundle, version=result.version, tasks=tasks, progress=eval_progress
+        )
+        result.evaluations = (
+            evaluation.records if hasattr(evaluation, "records") else list(evaluation)
+        )
+    return result
+
+
+def _set_dropout(model: Any, p: float) -> None:
+    from torch import nn
+
+    from medqwen_cli.adapters import adapter_layers
+
+    for _, layer in adapter_layers(model):
+        layer.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def make_sampler(
+    records: list[list[Any]],
+    specs: list[DatasetSpec],
+    regime: Any,
+    seed: int,
+    rank: int,
+    world: int,
+) -> Any:
+    """The regime sampler over the datasets, sharded for this process."""
+    from medqwen_cli.data.regimes import RegimeSampler
+
+    if any(len(r) == 0 for r in records):
+        empty = [s.display_name for s, r in zip(specs, records, strict=True) if not r]
+        raise TrainingError(
+            f"empty dataset(s): {', '.join(empty)}", "check the dataset paths and splits"
+        )
+    return RegimeSampler(
+        sizes=[len(r) for r in records],
+        regime=regime,
+        weights=[s.weight for s in specs],
+        seed=seed,
+        rank=rank,
+        world_size=world,
+    )

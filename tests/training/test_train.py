@@ -1,0 +1,173 @@
+"""Training: loss goes down, versions are written only when a run finishes, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medqwen_cli.bundle import Bundle
+from medqwen_cli.errors import RecipeError, TrainingError
+from medqwen_cli.training import loop as loop_mod
+from medqwen_cli.training.run import train_bundle
+
+FAST = ["train.checkpoint_every=1000", "train.log_every=1"]
+
+
+def eval_loss(bundle: Path, version: str) -> float:
+    """Mean answer-token loss of a version on a fixed set of training records."""
+    from medqwen_cli.data.collate import Collator
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.loading import load_adapted
+    from medqwen_cli.modeling import cache_dir
+    from medqwen_cli.recipe import DatasetSpec
+
+    loaded = load_adapted(Bundle.open(bundle), version)
+    records = load_records(
+        DatasetSpec(path="builtin:xray"),
+        "train",
+        cache_dir=cache_dir() / "data",
+        max_image_pixels=12544,
+    )[:16]
+    batch = Collator(loaded.processor, max_image_pixels=12544, max_length=512)(records)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        total = loop_mod.token_loss_sum(loaded.model(**batch).logits, labels)
+    return float(total) / int((labels[:, 1:] != -100).sum())
+
+
+def test_loss_goes_down_and_a_loadable_version_is_written(bundle_dir: Path) -> None:
+    before = eval_loss(bundle_dir, "v0001")
+    result = train_bundle(
+        bundle_dir, tasks=["xray"], overrides=[*FAST, "train.lr=0.01", "train.max_steps=30"]
+    )
+    assert result.version == "v0002" and result.steps == 30 and result.tasks == ["xray"]
+    after = eval_loss(bundle_dir, "v0002")
+    assert after < before - 0.3, (before, after)
+    b = Bundle.open(bundle_dir)
+    info = b.read_version_info("v0002")
+    assert info.parent == "v0001" and set(info.files) == {
+        "adapter.safetensors",
+        "metrics.json",
+        "train_log.jsonl",
+    }
+    metrics = b.read_json("metrics.json", "v0002")["train"]
+    assert metrics["steps"] == 30 and metrics["tokens"] > 0 and set(metrics["router_load"])
+    log = (b.root / "versions/v0002/train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == list(range(1, 31))
+    assert not (
+        b.root / "work"
+    ).exists()  # the run's checkpoints are removed once the version exists
+
+
+def test_max_steps_budget_and_epochs(bundle_dir: Path) -> None:
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.modeling import cache_dir
+    from medqwen_cli.recipe import DatasetSpec
+
+    assert train_bundle(bundle_dir, tasks=["ct"], overrides=[*FAST, "train.max_steps=3"]).steps == 3
+    n = len(load_records(DatasetSpec(path="builtin:ct"), "train", cache_dir=cache_dir() / "data"))
+    # without max_steps: ceil(epochs * records / (batch * accum * processes))
+    result = train_bundle(
+        bundle_dir,
+        tasks=["ct"],
+        overrides=[*FAST, "train.max_steps=null", "train.epochs=0.25", "train.batch_size=8"],
+    )
+    assert result.steps == -(-(n // 4) // 8) and result.samples == result.steps * 8
+
+
+def test_refuses_a_change_of_adapter_structure(bundle_dir: Path) -> None:
+    with pytest.raises(RecipeError, match="rank"):
+        train_bundle(bundle_dir, tasks=["xray"], overrides=["adapter.rank=8"])
+    assert Bundle.open(bundle_dir).head == "v0001"
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(
+    bundle_dir: Path, monkeypatch
+) -> None:
+    real = loop_mod.token_loss_sum
+    calls = {"n": 0}
+
+    def poisoned(logits, labels):
+        calls["n"] += 1
+        value = real(logits, labels)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(loop_mod, "token_loss_sum", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 5") as err:
+        train_bundle(
+            bundle_dir, tasks=["xray"], overrides=["train.checkpoint_every=2", "train.max_steps=8"]
+        )
+    assert "ckpt-000004" in err.value.hint
+    b = Bundle.open(bundle_dir)
+    assert b.head == "v0001" and len(b.manifest.versions) == 1
+    assert sorted(p.name for p in next((b.root / "work").iterdir()).glob("ckpt-*")) == [
+        "ckpt-000002",
+        "ckpt-000004",
+    ]
+    monkeypatch.undo()
+    resumed = train_bundle(
+        bundle_dir, tasks=["xray"], overrides=["train.checkpoint_every=2", "train.max_steps=8"]
+    )
+    assert resumed.resumed_from == 4 and resumed.version == "v0002"
+
+
+def _train_cmd(bundle: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "medqwen_cli", "train", str(bundle), "--task", "xray", "--format", "json",
+            "--set", "train.max_steps=40", "--set", "train.checkpoint_every=5", *extra]  # fmt: skip
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_weights(bundle_dir: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    shutil.copytree(bundle_dir, reference)
+    subprocess.run(_train_cmd(reference), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(bundle_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((bundle_dir / "work").glob("*/ckpt-000010/state.json")):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    b = Bundle.open(bundle_dir)
+    assert b.head == "v0001" and b.verify() == []  # a killed run leaves no partial version
+
+    out = subprocess.run(_train_cmd(bundle_dir), check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout)
+    assert result["resumed_from"] >= 10 and result["steps"] == 40
+    resumed = Bundle.open(bundle_dir).read_adapter("v0002")
+    uninterrupted = Bundle.open(reference).read_adapter("v0002")
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+    log = (bundle_dir / "versions/v0002/train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == list(
+        range(5, 41, 5)
+    )  # log_every = 5, no duplicate or lost line
+
+
+def test_restart_discards_checkpoints(bundle_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(
+        loop_mod, "token_loss_sum", lambda logits, labels: logits.sum() * float("inf")
+    )
+    with pytest.raises(TrainingError):
+        train_bundle(
+            bundle_dir, tasks=["xray"], overrides=["train.checkpoint_every=1", "train.max_steps=4"]
+        )
+    monkeypatch.undo()
+    result = train_bundle(
+        bundle_dir,
+        tasks=["xray"],
+        overrides=["train.checkpoint_every=1", "train.max_steps=4"],
+        restart=True,
+    )
+    assert result.resumed_from == 0 and result.steps == 4
