@@ -100,6 +100,11 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("medqwen"))
 
 
+def data_cache_dir() -> Path:
+    """Where built-in datasets and converted images (MedMNIST, DICOM) are generated."""
+    return cache_dir() / "data"
+
+
 def resolve_base(name: str, revision: str | None = None) -> BaseInfo:
     """Find `name` offline (building a preset if needed) without loading any weights."""
     if name in PRESETS:

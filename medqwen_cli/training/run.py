@@ -148,7 +148,7 @@ def train_bundle(
     from medqwen_cli.data.collate import Collator
     from medqwen_cli.data.readers import load_records
     from medqwen_cli.loading import load_adapted
-    from medqwen_cli.modeling import cache_dir, select_device
+    from medqwen_cli.modeling import data_cache_dir, select_device
 
     bundle = Bundle.open(bundle_path)
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
@@ -172,9 +172,9 @@ def train_bundle(
     accelerator.wait_for_everyone()
 
     records = [
-        load_records(
-            s, s.split, cache_dir=cache_dir() / "data", max_image_pixels=cfg.max_image_pixels
-        )[: s.max_samples]
+        load_records(s, s.split, cache_dir=data_cache_dir(), max_image_pixels=cfg.max_image_pixels)[
+            : s.max_samples
+        ]
         for s in specs
     ]
     sampler = make_sampler(

@@ -1,0 +1,77 @@
+"""`medqwen train` / `medqwen continue` from the command line, inside the bundle directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["--set", "train.max_steps=2", "--set", "train.checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medqwen_cli.init_experts import init_experts
+    from medqwen_cli.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("cli-train") / "b"
+    init_experts(load_recipe(REPO / "recipes/debug/tiny.yaml"), root)
+    return root
+
+
+@pytest.fixture
+def bundle(template: Path, tmp_path: Path) -> Path:
+    shutil.copytree(template, tmp_path / "b")
+    return tmp_path / "b"
+
+
+def test_train_then_continue_without_paths(cli, bundle: Path, monkeypatch) -> None:
+    monkeypatch.chdir(bundle)
+    first = cli("train", "--task", "xray", *QUICK, "-f", "json")
+    assert first.code == 0, first.err
+    assert json.loads(first.out)["version"] == "v0002"
+    second = cli("continue", "--task", "ct", "--no-eval", *QUICK, "-f", "json")
+    assert second.code == 0, second.err
+    data = json.loads(second.out)
+    assert (data["version"], data["parent"], data["tasks"]) == ("v0003", "v0002", ["ct"])
+    log = json.loads(cli("log", "-f", "json").out)
+    assert [(row["id"], row["tasks"]) for row in log] == [
+        ("v0003", ["ct"]),
+        ("v0002", ["xray"]),
+        ("v0001", []),
+    ]
+
+
+def test_train_table_output(cli, bundle: Path) -> None:
+    result = cli("train", bundle, "--task", "xray", *QUICK, "-f", "table")
+    assert result.code == 0 and "v0002" in result.out and "router load" in result.out
+
+
+def test_unknown_task(cli, bundle: Path) -> None:
+    result = cli("train", bundle, "--task", "xary", *QUICK)
+    assert (
+        result.code == 1
+        and "unknown task 'xary'" in result.err
+        and "did you mean 'xray'" in result.err
+    )
+
+
+def test_continue_needs_a_task(cli, bundle: Path) -> None:
+    assert cli("continue", bundle).code == 2
+
+
+def test_train_a_dataset_path_directly(cli, bundle: Path, tmp_path: Path) -> None:
+    from medqwen_cli.data.synthetic import generate_task
+
+    data = generate_task("mri", tmp_path / "mri-data", size=16)
+    result = cli("train", bundle, "--task", str(data), *QUICK, "-f", "json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["tasks"] == [str(data)]
+
+
+def test_nothing_to_train_on(cli, bundle: Path) -> None:
+    result = cli("train", bundle, "--set", "data.datasets=[]", *QUICK)
+    assert result.code == 1 and "nothing to train on" in result.err
