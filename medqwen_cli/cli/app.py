@@ -15,7 +15,17 @@ import traceback
 import typer
 
 from medqwen_cli import __version__
-from medqwen_cli.cli import _common, init_experts_cmd, inspect_cmd, log_cmd, train_cmd, validate_cmd
+from medqwen_cli.cli import (
+    _common,
+    evaluate_cmd,
+    forgetting_cmd,
+    init_experts_cmd,
+    inspect_cmd,
+    log_cmd,
+    merge_cmd,
+    train_cmd,
+    validate_cmd,
+)
 from medqwen_cli.errors import MedqwenError
 
 app = typer.Typer(
@@ -55,6 +65,9 @@ def _root(
 app.command("init-experts")(init_experts_cmd.init_experts)
 app.command("train")(train_cmd.train)
 app.command("continue")(train_cmd.continue_)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("forgetting-report")(forgetting_cmd.forgetting_report)
+app.command("merge")(merge_cmd.merge)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("log")(log_cmd.log)

@@ -1,0 +1,88 @@
+"""`medqwen evaluate`: score a bundle version (or the base alone) and record it in evals.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medqwen_cli.cli import _output
+from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
+
+COLUMNS = ["task", "type", "metric", "value", "n"]
+
+
+def evaluate(
+    bundle: BundleArg = None,
+    version: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--version", "-v", help="Version to evaluate (v3, 3, v0003; default: the head)."
+    ),
+    task: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None,
+        "--task",
+        "-t",
+        help="Task to evaluate (repeatable): a recipe task, a dataset name or path, or "
+        "builtin:NAME. Default: eval.tasks, else the tasks of the version's lineage.",
+    ),
+    base_only: bool = typer.Option(
+        False, "--base-only", help="Evaluate the base model alone (the zero-shot row 'base')."
+    ),
+    scoring: Optional[str] = typer.Option(  # noqa: UP045
+        None,
+        "--scoring",
+        help="Closed questions, POPE and classification: likelihood (score every candidate "
+        "answer) or generate (generate and parse). Default: the recipe's eval.scoring.",
+        show_default=False,
+    ),
+    save_predictions: Optional[Path] = typer.Option(  # noqa: UP045
+        None,
+        "--save-predictions",
+        help="Write every answer to this JSONL file (id, task, type, prediction, reference).",
+    ),
+    fmt: FormatOpt = "",
+) -> None:
+    """Answer each task's evaluation split, print the metrics per task and record type, and
+    append them to the bundle's evals.jsonl (read by forgetting-report)."""
+    from rich.markup import escape
+
+    from medqwen_cli.evaluation.api import evaluate_bundle
+
+    fmt = resolve_format(fmt)
+    if scoring is not None and scoring not in ("likelihood", "generate"):
+        raise typer.BadParameter(
+            f"{scoring!r} is not likelihood or generate", param_hint="--scoring"
+        )
+    if base_only and version is not None:
+        raise typer.BadParameter("give either --version or --base-only", param_hint="--version")
+    with _output.progress("evaluate") as bar:
+        result = evaluate_bundle(
+            bundle,
+            version=version,
+            tasks=task or None,
+            base_only=base_only,
+            scoring=scoring,
+            save_predictions=save_predictions,
+            progress=bar,
+        )
+    rate = result.samples_per_second
+    _output.stderr.print(
+        f"{result.version}: {result.n} samples, {len(result.tasks)} task(s), "
+        f"{result.seconds:.1f} s ({rate:.2f} samples/s, scoring {result.scoring}); "
+        f"{len(result.records)} lines appended to {Path(result.bundle) / 'evals.jsonl'}"
+        if rate
+        else f"{result.version}: {result.n} samples",
+        markup=False,
+        highlight=False,
+    )
+    if result.predictions_file:
+        _output.stderr.print(
+            f"predictions written to {result.predictions_file}", markup=False, highlight=False
+        )
+    rows = [
+        {**row, "metric": row["metric"] + (" *" if row["headline"] and fmt == "table" else "")}
+        for row in result.rows()
+    ]
+    title = escape(f"{result.bundle} {result.version} (* headline)")
+    _output.emit(fmt, rows, COLUMNS + ([] if fmt == "table" else ["headline", "reason"]),
+                 title=title, data=result.to_dict())  # fmt: skip

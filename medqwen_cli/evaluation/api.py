@@ -1,0 +1,246 @@
+"""`evaluate_bundle`: score one bundle version (or the base alone) on its tasks, and record it.
+
+    evaluate_bundle(bundle, version=None, tasks=None, base_only=False, scoring=None,
+                    save_predictions=None, progress=None) -> EvaluationResult
+
+1. The model: the version's adapters on the bundle's base (`load_adapted`), or with
+   `base_only` (or version "base") the base alone, for the zero-shot row b of the accuracy
+   matrix; dtype and device from the bundle's stored recipe.
+2. The tasks: `tasks`, else the recipe's `eval.tasks`, else every task of the version's lineage
+   (for the base: the head's), else the names of `data.datasets`. Each name resolves through
+   `recipe.task_datasets` (a recipe task, a dataset name, a path or builtin:NAME).
+3. The records: every dataset's `eval_split` (datasets with `eval_split: null` are skipped), in
+   recipe order, then the first `eval.max_samples` (deterministic: no sampling).
+4. Answers: `Runner` (likelihood over candidates, or greedy generation; see runner.py).
+5. Scores per record type and one headline per task (see summary.py); one line per
+   (version, task, metric) is appended to `<bundle>/evals.jsonl` with n, split, scoring, type
+   and headline (true on the line that fills the accuracy matrix).
+
+Data and the model are checked before anything runs (an unknown task fails in a second). Nothing
+here prints or logs record text; `save_predictions` writes the answers (JSONL, atomically) only
+where the caller asks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medqwen_cli.bundle import Bundle, atomic_write_bytes
+from medqwen_cli.errors import EvaluationError
+from medqwen_cli.evaluation.summary import TaskEvaluation, score_task_predictions
+
+BASE_VERSION = "base"
+SCORINGS = ("likelihood", "generate")
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class EvaluationResult:
+    bundle: str
+    version: str  # a version id, or "base"
+    scoring: str
+    tasks: list[TaskEvaluation]
+    records: list[dict[str, Any]]  # the lines appended to evals.jsonl
+    n: int
+    seconds: float  # answering and scoring, model loading excluded
+    load_seconds: float
+    answer_seconds: float  # the model's share of `seconds`
+    predictions_file: str | None = None
+
+    @property
+    def samples_per_second(self) -> float | None:
+        """Records answered per second of model time (loading and metrics excluded)."""
+        return self.n / self.answer_seconds if self.answer_seconds > 0 else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for task in self.tasks for row in task.metric_rows()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle,
+            "version": self.version,
+            "scoring": self.scoring,
+            "n": self.n,
+            "seconds": round(self.seconds, 3),
+            "load_seconds": round(self.load_seconds, 3),
+            "answer_seconds": round(self.answer_seconds, 3),
+            "samples_per_second": self.samples_per_second,
+            "predictions_file": self.predictions_file,
+            "headlines": {
+                t.task: {"metric": t.headline_metric, "value": t.headline, "n": t.n}
+                for t in self.tasks
+            },
+            "results": self.rows(),
+        }
+
+
+def evaluate_bundle(
+    bundle: Bundle | str | os.PathLike[str] | None,
+    *,
+    version: str | None = None,
+    tasks: Sequence[str] | None = None,
+    base_only: bool = False,
+    scoring: str | None = None,
+    save_predictions: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> EvaluationResult:
+    """Evaluate a version (default head) or the base on its tasks (see the module docstring)."""
+    from medqwen_cli.loading import bundle_recipe
+
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    recipe = bundle_recipe(bundle)
+    scoring = scoring or recipe.eval.scoring
+    if scoring not in SCORINGS:
+        raise EvaluationError(f"unknown scoring {scoring!r}", f"use one of {', '.join(SCORINGS)}")
+    if version == BASE_VERSION:
+        base_only, version = True, None
+    if base_only and version is not None:
+        raise EvaluationError(
+            f"both a version ({version}) and the base alone were asked for",
+            "pass --version to evaluate a version, or --base-only for the zero-shot row",
+        )
+    vid = BASE_VERSION if base_only else bundle.resolve_version(version)
+    if save_predictions is not None and Path(save_predictions).is_dir():
+        raise EvaluationError(
+            f"--save-predictions {save_predictions} is a directory",
+            "give a file name, e.g. predictions.jsonl",
+        )
+    names = default_tasks(bundle, recipe, vid) if not tasks else list(dict.fromkeys(tasks))
+    task_records = {name: _task_records(recipe, name) for name in names}  # fail fast on data
+
+    t0 = time.perf_counter()
+    model, processor = _load_model(bundle, recipe, vid)
+    load_seconds = time.perf_counter() - t0
+
+    from medqwen_cli.evaluation.runner import Runner
+
+    runner = Runner(
+        model, processor, batch_size=recipe.eval.batch_size,
+        max_new_tokens=recipe.eval.max_new_tokens,
+        max_image_pixels=recipe.train.max_image_pixels, max_length=recipe.train.max_length,
+    )  # fmt: skip
+    total = sum(len(records) for records, _, _ in task_records.values())
+    done, answer_seconds = 0, 0.0
+    t0 = time.perf_counter()
+    results, predictions = [], []
+    for name, (records, split, datasets) in task_records.items():
+
+        def advance(n: int, _record: Any, name: str = name) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total, name)
+
+        t1 = time.perf_counter()
+        preds = runner.run(records, scoring, advance)  # type: ignore[arg-type]
+        answer_seconds += time.perf_counter() - t1
+        predictions += [(vid, p) for p in preds]
+        results.append(
+            score_task_predictions(
+                name, records, preds, split=split, datasets=datasets,
+                findings=recipe.eval.finding_keywords or None,
+            )
+        )  # fmt: skip
+    seconds = time.perf_counter() - t0
+
+    lines = [
+        {"version": vid, "task": row["task"], "metric": row["metric"], "value": row["value"],
+         "n": row["n"], "split": task.split, "scoring": scoring, "headline": row["headline"],
+         "type": row["type"], **({"reason": row["reason"]} if row["reason"] else {})}
+        for task in results for row in task.metric_rows()
+    ]  # fmt: skip
+    written = None
+    if save_predictions is not None:
+        written = str(write_predictions(save_predictions, predictions))
+    bundle.append_evals(lines)
+    return EvaluationResult(
+        bundle=str(bundle.root), version=vid, scoring=scoring, tasks=results, records=lines,
+        n=total, seconds=seconds, load_seconds=load_seconds, answer_seconds=answer_seconds,
+        predictions_file=written,
+    )  # fmt: skip
+
+
+def default_tasks(bundle: Bundle, recipe: Any, version: str) -> list[str]:
+    """recipe eval.tasks, else the lineage's tasks (the head's for the base), else data.datasets."""
+    if recipe.eval.tasks:
+        return list(dict.fromkeys(recipe.eval.tasks))
+    if bundle.manifest.versions:
+        lineage_of = None if version == BASE_VERSION else version
+        seen = bundle.read_version_info(lineage_of).lineage_tasks
+        if seen:
+            return list(dict.fromkeys(seen))
+    names = [d.display_name for d in recipe.data.datasets]
+    if not names:
+        raise EvaluationError(
+            "no task to evaluate: the recipe sets no eval.tasks, no version trained a task, "
+            "and data.datasets is empty",
+            "name the tasks: medqwen evaluate --task NAME (a recipe task, a dataset path or "
+            "builtin:NAME)",
+        )
+    return list(dict.fromkeys(names))
+
+
+def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
+    """(the first eval.max_samples eval records of task `name`, split label, dataset names)."""
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.modeling import cache_dir
+
+    specs = [s for s in recipe.task_datasets(name) if s.eval_split]
+    if not specs:
+        raise EvaluationError(
+            f"task {name!r} has no evaluation split: every dataset sets eval_split: null",
+            "set eval_split (e.g. eval) for its datasets in the recipe, or pass a dataset path "
+            "with --task",
+        )
+    records = []
+    for spec in specs:
+        loaded = load_records(
+            spec, spec.eval_split, cache_dir=cache_dir(),
+            max_image_pixels=recipe.train.max_image_pixels,
+        )  # fmt: skip
+        records += [r.model_copy(update={"task": name}) for r in loaded]
+    if recipe.eval.max_samples is not None:
+        records = records[: recipe.eval.max_samples]
+    split = ",".join(dict.fromkeys(s.eval_split for s in specs))
+    return records, split, [s.display_name for s in specs]
+
+
+def _load_model(bundle: Bundle, recipe: Any, version: str) -> tuple[Any, Any]:
+    from medqwen_cli.loading import bundle_base, load_adapted
+    from medqwen_cli.modeling import load_base
+
+    options = {
+        "dtype": recipe.model.dtype,
+        "device": recipe.model.device,
+        "max_pixels": recipe.train.max_image_pixels,
+    }
+    if version == BASE_VERSION:
+        model, processor, _ = load_base(bundle_base(bundle), **options)
+        return model, processor
+    adapted = load_adapted(bundle, version, **options)
+    return adapted.model, adapted.processor
+
+
+def write_predictions(path: str | os.PathLike[str], predictions: list[tuple[str, Any]]) -> Path:
+    """JSONL, one answer per line (version, id, task, type, prediction, reference, scoring,
+    scores), written to a temporary file and renamed into place."""
+    out = Path(path).expanduser().resolve()
+    text = "".join(
+        json.dumps({"version": vid, **p.to_json()}, ensure_ascii=False) + "\n"
+        for vid, p in predictions
+    )
+    try:
+        atomic_write_bytes(out, text.encode("utf-8"))
+    except OSError as exc:
+        raise EvaluationError(
+            f"cannot write predictions to {out}: {exc.strerror or exc}",
+            "choose a writable path for --save-predictions",
+        ) from None
+    return out
