@@ -1,0 +1,123 @@
+"""`medqwen merge`: export a bundle version as a deployable model (routed, dense or peft)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from medqwen_cli.cli import _output
+from medqwen_cli.cli._common import BundleArg, FormatOpt, command_line, resolve_format
+
+if TYPE_CHECKING:
+    from medqwen_cli.merge import MergeResult
+
+MODES = ("routed", "dense", "peft")
+
+
+def merge(
+    bundle: BundleArg = None,
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory to write (refused if it exists, unless --overwrite)."
+    ),
+    version: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--version", "-v", help="Version to export (v3, 3, v0003; default: the head)."
+    ),
+    mode: str = typer.Option(
+        "routed",
+        "--mode",
+        "-m",
+        help="routed: exact (base weights + routed adapter + modeling file); dense: mean-routed "
+        "update folded into the weights (approximate, plain transformers); peft: the same update "
+        "as a PEFT LoRA adapter (approximate).",
+    ),
+    calibration: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None,
+        "--calibration",
+        "-c",
+        help="Task whose training split measures the mean routing weights and the fidelity "
+        "(repeatable; a recipe task, a dataset path or builtin:NAME). Default for dense/peft: "
+        "the version's tasks. With routed it only measures (exactness check).",
+    ),
+    calibration_samples: int = typer.Option(
+        256,
+        "--calibration-samples",
+        "-n",
+        help="Calibration samples, drawn evenly over the tasks; 20% are held out for fidelity.",
+    ),
+    rank: Optional[int] = typer.Option(  # noqa: UP045
+        None,
+        "--rank",
+        help="peft only: singular components kept per layer (default: all, i.e. up to 2r; "
+        "lossless). Fewer components lose fidelity; merge_report.json gives the energy dropped.",
+    ),
+    copy_base: bool = typer.Option(
+        False,
+        "--copy-base",
+        help="routed only: copy the base weights (default: hard-link them when on the same "
+        "filesystem, else copy).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing export in --out."
+    ),
+    no_eval: bool = typer.Option(
+        False, "--no-eval", help="Skip the task metric before/after (logit fidelity only)."
+    ),
+    fmt: FormatOpt = "",
+) -> None:
+    """Export a bundle version for deployment. routed is exact; dense and peft fold the mean
+    routing weights measured on calibration data into one update and report how close they stay
+    (relative logit error, top-1 agreement, task metric before/after) in merge_report.json."""
+    from medqwen_cli.merge import merge_bundle
+
+    fmt = resolve_format(fmt)
+    if mode not in MODES:
+        raise typer.BadParameter(f"{mode!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    with _output.progress(f"merge ({mode})") as bar:
+        result = merge_bundle(
+            bundle, out, version=version, mode=mode, calibration=calibration or None,
+            calibration_samples=calibration_samples, copy_base=copy_base, overwrite=overwrite,
+            rank=rank, evaluate=not no_eval, command=command_line(), progress=bar,
+        )  # fmt: skip
+    _output.emit(fmt, _rows(result), ["field", "value"], title="merge", data=result.to_dict())
+
+
+def _rows(r: MergeResult) -> list[dict[str, Any]]:
+    kind = "exact" if r.exact else "approximate"
+    rows: list[dict[str, Any]] = [
+        {"field": "export", "value": f"{r.out} ({r.mode}, {kind})"},
+        {"field": "source", "value": f"{r.bundle} {r.version}"},
+        {"field": "base", "value": f"{r.base} (weights: {r.base_weights})"},
+        {"field": "layers", "value": r.layers},
+    ]
+    if r.peft_rank is not None:
+        rows.append({"field": "peft rank", "value": r.peft_rank})
+    if r.calibration:
+        c = r.calibration
+        rows.append(
+            {"field": "calibration", "value": f"{', '.join(c['tasks'])}: {c['fit_samples']} fit, "
+             f"{c['held_out_samples']} held out"}
+        )  # fmt: skip
+    fid = r.fidelity
+    if fid is not None:
+        rows += [
+            {"field": "relative logit error", "value": f"mean {fid.mean_relative_logit_error:.3g}, "
+             f"max {fid.max_relative_logit_error:.3g}"},
+            {"field": "top-1 agreement", "value": f"{fid.top1_agreement:.4f} ({fid.tokens} tokens)"},
+        ]  # fmt: skip
+        for t in fid.task_metrics:
+            rows.append(
+                {"field": f"{t['task']} {t['metric']}",
+                 "value": f"before {_num(t['before'])}, after {_num(t['after'])} (n={t['n']})"}
+            )  # fmt: skip
+        if fid.task_metrics_note:
+            rows.append({"field": "task metric", "value": fid.task_metrics_note})
+    elif not r.exact:
+        rows.append({"field": "fidelity", "value": "not measured"})
+    rows.append({"field": "time", "value": f"{r.seconds:.1f} s"})
+    return rows
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
