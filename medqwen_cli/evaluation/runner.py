@@ -31,7 +31,6 @@ a classification answer is mapped to the one label it names (`match_choice`), el
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,17 +146,18 @@ class Runner:
     def generate(self, records: Sequence[Record]) -> list[str]:
         """Greedy answers of one batch (left-padded prompts, KV cache)."""
         import torch
+        from transformers import GenerationConfig
 
         batch = self._to_model(self.prompts(records))
-        config = copy.deepcopy(self.model.generation_config)
-        # greedy: clear sampling knobs a checkpoint's config may carry (they only warn otherwise)
-        for knob in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
-            if hasattr(config, knob):
-                setattr(config, knob, None)
-        config.do_sample, config.num_beams = False, 1
-        config.max_new_tokens = self.max_new_tokens
-        config.pad_token_id = self.prompts.pad_id
-        config.eos_token_id = self._stop_ids()
+        # A fresh config, not the checkpoint's: Qwen2-VL-Instruct ships sampling settings and a
+        # repetition penalty, and greedy decoding here means plain argmax at every step.
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.prompts.pad_id,
+            eos_token_id=self._stop_ids(),
+        )
         with torch.no_grad():
             out = self.model.generate(**batch, generation_config=config)
         new = out[:, batch["input_ids"].shape[1] :]  # (B, new tokens)

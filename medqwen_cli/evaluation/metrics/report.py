@@ -66,7 +66,12 @@ class ReportRougeL(InMemoryMetric):
         return metric_info(type(self).__doc__, string_features(multi_reference=True))
 
     def _compute(self, predictions, references):
-        scorer = backend("rouge_score.rouge_scorer").RougeScorer(["rougeL"], use_stemmer=True)
+        # the default tokenizer, given explicitly: otherwise rouge_score logs "Using default
+        # tokenizer." at INFO on every call, which the CLI's stderr shows
+        tokenizer = backend("rouge_score.tokenizers").DefaultTokenizer(use_stemmer=True)
+        scorer = backend("rouge_score.rouge_scorer").RougeScorer(
+            ["rougeL"], use_stemmer=True, tokenizer=tokenizer
+        )
         refs = as_reference_lists(references)
         scores = [
             scorer.score_multi(r, p or "")["rougeL"].fmeasure
