@@ -49,9 +49,10 @@ def forgetting_report(
         None, "--plot", help="Also draw the matrices and per-task curves into this PNG."
     ),
 ) -> None:
-    """Build R[i][j] (rows: base then each version, columns: tasks in training order) from the
-    bundles' evaluations and report ACC, BWT, FWT, forgetting and per-task drops, each with its
-    definition. Missing cells are n/a, never 0."""
+    """Build each bundle's accuracy matrix R (rows: base then each version; columns: tasks in
+    training order; cell: score on that task after that version) from its evaluations, and report
+    ACC, BWT, FWT, forgetting and per-task drops, each with its definition. Missing cells are
+    n/a, never 0."""
     from medqwen_cli.evaluation.bundle_report import forgetting_for_bundles
 
     fmt = resolve_format(fmt, FORMATS)
