@@ -45,7 +45,9 @@ ALIASES = {
     "Qwen2.5-VL-72B": "Qwen/Qwen2.5-VL-72B-Instruct",
 }
 PRESETS = ("tiny-qwen2-vl", "tiny-qwen2.5-vl")
-PRESET_VERSION = 1  # bump when a preset's construction changes (new cache directory)
+# presets versioned on their own (nano takes minutes to build: tiny changes must not rebuild it)
+PRESET_VERSIONS = {"nano-qwen2-vl": 1}
+PRESET_VERSION = 2  # bump when a preset's construction changes (new cache directory)
 SUPPORTED_TYPES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
@@ -257,13 +259,12 @@ def load_processor(path: str | Path, max_pixels: int | None = None) -> Any:
             "the directory needs tokenizer files and preprocessor/processor config (save_pretrained of the processor)",
         ) from None
     if max_pixels is not None:
+        # transformers 5 keeps the pixel budget in `size` (shortest_edge/longest_edge are areas);
+        # setting min_pixels/max_pixels attributes would be passed on (deprecated) at every call
         ip = processor.image_processor
-        ip.max_pixels = max_pixels
-        if getattr(ip, "size", None) and isinstance(ip.size, dict) and "longest_edge" in ip.size:
-            ip.size["longest_edge"] = max_pixels
-        ip.min_pixels = min(getattr(ip, "min_pixels", 56 * 56) or 56 * 56, max_pixels)
-        if isinstance(getattr(ip, "size", None), dict) and "shortest_edge" in ip.size:
-            ip.size["shortest_edge"] = ip.min_pixels
+        size = dict(getattr(ip, "size", None) or {})
+        shortest = min(int(size.get("shortest_edge") or 56 * 56), max_pixels)
+        ip.size = {**size, "shortest_edge": shortest, "longest_edge": max_pixels}
     return processor
 
 
@@ -331,7 +332,8 @@ def _quiet_transformers() -> None:
 
 def ensure_preset(name: str, seed: int = 0) -> Path:
     """Build preset `name` into the cache once (atomically) and return its directory."""
-    target = cache_dir() / "presets" / f"{name}-v{PRESET_VERSION}-seed{seed}"
+    version = PRESET_VERSIONS.get(name, PRESET_VERSION)
+    target = cache_dir() / "presets" / f"{name}-v{version}-seed{seed}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -375,6 +377,9 @@ def build_preset(name: str, out: Path, seed: int = 0) -> None:
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": False,
+        # A random model with the usual 0.02 init has a frozen lm_head too weak for adapters to
+        # move its logits much; 0.2 lets the tiny presets show learning (and forgetting) in tests.
+        "initializer_range": 0.2,
     }
     common = {
         "image_token_id": ids["<|image_pad|>"],
@@ -384,6 +389,7 @@ def build_preset(name: str, out: Path, seed: int = 0) -> None:
     }
     if name == "tiny-qwen2-vl":
         vision = {"depth": 2, "embed_dim": 32, "num_heads": 2, "hidden_size": 64, "mlp_ratio": 2}
+        vision["initializer_range"] = 0.2
         config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **common)
         cls = transformers.Qwen2VLForConditionalGeneration
     else:
@@ -395,6 +401,7 @@ def build_preset(name: str, out: Path, seed: int = 0) -> None:
             "out_hidden_size": 64,
             "window_size": 56,
             "fullatt_block_indexes": [1],
+            "initializer_range": 0.2,
         }
         config = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
         cls = transformers.Qwen2_5_VLForConditionalGeneration

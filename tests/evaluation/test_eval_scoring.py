@@ -89,4 +89,4 @@ def test_missing_backend_says_how_to_install():
 
     with pytest.raises(EvaluationError) as info:
         backend("no_such_metric_backend")
-    assert "medqwen-cli[metrics]" in info.value.hint
+    assert "pip install -c constraints.txt" in info.value.hint
