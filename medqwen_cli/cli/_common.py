@@ -5,12 +5,12 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 BundleArg = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional on Python 3.10
+    Path | None,
     typer.Argument(
         help="Bundle directory. Default: $MEDQWEN_BUNDLE, else the current directory or its "
         "nearest parent holding a bundle (like git).",
@@ -30,7 +30,7 @@ FormatOpt = Annotated[
 ]
 
 SetOpt = Annotated[
-    Optional[list[str]],  # noqa: UP045
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a recipe field: --set train.lr=1e-4 (repeatable)."),
 ]
 

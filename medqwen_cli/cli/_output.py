@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 stdout = Console(soft_wrap=True)
@@ -16,21 +17,22 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 
 def _cell(value: Any) -> str:
+    """Text of a table cell; escaped so `R[T][j]` or `[paths]` never vanish as rich markup."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
         return ", ".join(_cell(v) for v in value) or "-"
-    return str(value)
+    return escape(str(value))
 
 
 def table(
     rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None
 ) -> Table:
-    t = Table(title=title, title_justify="left", header_style="bold")
+    t = Table(title=escape(title) if title else None, title_justify="left", header_style="bold")
     for col in columns:
-        t.add_column(col)
+        t.add_column(escape(col))
     for row in rows:
         t.add_row(*(_cell(row.get(col)) for col in columns))
     return t
@@ -75,7 +77,7 @@ def key_values(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> No
 
 def note(message: str) -> None:
     """A human message on stderr (never mixed into results)."""
-    stderr.print(message, highlight=False)
+    stderr.print(escape(message), highlight=False)
 
 
 class _Progress:

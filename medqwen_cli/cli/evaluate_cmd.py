@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,10 +14,10 @@ COLUMNS = ["task", "type", "metric", "value", "n"]
 
 def evaluate(
     bundle: BundleArg = None,
-    version: Optional[str] = typer.Option(  # noqa: UP045
+    version: str | None = typer.Option(
         None, "--version", "-v", help="Version to evaluate (v3, 3, v0003; default: the head)."
     ),
-    task: Optional[list[str]] = typer.Option(  # noqa: UP045
+    task: list[str] | None = typer.Option(
         None,
         "--task",
         "-t",
@@ -28,14 +27,14 @@ def evaluate(
     base_only: bool = typer.Option(
         False, "--base-only", help="Evaluate the base model alone (the zero-shot row 'base')."
     ),
-    scoring: Optional[str] = typer.Option(  # noqa: UP045
+    scoring: str | None = typer.Option(
         None,
         "--scoring",
         help="Closed questions, POPE and classification: likelihood (score every candidate "
         "answer) or generate (generate and parse). Default: the recipe's eval.scoring.",
         show_default=False,
     ),
-    save_predictions: Optional[Path] = typer.Option(  # noqa: UP045
+    save_predictions: Path | None = typer.Option(
         None,
         "--save-predictions",
         help="Write every answer to this JSONL file (id, task, type, prediction, reference).",
@@ -44,7 +43,6 @@ def evaluate(
 ) -> None:
     """Answer each task's evaluation split, print the metrics per task and record type, and
     append them to the bundle's evals.jsonl (read by forgetting-report)."""
-    from rich.markup import escape
 
     from medqwen_cli.evaluation.api import evaluate_bundle
 
@@ -83,6 +81,6 @@ def evaluate(
         {**row, "metric": row["metric"] + (" *" if row["headline"] and fmt == "table" else "")}
         for row in result.rows()
     ]
-    title = escape(f"{result.bundle} {result.version} (* headline)")
+    title = f"{result.bundle} {result.version} (* headline)"
     _output.emit(fmt, rows, COLUMNS + ([] if fmt == "table" else ["headline", "reason"]),
                  title=title, data=result.to_dict())  # fmt: skip

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -29,13 +29,13 @@ def _task_definitions() -> tuple[str, ...]:
 
 
 def forgetting_report(
-    bundles: Optional[list[Path]] = typer.Argument(  # noqa: UP045
+    bundles: list[Path] | None = typer.Argument(
         None,
         help="Bundle directories, side by side (e.g. lora moelora sslora). Default: "
         "$MEDQWEN_BUNDLE, else the current directory or its nearest parent holding a bundle.",
         show_default=False,
     ),
-    metric: Optional[str] = typer.Option(  # noqa: UP045
+    metric: str | None = typer.Option(
         None, "--metric", "-m", help="Metric for every task (default: each task's headline)."
     ),
     fmt: str = typer.Option(
@@ -45,7 +45,7 @@ def forgetting_report(
         help="table, json, csv or markdown (default: table on a terminal, json otherwise).",
         show_default=False,
     ),
-    plot: Optional[Path] = typer.Option(  # noqa: UP045
+    plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the matrices and per-task curves into this PNG."
     ),
 ) -> None:
@@ -80,10 +80,7 @@ def forgetting_report(
         for run in runs:
             _tables(run.report)
         if len(runs) > 1:
-            from rich.markup import escape
-
             columns, rows = _comparison(runs)
-            rows = [{k: escape(v) for k, v in row.items()} for row in rows]
             _output.stdout.print(_output.table(rows, columns, title="side by side"))
 
 
@@ -140,19 +137,13 @@ def _per_task(report: Any) -> list[dict[str, str]]:
 
 
 def _tables(report: Any) -> None:
-    from rich.markup import escape
-
-    def plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # "R[T][j]" is not markup
-        return [
-            {escape(k): escape(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows
-        ]
-
+    # _output.table escapes titles, headers and cells: "R[T][j]" is never read as rich markup
     header, rows = _matrix(report)
-    title = escape(f"{report.name}: R[i][j] = score on task j after version i (* = just trained)")
+    title = f"{report.name}: R[i][j] = score on task j after version i (* = just trained)"
     print_ = _output.stdout.print
-    print_(_output.table(plain(rows), [escape(h) for h in header], title=title))
-    print_(_output.table(plain(_figures(report)), FIGURE_COLUMNS))
-    print_(_output.table(plain(_per_task(report)), TASK_COLUMNS))
+    print_(_output.table(rows, header, title=title))
+    print_(_output.table(_figures(report), FIGURE_COLUMNS))
+    print_(_output.table(_per_task(report), TASK_COLUMNS))
     print_("\n".join(f"  {d}" for d in _task_definitions()) + "\n", markup=False, highlight=False)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from medqwen_cli.cli._common import FormatOpt, SetOpt, command_line, resolve_for
 
 
 def init_experts(
-    base: Optional[str] = typer.Option(  # noqa: UP045
+    base: str | None = typer.Option(
         None,
         "--base",
         "-b",
@@ -25,25 +24,25 @@ def init_experts(
         help="Bundle directory to create (refused if a bundle is already there).",
         show_default="current directory",
     ),
-    recipe: Optional[Path] = typer.Option(
+    recipe: Path | None = typer.Option(
         None,
         "--recipe",
         "-r",
         help="Recipe file; stored in the bundle so later commands need no path.",
-    ),  # noqa: UP045
+    ),
     overrides: SetOpt = None,
-    method: Optional[str] = typer.Option(
+    method: str | None = typer.Option(
         None, "--method", help="sslora | moelora | lora | pissa (= --set adapter.method=...)."
-    ),  # noqa: UP045
-    experts: Optional[int] = typer.Option(
+    ),
+    experts: int | None = typer.Option(
         None, "--experts", "-E", help="Number of experts (= --set adapter.experts=...)."
-    ),  # noqa: UP045
-    top_k: Optional[int] = typer.Option(
+    ),
+    top_k: int | None = typer.Option(
         None, "--top-k", "-k", help="Experts per token (= --set adapter.top_k=...)."
-    ),  # noqa: UP045
-    rank: Optional[int] = typer.Option(
+    ),
+    rank: int | None = typer.Option(
         None, "--rank", help="Total rank over all experts (= --set adapter.rank=...)."
-    ),  # noqa: UP045
+    ),
     device: str = typer.Option("cpu", "--device", help="Device for the SVDs: cpu or cuda."),
     fmt: FormatOpt = "",
 ) -> None:

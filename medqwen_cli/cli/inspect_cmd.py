@@ -12,7 +12,7 @@ def inspect(
     bundle: BundleArg = None,
     version: str | None = typer.Option(
         None, "--version", "-v", help="Version to count (default: head)."
-    ),  # noqa: UP045
+    ),
     fmt: FormatOpt = "",
 ) -> None:
     """Show a bundle's base, method, versions, parameter counts and integrity check."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -54,14 +54,14 @@ def _train_progress() -> Any:
 
 def train(
     bundle: BundleArg = None,
-    recipe: Optional[Path] = RecipeOpt,  # noqa: UP045
+    recipe: Path | None = RecipeOpt,
     overrides: SetOpt = None,
     task: list[str] | None = typer.Option(
         None,
         "--task",
         "-t",
         help="Task(s) to train on (recipe tasks, dataset paths or builtin:NAME); default: data.datasets.",
-    ),  # noqa: UP045
+    ),
     restart: bool = RestartOpt,
     fmt: FormatOpt = "",
 ) -> None:
@@ -87,7 +87,7 @@ def continue_(
     task: str = typer.Option(
         ..., "--task", "-t", help="The next task: a recipe task, a dataset path or builtin:NAME."
     ),
-    recipe: Optional[Path] = RecipeOpt,  # noqa: UP045
+    recipe: Path | None = RecipeOpt,
     overrides: SetOpt = None,
     restart: bool = RestartOpt,
     no_eval: bool = typer.Option(

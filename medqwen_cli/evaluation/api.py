@@ -89,13 +89,18 @@ def evaluate_bundle(
     scoring: str | None = None,
     save_predictions: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
+    recipe: Any = None,
 ) -> EvaluationResult:
-    """Evaluate a version (default head) or the base on its tasks (see the module docstring)."""
+    """Evaluate a version (default head) or the base on its tasks (see the module docstring).
+
+    `recipe` (default: the one stored in the bundle) resolves task names and evaluation settings;
+    `continue` passes the recipe it trained with, so tasks defined only there resolve too.
+    """
     from medqwen_cli.loading import bundle_recipe
 
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)
-    recipe = bundle_recipe(bundle)
+    recipe = recipe if recipe is not None else bundle_recipe(bundle)
     scoring = scoring or recipe.eval.scoring
     if scoring not in SCORINGS:
         raise EvaluationError(f"unknown scoring {scoring!r}", f"use one of {', '.join(SCORINGS)}")
@@ -190,7 +195,7 @@ def default_tasks(bundle: Bundle, recipe: Any, version: str) -> list[str]:
 def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
     """(the first eval.max_samples eval records of task `name`, split label, dataset names)."""
     from medqwen_cli.data.readers import load_records
-    from medqwen_cli.modeling import cache_dir
+    from medqwen_cli.modeling import data_cache_dir
 
     specs = [s for s in recipe.task_datasets(name) if s.eval_split]
     if not specs:
@@ -202,7 +207,7 @@ def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
     records = []
     for spec in specs:
         loaded = load_records(
-            spec, spec.eval_split, cache_dir=cache_dir(),
+            spec, spec.eval_split, cache_dir=data_cache_dir(),
             max_image_pixels=recipe.train.max_image_pixels,
         )  # fmt: skip
         records += [r.model_copy(update={"task": name}) for r in loaded]

@@ -260,9 +260,28 @@ def continue_bundle(
     progress_fn: ProgressFn | None = None,
     eval_progress: Any = None,
 ) -> TrainResult:
-    """The next task of a sequence: train the head on `task` only, then evaluate every task seen."""
+    """The next task of a sequence: train the head on `task` only, then evaluate every task seen.
+
+    With evaluation on, the parent is first scored on the new task (once: the cell R[i-1][i] that
+    forward transfer needs) when the parent trained a task itself, and after training the new
+    version is scored on every task of its lineage, so the forgetting matrix fills itself.
+    """
+    from medqwen_cli.evaluation.api import evaluate_bundle
+
+    bundle = Bundle.open(bundle_path)
+    recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
+    recipe.task_datasets(task)  # an unknown task fails here, before any work
+    evaluations: list[dict[str, Any]] = []
+    parent = bundle.head
+    if evaluate and parent is not None and bundle.entry(parent).tasks:
+        done = {(r.get("version"), r.get("task")) for r in bundle.read_evals() if r.get("headline")}
+        if (parent, task) not in done:
+            before = evaluate_bundle(
+                bundle, version=parent, tasks=[task], recipe=recipe, progress=eval_progress
+            )
+            evaluations += before.records
     result = train_bundle(
-        bundle_path,
+        bundle.root,
         tasks=[task],
         recipe_path=recipe_path,
         overrides=overrides,
@@ -272,17 +291,13 @@ def continue_bundle(
         kind="continue",
     )
     if evaluate and result.version:
-        from medqwen_cli.evaluation.api import evaluate_bundle
-
         bundle = Bundle.open(result.bundle)
-        seen = bundle.read_version_info(result.version).lineage_tasks
-        tasks = list(dict.fromkeys(seen))
-        evaluation = evaluate_bundle(
-            bundle, version=result.version, tasks=tasks, progress=eval_progress
+        seen = list(dict.fromkeys(bundle.read_version_info(result.version).lineage_tasks))
+        after = evaluate_bundle(
+            bundle, version=result.version, tasks=seen, recipe=recipe, progress=eval_progress
         )
-        result.evaluations = (
-            evaluation.records if hasattr(evaluation, "records") else list(evaluation)
-        )
+        evaluations += after.records
+    result.evaluations = evaluations
     return result
 
 
