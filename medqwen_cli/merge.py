@@ -188,21 +188,24 @@ def merge_bundle(
         atomic_write_json(staging / MANIFEST_FILE, manifest)
         fidelity = None
         if held:
-            candidate, how = _load_export(staging, manifest, **options)
-            fidelity = logit_fidelity(
-                adapted.model, candidate, _batches(held, collate, recipe), progress
-            )
+            candidate, how = _load_export(staging, manifest, **options, measuring=True)
+            held_batches = _batches(held, collate, recipe)
+            fidelity = logit_fidelity(adapted.model, candidate, held_batches, progress)
             fidelity.measured_with = how
             if evaluate:
                 fidelity.task_metrics, fidelity.task_metrics_note = task_metrics(
                     recipe, tasks, adapted.model, candidate, adapted.processor
                 )
             del candidate
-        calib = (
-            {"tasks": tasks, "split": "train", "fit_samples": len(fit), "held_out_samples": len(held),
-             "requested_samples": calibration_samples}
-            if measure else None
-        )  # fmt: skip
+        calib = None
+        if measure:
+            calib = {
+                "tasks": tasks,
+                "split": "train",
+                "fit_samples": len(fit),
+                "held_out_samples": len(held),
+                "requested_samples": calibration_samples,
+            }
         report = {
             "mode": mode,
             "exact": mode == "routed",
@@ -691,8 +694,11 @@ def load_merged(path: str | os.PathLike[str], *, dtype: str = "auto", device: st
     return model
 
 
-def _load_export(path: Path, manifest: dict[str, Any], *, dtype: str, device: str) -> tuple:
-    """(model, how it was loaded); for peft the model is the PeftModel."""
+def _load_export(
+    path: Path, manifest: dict[str, Any], *, dtype: str, device: str, measuring: bool = False
+) -> tuple[Any, str]:
+    """(model, how it was loaded). peft: a PeftModel; when `measuring` without peft installed,
+    the base with the adapter's factors applied by `_apply_lora` (the same sum PEFT computes)."""
     import transformers
 
     from medqwen_cli.modeling import _quiet_transformers
@@ -710,23 +716,39 @@ def _load_export(path: Path, manifest: dict[str, Any], *, dtype: str, device: st
         model = cls.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
         how = f"transformers {cls.__name__}.from_pretrained"
     else:
-        peft = _import_peft()
         base, _, _ = load_base(_export_base(manifest), dtype=dtype, device=device)
+        try:
+            import peft
+        except ImportError:
+            if not measuring:
+                raise MergeError(
+                    "loading a --mode peft export needs the `peft` package, which is not installed",
+                    "pip install peft (or use --mode dense, which needs nothing beyond transformers)",
+                ) from None
+            return _apply_lora(base, path), "base + LoRA factors by medqwen (peft not installed)"
         model = peft.PeftModel.from_pretrained(base, str(path), is_trainable=False)
         how = f"peft {peft.__version__} PeftModel.from_pretrained on the base"
     model.to(device).eval().requires_grad_(False)
     return model, how
 
 
-def _import_peft() -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise MergeError(
-            "loading a --mode peft export needs the `peft` package, which is not installed",
-            "pip install peft (or use --mode dense, which needs nothing beyond transformers)",
-        ) from None
-    return peft
+def _apply_lora(model: Any, path: Path) -> Any:
+    """Forward hooks adding B (A x) to each target of a peft export (scaling 1: alpha = r)."""
+    from medqwen_cli.bundle import load_tensors
+
+    tensors = load_tensors(path / PEFT_WEIGHTS)
+    for name, module in model.named_modules():
+        key = f"base_model.model.{name}"
+        if f"{key}.lora_A.weight" not in tensors:
+            continue
+        a = tensors[f"{key}.lora_A.weight"].to(module.weight.device)  # (k, n)
+        b = tensors[f"{key}.lora_B.weight"].to(module.weight.device)  # (m, k)
+
+        def hook(_m: Any, args: tuple, out: Tensor, a: Tensor = a, b: Tensor = b) -> Tensor:
+            return out + ((args[0].to(a.dtype) @ a.t()) @ b.t()).to(out.dtype)
+
+        module.register_forward_hook(hook)
+    return model.eval().requires_grad_(False)
 
 
 def _export_base(manifest: dict[str, Any]) -> BaseInfo:
@@ -774,7 +796,8 @@ def _load_routed(path: Path, manifest: dict[str, Any], cls: Any, torch_dtype: An
 
 
 def _canonical_key(key: str) -> str:
-    """`model.layers.0.mlp.up_proj.router.weight` -> `language_model.layers.0.mlp.up_proj.router.weight`."""
+    """`model.layers.0.mlp.up_proj.router.weight` ->
+    `language_model.layers.0.mlp.up_proj.router.weight` (module part made canonical)."""
     for name in _TENSOR_NAMES:
         if key.endswith("." + name):
             return f"{canonical_module_name(key[: -len(name) - 1])}.{name}"
@@ -795,16 +818,17 @@ def logit_fidelity(
     non-padding tokens of `batches` (see the module docstring)."""
     tokens, rel_sum, rel_max, agree, samples = 0, 0.0, 0.0, 0, 0
     for i, batch in enumerate(batches):
-        z = reference(**_to_model(batch, reference)).logits.float()  # (B, L, V)
-        z2 = candidate(**_to_model(batch, candidate)).logits.float().to(z.device)  # (B, L, V)
-        keep = batch["attention_mask"].to(z.device).bool()  # (B, L)
-        z, z2 = z[keep], z2[keep]  # (T, V)
-        rel = (z2 - z).norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12)  # (T,)
-        tokens += rel.numel()
-        rel_sum += float(rel.double().sum())
-        rel_max = max(rel_max, float(rel.max())) if rel.numel() else rel_max
-        agree += int((z2.argmax(-1) == z.argmax(-1)).sum())
-        samples += int(batch["attention_mask"].shape[0])
+        ref = reference(**_to_model(batch, reference)).logits  # (B, L, V)
+        cand = candidate(**_to_model(batch, candidate)).logits  # (B, L, V)
+        for row, mask in enumerate(batch["attention_mask"].bool()):  # row by row: less memory
+            z = ref[row][mask.to(ref.device)].float()  # (T, V) non-padding tokens
+            z2 = cand[row][mask.to(cand.device)].float().to(z.device)  # (T, V)
+            rel = (z2 - z).norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12)  # (T,)
+            tokens += rel.numel()
+            rel_sum += float(rel.double().sum())
+            rel_max = max(rel_max, float(rel.max())) if rel.numel() else rel_max
+            agree += int((z2.argmax(-1) == z.argmax(-1)).sum())
+            samples += 1
         if progress is not None:
             progress(i + 1, len(batches), "measuring fidelity")
     return Fidelity(
@@ -817,13 +841,13 @@ def task_metrics(
     recipe: Recipe, tasks: Sequence[str], reference: Any, candidate: Any, processor: Any
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Each task's headline metric on its eval split (first eval.max_samples records), with the
-    routed model (before) and the export (after); the note says which tasks were skipped."""
+    routed model (before) and the export (after), and under `parts` each record type's own
+    headline (a mixed task's headline is their mean); the note says which tasks were skipped."""
     from medqwen_cli.data.readers import load_records
     from medqwen_cli.evaluation.runner import Runner
     from medqwen_cli.evaluation.summary import score_task_predictions
 
-    peft_inner = getattr(candidate, "get_base_model", None)  # PeftModel -> the model it wraps
-    candidate = peft_inner() if callable(peft_inner) else candidate
+    candidate = _unwrap_peft(candidate)  # the Runner reads transformers' attributes
     rows, skipped = [], []
     for name in tasks:
         specs = [s for s in recipe.task_datasets(name) if s.eval_split]
@@ -850,6 +874,20 @@ def task_metrics(
                 findings=recipe.eval.finding_keywords or None,
             )  # fmt: skip
             row["metric"], row[label] = scored.headline_metric, scored.headline
+            if scored.headline is None:  # undefined, never read as 0: say why
+                row[f"{label}_reason"] = scored.headline_reason
+            for kind, scores in scored.by_type.items():  # each record type's own headline
+                part = row.setdefault("parts", {}).setdefault(f"{kind}.{scores.headline}", {})
+                part[label] = scores.headline_value
         rows.append(row)
     note = f"no eval split for: {', '.join(skipped)}" if skipped else None
     return rows, note
+
+
+def _unwrap_peft(model: Any) -> Any:
+    """A PeftModel's transformers model (its LoRA layers in place), else the model itself."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model

@@ -187,7 +187,9 @@ class MedqwenRoutedQwen2_5_VLConfig(Qwen2_5_VLConfig):  # noqa: N801 - transform
     model_type = routed_model_type("qwen2_5_vl")
 
 
-class MedqwenRoutedQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):  # noqa: N801
+class MedqwenRoutedQwen2_5_VLForConditionalGeneration(  # noqa: N801
+    Qwen2_5_VLForConditionalGeneration
+):
     config_class = MedqwenRoutedQwen2_5_VLConfig
 
     def __init__(self, config: Qwen2_5_VLConfig) -> None:

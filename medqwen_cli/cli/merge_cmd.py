@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,7 +21,7 @@ def merge(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory to write (refused if it exists, unless --overwrite)."
     ),
-    version: Optional[str] = typer.Option(  # noqa: UP045
+    version: str | None = typer.Option(
         None, "--version", "-v", help="Version to export (v3, 3, v0003; default: the head)."
     ),
     mode: str = typer.Option(
@@ -32,7 +32,7 @@ def merge(
         "update folded into the weights (approximate, plain transformers); peft: the same update "
         "as a PEFT LoRA adapter (approximate).",
     ),
-    calibration: Optional[list[str]] = typer.Option(  # noqa: UP045
+    calibration: list[str] | None = typer.Option(
         None,
         "--calibration",
         "-c",
@@ -46,7 +46,7 @@ def merge(
         "-n",
         help="Calibration samples, drawn evenly over the tasks; 20% are held out for fidelity.",
     ),
-    rank: Optional[int] = typer.Option(  # noqa: UP045
+    rank: int | None = typer.Option(
         None,
         "--rank",
         help="peft only: singular components kept per layer (default: all, i.e. up to 2r; "
@@ -104,12 +104,13 @@ def _rows(r: MergeResult) -> list[dict[str, Any]]:
         rows += [
             {"field": "relative logit error", "value": f"mean {fid.mean_relative_logit_error:.3g}, "
              f"max {fid.max_relative_logit_error:.3g}"},
-            {"field": "top-1 agreement", "value": f"{fid.top1_agreement:.4f} ({fid.tokens} tokens)"},
+            {"field": "top-1 agreement",
+             "value": f"{fid.top1_agreement:.4f} ({fid.tokens} tokens)"},
         ]  # fmt: skip
         for t in fid.task_metrics:
             rows.append(
                 {"field": f"{t['task']} {t['metric']}",
-                 "value": f"before {_num(t['before'])}, after {_num(t['after'])} (n={t['n']})"}
+                 "value": f"before {_num(t, 'before')}, after {_num(t, 'after')} (n={t['n']})"}
             )  # fmt: skip
         if fid.task_metrics_note:
             rows.append({"field": "task metric", "value": fid.task_metrics_note})
@@ -119,5 +120,8 @@ def _rows(r: MergeResult) -> list[dict[str, Any]]:
     return rows
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def _num(row: dict[str, Any], label: str) -> str:
+    value = row[label]
+    if value is None:  # undefined (e.g. no positive prediction): the reason, never a 0
+        return f"- ({row.get(f'{label}_reason') or 'undefined'})"
+    return f"{value:.4g}"
