@@ -142,6 +142,27 @@ def test_routed_export_equals_the_bundle_through_both_loaders(trained: Path, tmp
         AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=False)
 
 
+def test_routed_export_in_bfloat16_keeps_adapter_float32(trained: Path, tmp_path: Path):
+    from transformers import AutoModelForImageTextToText
+
+    from medqwen_cli.loading import load_adapted
+
+    out = tmp_path / "routed"
+    merge_bundle(trained, out)
+    ref = load_adapted(Bundle.open(trained), "v0002", dtype="bfloat16", device="cpu")
+    batch = _batch(ref.processor, _records(n=2))
+    batch["pixel_values"] = batch["pixel_values"].bfloat16()
+    remote = AutoModelForImageTextToText.from_pretrained(
+        out, trust_remote_code=True, dtype=torch.bfloat16
+    ).eval()
+    layer = remote.model.language_model.layers[0].mlp.up_proj
+    assert layer.weight.dtype == torch.bfloat16
+    assert {t.dtype for t in (layer.lora_A, layer.init_B, layer.router.weight, layer.scale)} == {
+        torch.float32
+    }
+    assert torch.equal(_logits(remote, batch), _logits(ref.model, batch))
+
+
 def test_routed_qwen2_5_vl_export(tmp_path: Path) -> None:
     """The Qwen2.5-VL classes of the modeling file; v0001's random routers already route."""
     from transformers import AutoModelForImageTextToText
