@@ -195,6 +195,11 @@ class TrainConfig(_Strict):
         "auto", description="auto = fp32 on CPU, bf16 autocast on GPU."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    trackers: list[Literal["tensorboard"]] = Field(
+        default_factory=list,
+        description="Experiment trackers (accelerate): tensorboard writes to <bundle>/logs/ when "
+        "the tensorboard package is installed.",
+    )
     checkpoint_every: int = Field(100, ge=1, description="Save resumable state every N steps.")
     log_every: int = Field(10, ge=1, description="Write a train_log.jsonl line every N steps.")
     max_image_pixels: int = Field(

@@ -163,6 +163,7 @@ def fit(
             if accelerator.is_main_process:
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(line) + "\n")
+            accelerator.log({k: v for k, v in line.items() if k != "step"}, step=progress.step)
             progress.log_lines += 1
             window_tokens, window_start = 0, time.perf_counter()
         if progress.step % cfg.checkpoint_every == 0 and progress.step < total_steps:

@@ -160,13 +160,21 @@ def train_bundle(
     precision = (
         cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     )
+    _check_trackers(cfg.trackers)
     accelerator = Accelerator(
         cpu=device == "cpu",
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+        log_with=list(cfg.trackers) or None,
+        project_dir=str(bundle.root / "logs"),
     )
     parent = bundle.head
     recipe_data = recipe_to_dict(recipe)
-    run_dir = bundle.work_dir / run_key(parent, names, recipe_data, kind)
+    key = run_key(parent, names, recipe_data, kind)
+    run_dir = bundle.work_dir / key
+    if cfg.trackers:
+        accelerator.init_trackers(
+            f"{kind}-{key}", config={"parent": str(parent), "tasks": ",".join(names)}
+        )
     if restart and accelerator.is_main_process and run_dir.exists():
         shutil.rmtree(run_dir)
     accelerator.wait_for_everyone()
@@ -191,7 +199,14 @@ def train_bundle(
     model = loaded.model
     _set_dropout(model, recipe.adapter.dropout)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     reset_router_stats(model)
     collator = Collator(
         loaded.processor, max_image_pixels=cfg.max_image_pixels, max_length=cfg.max_length
@@ -207,6 +222,7 @@ def train_bundle(
         run_dir=run_dir,
         progress_fn=progress_fn if accelerator.is_main_process else None,
     )
+    accelerator.end_training()
     p = result.progress
     summary = TrainResult(
         bundle=str(bundle.root),
@@ -299,6 +315,17 @@ def continue_bundle(
         evaluations += after.records
     result.evaluations = evaluations
     return result
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    import importlib.util
+
+    for name in trackers:
+        if importlib.util.find_spec(name) is None:
+            raise RecipeError(
+                f"train.trackers asks for {name}, which is not installed",
+                f"pip install -c constraints.txt {name}, or remove it from train.trackers",
+            )
 
 
 def _set_dropout(model: Any, p: float) -> None:

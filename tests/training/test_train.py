@@ -171,3 +171,36 @@ def test_restart_discards_checkpoints(bundle_dir: Path, monkeypatch) -> None:
         restart=True,
     )
     assert result.resumed_from == 0 and result.steps == 4
+
+
+def test_tensorboard_tracker_and_gradient_checkpointing(bundle_dir: Path) -> None:
+    overrides = [
+        *FAST,
+        "train.max_steps=3",
+        "train.trackers=[tensorboard]",
+        "train.gradient_checkpointing=true",
+    ]
+    result = train_bundle(bundle_dir, tasks=["xray"], overrides=overrides)
+    assert result.steps == 3 and result.final_loss is not None
+    events = list((bundle_dir / "logs").rglob("events.out.tfevents.*"))
+    assert events, "tensorboard wrote no event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
+    assert Bundle.open(bundle_dir).verify() == []  # logs/ is outside the immutable versions
+
+
+def test_gradient_checkpointing_gives_the_same_weights(bundle_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    train_bundle(bundle_dir, tasks=["xray"], overrides=[*FAST, "train.max_steps=2"])
+    train_bundle(
+        other,
+        tasks=["xray"],
+        overrides=[*FAST, "train.max_steps=2", "train.gradient_checkpointing=true"],
+    )
+    a, b = Bundle.open(bundle_dir).read_adapter(), Bundle.open(other).read_adapter()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
