@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
-DEMO_DIR ?= out/demo
+DEMO_DIR ?= out/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: install demo test lint docs clean
 
@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	bash scripts/demo.sh $(DEMO_DIR)
+	$(BIN)/medqwen demo --quick --out $(DEMO_DIR)
 
 test: install
 	$(BIN)/pytest -q

@@ -211,12 +211,21 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    tasks: list[str] | None = Field(None, description="Tasks to evaluate (default: all seen).")
+    tasks: list[str] | None = Field(
+        None,
+        description="Tasks `evaluate` scores by default, and `continue` scores besides those "
+        "seen so far (default: the tasks seen).",
+    )
     batch_size: int = Field(8, ge=1, description="Samples per evaluation batch.")
     max_new_tokens: int = Field(
         64, ge=1, description="Generation cap for open answers and reports."
     )
-    max_samples: int | None = Field(None, ge=1, description="Evaluate at most N samples per task.")
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate at most N samples per task, taken in turn from each dataset, "
+        "record type and POPE answer (deterministic).",
+    )
     scoring: Literal["likelihood", "generate"] = Field(
         "likelihood", description="Closed questions: score candidates, or generate and parse."
     )

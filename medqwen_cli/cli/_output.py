@@ -117,3 +117,21 @@ class _Progress:
 
 def progress(description: str) -> _Progress:
     return _Progress(description)
+
+
+def redirect_stdout_to_stderr():
+    """Context: results printed inside go to stderr (used when one command drives others)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _swap():
+        global stdout
+        saved_console, saved_stream = stdout, sys.stdout
+        stdout = stderr
+        sys.stdout = sys.stderr
+        try:
+            yield
+        finally:
+            stdout, sys.stdout = saved_console, saved_stream
+
+    return _swap()

@@ -17,6 +17,7 @@ import typer
 from medqwen_cli import __version__
 from medqwen_cli.cli import (
     _common,
+    demo_cmd,
     evaluate_cmd,
     forgetting_cmd,
     init_experts_cmd,
@@ -68,6 +69,7 @@ app.command("continue")(train_cmd.continue_)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("forgetting-report")(forgetting_cmd.forgetting_report)
 app.command("merge")(merge_cmd.merge)
+app.command("demo")(demo_cmd.demo)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("log")(log_cmd.log)

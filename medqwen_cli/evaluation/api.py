@@ -10,7 +10,8 @@
    (for the base: the head's), else the names of `data.datasets`. Each name resolves through
    `recipe.task_datasets` (a recipe task, a dataset name, a path or builtin:NAME).
 3. The records: every dataset's `eval_split` (datasets with `eval_split: null` are skipped), in
-   recipe order, then the first `eval.max_samples` (deterministic: no sampling).
+   recipe order, capped at `eval.max_samples` taken in turn from each (dataset, record type, POPE
+   answer) group (deterministic: no sampling), so a small cap still covers every kind of record.
 4. Answers: `Runner` (likelihood over candidates, or greedy generation; see runner.py).
 5. Scores per record type and one headline per task (see summary.py); one line per
    (version, task, metric) is appended to `<bundle>/evals.jsonl` with n, split, scoring, type
@@ -193,7 +194,7 @@ def default_tasks(bundle: Bundle, recipe: Any, version: str) -> list[str]:
 
 
 def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
-    """(the first eval.max_samples eval records of task `name`, split label, dataset names)."""
+    """(eval records of task `name`, capped by eval.max_samples, split label, dataset names)."""
     from medqwen_cli.data.readers import load_records
     from medqwen_cli.modeling import data_cache_dir
 
@@ -205,16 +206,36 @@ def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
             "with --task",
         )
     records = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         loaded = load_records(
             spec, spec.eval_split, cache_dir=data_cache_dir(),
             max_image_pixels=recipe.train.max_image_pixels,
         )  # fmt: skip
-        records += [r.model_copy(update={"task": name}) for r in loaded]
+        records += [(i, r.model_copy(update={"task": name})) for r in loaded]
     if recipe.eval.max_samples is not None:
-        records = records[: recipe.eval.max_samples]
+        records = stratified_head(records, recipe.eval.max_samples)
+    records = [r for _, r in records]
     split = ",".join(dict.fromkeys(s.eval_split for s in specs))
     return records, split, [s.display_name for s in specs]
+
+
+def stratified_head(items: list[tuple[int, Any]], n: int) -> list[tuple[int, Any]]:
+    """At most `n` of `(dataset index, record)` items, deterministically, taken in turn from each
+    group (dataset, record type, and the answer for POPE probes) in file order, so that a small
+    cap still covers every dataset, every type and both POPE answers; kept in file order."""
+    if len(items) <= n:
+        return items
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for position, (dataset, record) in enumerate(items):
+        answer = record.answer.strip().lower() if record.type == "pope" else None
+        groups.setdefault((dataset, record.type, answer), []).append(position)
+    chosen: list[int] = []
+    queues = [list(reversed(positions)) for positions in groups.values()]
+    while len(chosen) < n:
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop())
+    return [items[p] for p in sorted(chosen)]
 
 
 def _load_model(bundle: Bundle, recipe: Any, version: str) -> tuple[Any, Any]:

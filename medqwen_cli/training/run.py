@@ -280,7 +280,8 @@ def continue_bundle(
 
     With evaluation on, the parent is first scored on the new task (once: the cell R[i-1][i] that
     forward transfer needs) when the parent trained a task itself, and after training the new
-    version is scored on every task of its lineage, so the forgetting matrix fills itself.
+    version is scored on every task of its lineage (and `eval.tasks`), so the forgetting matrix
+    fills itself.
     """
     from medqwen_cli.evaluation.api import evaluate_bundle
 
@@ -308,7 +309,8 @@ def continue_bundle(
     )
     if evaluate and result.version:
         bundle = Bundle.open(result.bundle)
-        seen = list(dict.fromkeys(bundle.read_version_info(result.version).lineage_tasks))
+        seen = bundle.read_version_info(result.version).lineage_tasks
+        seen = list(dict.fromkeys([*seen, *(recipe.eval.tasks or [])]))
         after = evaluate_bundle(
             bundle, version=result.version, tasks=seen, recipe=recipe, progress=eval_progress
         )

@@ -82,3 +82,27 @@ def test_likelihood_batches_bound_samples_and_candidate_rows() -> None:
     assert _chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
     # at most 64 candidate rows per forward; a record with more still goes alone
     assert _chunks(list(range(5)), 8, [30, 30, 30, 100, 2]) == [[0, 1], [2], [3], [4]]
+
+
+def test_stratified_head_covers_every_group_in_file_order() -> None:
+    from types import SimpleNamespace
+
+    from medqwen_cli.evaluation.api import stratified_head
+
+    def rec(kind: str, answer: str = "x") -> SimpleNamespace:
+        return SimpleNamespace(type=kind, answer=answer)
+
+    items = [(0, rec("report"))] * 6 + [(0, rec("pope", "no"))] * 3 + [(0, rec("pope", "yes"))] * 3
+    items += [(1, rec("vqa_closed"))] * 4
+    picked = stratified_head(items, 8)
+    assert len(picked) == 8
+    kinds = [(d, r.type, r.answer) for d, r in picked]
+    assert {
+        (0, "pope", "yes"),
+        (0, "pope", "no"),
+        (0, "report", "x"),
+        (1, "vqa_closed", "x"),
+    } <= set(kinds)
+    positions = [items.index(p) for p in picked]
+    assert positions == sorted(positions)
+    assert stratified_head(items, 100) == items

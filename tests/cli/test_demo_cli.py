@@ -1,0 +1,42 @@
+"""`medqwen demo --quick` end to end (minimal steps): every matrix cell filled, a plot written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_quick_fills_the_forgetting_matrix(cli, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = cli(
+        "demo", "--quick", "--out", out, "--set", "train.max_steps=2", "--set", "eval.max_samples=6"
+    )
+    assert result.code == 0, result.err[-2000:]
+    assert result.err.count("$ medqwen ") == 16  # every step printed as a command a user can type
+    assert "lora: R[i][j]" in result.out and "sslora: R[i][j]" in result.out  # the report on stdout
+    report = json.loads(
+        cli("forgetting-report", out / "lora", out / "moelora", out / "sslora", "-f", "json").out
+    )
+    runs = report["runs"] if isinstance(report, dict) and "runs" in report else report
+    assert len(runs) == 3
+    for run in runs:
+        values = run["matrix"]["values"]
+        assert len(values) == 4 and all(v is not None for row in values for v in row), run["name"]
+        assert run["acc"]["value"] is not None and run["bwt"]["value"] is not None
+    png = out / "forgetting.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "train:" in (out / "recipe.yaml").read_text()
+
+
+def test_demo_refuses_a_non_empty_directory_and_bad_settings(cli, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    result = cli("demo", "--quick", "--out", tmp_path / "x")
+    assert result.code == 1 and "never overwrites" in result.err
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    assert cli("demo", "--base", "Qwen2-VL", "--out", tmp_path / "y").code == 1
+    bad = cli("demo", "--quick", "--out", tmp_path / "z", "--set", "train.lr=fast")
+    assert bad.code == 1 and "train.lr" in bad.err and not (tmp_path / "z" / "recipe.yaml").exists()
