@@ -46,7 +46,7 @@ class ModelConfig(_Strict):
     base: str = Field(
         "tiny-qwen2-vl",
         description="Base model: a local directory, a Hub id in the local cache, an alias "
-        "(Qwen2-VL, Qwen2.5-VL, ...) or a built-in preset (tiny-qwen2-vl, tiny-qwen2.5-vl).",
+        "(Qwen2-VL, Qwen2.5-VL, ...) or a built-in preset (tiny-qwen2-vl, tiny-qwen2.5-vl, nano-qwen2-vl).",
     )
     revision: str | None = Field(None, description="Hub revision (commit) when `base` is a Hub id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

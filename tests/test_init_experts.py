@@ -28,7 +28,7 @@ def text_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-@pytest.mark.parametrize("base", modeling.PRESETS)
+@pytest.mark.parametrize("base", modeling.TINY_PRESETS)
 @pytest.mark.parametrize("method", ["sslora", "moelora", "lora", "pissa"])
 def test_streamed_init_equals_injection_and_reloads_exactly(
     tmp_path: Path, base: str, method: str

@@ -12,7 +12,7 @@ from medqwen_cli import modeling
 from medqwen_cli.errors import BaseModelError
 
 
-@pytest.mark.parametrize("name", modeling.PRESETS)
+@pytest.mark.parametrize("name", modeling.TINY_PRESETS)
 def test_preset_loads_offline_and_runs_an_image(name: str) -> None:
     import numpy as np
     import torch
