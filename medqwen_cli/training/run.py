@@ -12,6 +12,7 @@ write    adapter + metrics.json + train_log.jsonl as a new version (main process
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -222,7 +223,6 @@ def train_bundle(
         run_dir=run_dir,
         progress_fn=progress_fn if accelerator.is_main_process else None,
     )
-    accelerator.end_training()
     p = result.progress
     summary = TrainResult(
         bundle=str(bundle.root),
@@ -261,7 +261,14 @@ def train_bundle(
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         summary.version = Bundle.open(bundle.root).head or ""
+    if cfg.trackers:  # flushes the trackers; it also ends the process group, so it comes last
+        accelerator.end_training()
     return summary
+
+
+def _is_main_process() -> bool:
+    """Rank 0, or a single process (torchrun and accelerate launch set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def continue_bundle(
@@ -290,6 +297,7 @@ def continue_bundle(
     recipe.task_datasets(task)  # an unknown task fails here, before any work
     evaluations: list[dict[str, Any]] = []
     parent = bundle.head
+    evaluate = evaluate and _is_main_process()  # one process scores; the others only train
     if evaluate and parent is not None and bundle.entry(parent).tasks:
         done = {(r.get("version"), r.get("task")) for r in bundle.read_evals() if r.get("headline")}
         if (parent, task) not in done:

@@ -36,7 +36,10 @@ STEPS = ["--set", "train.max_steps=6", "--set", "train.checkpoint_every=1000", "
 def test_two_cpu_processes_equal_one(bundle_dir: Path, tmp_path: Path) -> None:
     single = tmp_path / "single"
     shutil.copytree(bundle_dir, single)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # in-process Accelerator() calls of earlier tests leave ACCELERATE_* variables behind; a
+    # launched run must see only what `accelerate launch` sets
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env["OMP_NUM_THREADS"] = "1"
     subprocess.run(
         [sys.executable, "-m", "medqwen_cli", "train", str(single), "--task", "xray", "-f", "json",
          "--set", "train.batch_size=4", *STEPS],
