@@ -1,0 +1,48 @@
+"""Each benchmark script runs in --quick mode and prints parseable tables of ratios.
+
+Smoke only: no timing is asserted (timings are measured by the scripts, never by tests).
+"""
+
+from __future__ import annotations
+
+from bench_tables import is_number, run_script, tables
+
+
+def test_layer_quick() -> None:
+    out = run_script("layer.py", "--quick")
+    assert out.startswith("machine: CPU")
+    (rows,) = tables(out)
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+    for row in rows:
+        for key in ("frozen/lora", "peft/lora", "routed/lora", "loop/routed"):
+            assert is_number(row[key]), row
+    assert "target routed/lora <= 1.25" in out and "target loop/routed >= 3" in out
+
+
+def test_train_step_quick() -> None:
+    out = run_script("train_step.py", "--quick")
+    assert out.startswith("machine: CPU")
+    (rows,) = tables(out)
+    assert [r["variant"] for r in rows] == ["peft", "medqwen-lora", "sslora"]
+    assert len({r["adapted layers"] for r in rows}) == 1  # the same targets in every variant
+    assert all(is_number(r["step/peft"]) for r in rows)
+    assert "target sslora/peft <= 1.3" in out
+
+
+def test_init_experts_quick() -> None:
+    out = run_script("init_experts.py", "--quick")
+    assert out.startswith("machine: CPU")
+    wall, memory = tables(out)
+    kinds = [r["layer kind"] for r in wall]
+    assert kinds[:7] == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    assert all(is_number(r["stream/bare route"]) for r in wall)
+    assert [r["pass"] for r in memory] == ["stream", "bare", "whole"]
+    assert all(is_number(r["peak anonymous above it MB"]) for r in memory)
