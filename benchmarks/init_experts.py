@@ -391,7 +391,7 @@ def _numel(model: str, layers: int, layer_only: bool = False) -> int:
 
 
 def _factor_bytes(model: str) -> int:
-    """float32 bytes init-experts keeps per layer until the write: init A/B, start A/B, router."""
+    """float32 bytes of one decoder layer's outputs: init A/B, start A/B, router."""
     c = MODELS[model]
     h, i, kv = c["hidden"], c["inter"], c["kv"] * c["hidden"] // c["heads"]
     shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # (m, n)
@@ -444,7 +444,7 @@ def report(
 
     full = round(args.layers * scale)
     grow = {  # MB each pass would add with the missing layers
-        "stream": (full - args.layers) * _factor_bytes(args.model) / 2**20,
+        "stream": 0.0,  # each layer's factors are spooled to disk as soon as they are computed
         "bare": 0.0,
         "whole": 4 * (_numel(args.model, full) - _numel(args.model, args.layers)) / 2**20,
     }
@@ -462,7 +462,7 @@ def report(
     layer_mb = 2 * _numel(args.model, 1, layer_only=True) / 2**20
     largest_mb = 4 * MODELS[args.model]["inter"] * MODELS[args.model]["hidden"] / 2**20
     print(f"one decoder layer: {layer_mb:.0f} MB bf16, {2 * layer_mb:.0f} MB float32; largest "
-          f"target {largest_mb:.0f} MB float32; factors kept per layer "
+          f"target {largest_mb:.0f} MB float32; outputs of one layer "
           f"{_factor_bytes(args.model) / 2**20:.1f} MB")  # fmt: skip
     ratio = stream_total / totals["route"] if totals["route"] else float("nan")
     print(

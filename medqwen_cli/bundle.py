@@ -120,13 +120,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Any]:
+    """A binary file handle whose content replaces `path` only if the block finishes.
+
+    Written to a temporary file in the same directory, fsynced, then `os.replace`d; on an error the
+    temporary file is removed and `path` is untouched.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -137,18 +142,113 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
-def save_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """safetensors file written atomically (contiguous CPU copies)."""
-    from safetensors.torch import save
+_SAFETENSORS_DTYPES = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16",
+    "torch.bfloat16": "BF16", "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16",
+    "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL",
+}  # fmt: skip
 
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(clean, metadata=metadata))
+
+class TensorWriter:
+    """A safetensors file written tensor by tensor, so a large set never sits in memory at once.
+
+    `add` appends each tensor's bytes to a spool file in `spool_dir` and keeps only its header
+    entry; `commit(path)` writes the header, copies the spool behind it into a temporary file next
+    to `path`, fsyncs, and renames it into place. The spool is removed on commit, on `discard`, and
+    when a `with` block exits with an error, which leaves nothing at `path`.
+    """
+
+    def __init__(self, spool_dir: Path) -> None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".tensors-", suffix=".spool", dir=spool_dir)
+        self._spool_path = Path(name)
+        self._spool = os.fdopen(fd, "wb")
+        self._header: dict[str, dict[str, Any]] = {}
+        self._end = 0
+
+    def __enter__(self) -> TensorWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self.discard()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._header
+
+    def numel(self) -> int:
+        total = 0
+        for entry in self._header.values():
+            count = 1
+            for dim in entry["shape"]:
+                count *= dim
+            total += count
+        return total
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        import torch
+
+        if name in self._header or name == "__metadata__":
+            raise ValueError(f"tensor name {name!r} is already used or reserved")
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        dtype = _SAFETENSORS_DTYPES.get(str(flat.dtype))
+        if dtype is None:
+            raise ValueError(f"{name}: dtype {flat.dtype} cannot be stored in safetensors here")
+        data = flat.view(torch.uint8).numpy()  # little-endian on every platform torch supports
+        self._spool.write(memoryview(data))
+        start, self._end = self._end, self._end + data.nbytes
+        self._header[name] = {
+            "dtype": dtype, "shape": list(tensor.shape), "data_offsets": [start, self._end]
+        }  # fmt: skip
+
+    def commit(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        """Write the finished file at `path` (atomically) and remove the spool."""
+        import struct
+
+        try:
+            self._spool.close()
+            header: dict[str, Any] = dict(self._header)
+            if metadata:
+                header["__metadata__"] = dict(metadata)
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)  # the format lets the header be padded with spaces
+            with atomic_file(path) as out, open(self._spool_path, "rb") as spool:
+                out.write(struct.pack("<Q", len(blob)))
+                out.write(blob)
+                shutil.copyfileobj(spool, out, 1 << 24)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._spool.close()
+        with contextlib.suppress(OSError):
+            self._spool_path.unlink()
+
+
+def save_tensors(
+    path: Path,
+    tensors: dict[str, torch.Tensor] | TensorWriter,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """safetensors file written atomically, one tensor at a time (no whole-file copy in memory)."""
+    if isinstance(tensors, TensorWriter):
+        tensors.commit(path, metadata)
+        return
+    with TensorWriter(path.parent) as writer:
+        for name, tensor in tensors.items():
+            writer.add(name, tensor)
+        writer.commit(path, metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -302,7 +402,7 @@ class Bundle:
         base: dict[str, Any],
         method: dict[str, Any],
         recipe: dict[str, Any],
-        init_tensors: dict[str, torch.Tensor] | None = None,
+        init_tensors: dict[str, torch.Tensor] | TensorWriter | None = None,
     ) -> Bundle:
         """Create an empty bundle (no versions yet) in `root`, refusing an existing bundle."""
         root = Path(root).expanduser().resolve()
@@ -423,7 +523,7 @@ class Bundle:
 
     def append_version(
         self,
-        adapter: dict[str, torch.Tensor],
+        adapter: dict[str, torch.Tensor] | TensorWriter,
         *,
         command: str,
         tasks: list[str],

@@ -2,8 +2,9 @@
 
 The base model is never loaded whole for the SVD pass: the checkpoint headers give every tensor's
 name and shape, the targets are selected on canonical module names, and each target weight is read
-alone (`safe_open(...).get_tensor`), decomposed, and dropped. Peak memory is about one weight
-plus the (small) factors gathered so far.
+alone (`safe_open(...).get_tensor`), decomposed, and dropped; its factors are appended to spool
+files on disk at once (`bundle.TensorWriter`). Peak memory is about one weight and its factors,
+whatever the model's size.
 
 The result is a new bundle: `init.safetensors` (frozen A_j0, B_j0 and the scale of every adapted
 layer) and version v0001 whose adapter holds the trainable starting values (the experts' A and B,
@@ -12,6 +13,7 @@ and the routers), i.e. exactly what `inject_adapters` builds from the same recip
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +30,7 @@ from medqwen_cli.adapters import (
     select_targets,
 )
 from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD, TopKRouter
-from medqwen_cli.bundle import Bundle
+from medqwen_cli.bundle import Bundle, TensorWriter
 from medqwen_cli.errors import AdapterError
 from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
 from medqwen_cli.recipe import AdapterConfig, Recipe, recipe_to_dict
@@ -90,6 +92,14 @@ def linear_module_names(model_path: str, model_type: str) -> set[str]:
     return set(linear_shapes(model))
 
 
+def _read_tensor(path: Path, key: str) -> torch.Tensor:
+    """One tensor from a safetensors file, the file opened for it alone (no mapping kept)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        return fh.get_tensor(key)
+
+
 def router_start(name: str, in_features: int, cfg: AdapterConfig) -> torch.Tensor | None:
     """The router weight inject_adapters gives layer `name` (None for single-expert methods)."""
     if cfg.num_experts == 1:
@@ -121,74 +131,71 @@ def init_experts(
     linear = linear_module_names(info.path, info.model_type)
     selection = select_targets({k: v[2] for k, v in files.items() if k in linear}, cfg)
 
-    from safetensors import safe_open
-
-    init: dict[str, torch.Tensor] = {}
-    adapter: dict[str, torch.Tensor] = {}
     scales: dict[str, float] = {}
     svd_seconds, full_moe = 0.0, 0
     total = len(selection.selected)
-    by_file: dict[Path, list[str]] = {}
-    for name in selection.selected:
-        by_file.setdefault(files[name][0], []).append(name)
-    done = 0
-    for path, names in by_file.items():
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            for name in names:
-                key = files[name][1]
-                weight = fh.get_tensor(key).to(device)  # (m, n): the only full weight in memory
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        # Factors go to disk as each layer is done: memory holds one weight and its factors.
+        with TensorWriter(out) as init, TensorWriter(out) as adapter:
+            for done, name in enumerate(selection.selected, 1):
+                path, key, (m, n) = files[name]
                 t0 = time.perf_counter()
-                layer = init_tensors_for(weight, cfg, name)
+                layer = init_tensors_for(_read_tensor(path, key).to(device), cfg, name)
                 svd_seconds += time.perf_counter() - t0
-                m, n = weight.shape
-                del weight
                 for k in ("init_A", "init_B", "scale"):
                     if k in layer:
-                        init[f"{name}.{k}"] = layer[k].cpu()
-                adapter[f"{name}.lora_A"] = layer["lora_A"].cpu()
-                adapter[f"{name}.lora_B"] = layer["lora_B"].cpu()
+                        init.add(f"{name}.{k}", layer[k])
+                adapter.add(f"{name}.lora_A", layer["lora_A"])
+                adapter.add(f"{name}.lora_B", layer["lora_B"])
                 router = router_start(name, n, cfg)
                 if router is not None:
-                    adapter[f"{name}.router.weight"] = router
+                    adapter.add(f"{name}.router.weight", router)
                 scales.setdefault(layer_kind(name), float(layer["scale"]))
                 full_moe += cfg.num_experts * m * n
-                done += 1
+                del layer
                 if progress is not None:
                     progress(done, total, name)
-    if not adapter:  # select_targets raises first; kept as a guard for empty checkpoints
-        raise AdapterError("no layer was adapted", "check adapter.targets")
-    trainable = sum(t.numel() for t in adapter.values())
-    recipe_data = recipe_to_dict(recipe)
-    bundle = Bundle.create(
-        out,
-        base=info.to_dict(),
-        method=cfg.model_dump(mode="json"),
-        recipe=recipe_data,
-        init_tensors=init,
-    )
-    summary = InitSummary(
-        bundle=str(bundle.root),
-        version="v0001",
-        base=info.model_id,
-        fingerprint=info.fingerprint,
-        method=cfg.method,
-        experts=cfg.num_experts,
-        top_k=min(cfg.top_k, cfg.num_experts),
-        rank=cfg.rank,
-        adapted_layers=len(selection.selected),
-        skipped=selection.skipped,
-        trainable_params=trainable,
-        full_moe_params=full_moe,
-        ratio_to_full_moe=full_moe / max(trainable, 1),
-        scales=scales,
-        svd_seconds=svd_seconds,
-    )
-    summary.seconds = time.perf_counter() - start
-    bundle.append_version(
-        adapter,
-        command=command,
-        tasks=[],
-        recipe=recipe_data,
-        json_files={"metrics.json": {"init": summary.to_dict()}},
-    )
+            if not adapter.numel():  # select_targets raises first; a guard for empty checkpoints
+                raise AdapterError("no layer was adapted", "check adapter.targets")
+            trainable = adapter.numel()
+            recipe_data = recipe_to_dict(recipe)
+            bundle = Bundle.create(
+                out,
+                base=info.to_dict(),
+                method=cfg.model_dump(mode="json"),
+                recipe=recipe_data,
+                init_tensors=init,
+            )
+            summary = InitSummary(
+                bundle=str(bundle.root),
+                version="v0001",
+                base=info.model_id,
+                fingerprint=info.fingerprint,
+                method=cfg.method,
+                experts=cfg.num_experts,
+                top_k=min(cfg.top_k, cfg.num_experts),
+                rank=cfg.rank,
+                adapted_layers=len(selection.selected),
+                skipped=selection.skipped,
+                trainable_params=trainable,
+                full_moe_params=full_moe,
+                ratio_to_full_moe=full_moe / max(trainable, 1),
+                scales=scales,
+                svd_seconds=svd_seconds,
+            )
+            summary.seconds = time.perf_counter() - start
+            bundle.append_version(
+                adapter,
+                command=command,
+                tasks=[],
+                recipe=recipe_data,
+                json_files={"metrics.json": {"init": summary.to_dict()}},
+            )
+    except BaseException:
+        if created:  # leave no empty directory behind a failed run
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return summary

@@ -225,3 +225,49 @@ def test_bad_version_names(tmp_path: Path) -> None:
         b.resolve_version("v9")
     with pytest.raises(BundleError, match="bad version"):
         b.resolve_version("latest-ish")
+
+
+def test_tensor_writer_round_trips_every_dtype_and_shape(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    items = {
+        "f32": torch.randn(3, 5, generator=g),
+        "bf16": torch.randn(4, 7, generator=g).to(torch.bfloat16),
+        "f16": torch.randn(2, generator=g).half(),
+        "f64": torch.randn(2, 2, 2, generator=g).double(),
+        "i64": torch.arange(6).reshape(2, 3),
+        "u8": torch.arange(5, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(1.5),
+        "empty": torch.zeros(0, 4),
+        "strided": torch.randn(6, 4, generator=g).t(),  # non-contiguous view
+    }
+    bundle_mod.save_tensors(tmp_path / "t.safetensors", items, {"format": "x"})
+    back = load_file(str(tmp_path / "t.safetensors"))
+    assert set(back) == set(items)
+    for name, value in items.items():
+        assert back[name].dtype == value.dtype and torch.equal(back[name], value), name
+    with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == {"format": "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no spool or temp left
+
+
+def test_tensor_writer_leaves_nothing_on_error_and_refuses_bad_names(tmp_path: Path) -> None:
+    target = tmp_path / "t.safetensors"
+    with pytest.raises(RuntimeError), bundle_mod.TensorWriter(tmp_path) as writer:
+        writer.add("a", torch.ones(3))
+        with pytest.raises(ValueError, match="already used"):
+            writer.add("a", torch.ones(3))
+        with pytest.raises(ValueError, match="reserved"):
+            writer.add("__metadata__", torch.ones(1))
+        with pytest.raises(ValueError, match="dtype"):
+            writer.add("c", torch.ones(2, dtype=torch.complex64))
+        raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), bundle_mod.TensorWriter(tmp_path) as writer:
+        writer.add("a", torch.ones(3))
+        raise RuntimeError("stop")
+    assert target.read_bytes() == b"old"  # an existing file is only replaced by a finished one
