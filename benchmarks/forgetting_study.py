@@ -11,6 +11,9 @@ an interrupted study still reports what it finished.
 
     python benchmarks/forgetting_study.py --base nano-qwen2-vl --seeds 0 1 2 --steps 40
     python benchmarks/forgetting_study.py --quick          # tiny-qwen2-vl, 1 seed, a few steps
+    python benchmarks/forgetting_study.py --methods sslora --set adapter.rho=1   # a variant
+
+A variant (`--set KEY=VALUE`, any recipe field) is its own row, labelled with its settings.
 """
 
 from __future__ import annotations
@@ -18,19 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 METHODS = ("lora", "pissa", "moelora", "sslora")
 TASKS = ("xray", "ct", "pathology")
 
 
 def recipe_for(
-    base: str, method: str, seed: int, steps: int, lr: float, samples: int, batch: int
-) -> dict:
-    return {
+    base: str, method: str, seed: int, steps: int, lr: float, samples: int, batch: int,
+    sets: list[str] = (),
+) -> dict:  # fmt: skip
+    recipe = {
         "model": {"base": base, "dtype": "float32", "device": "cpu"},
         "adapter": {"method": method, "experts": 4, "top_k": 2, "rank": 16, "alpha": 32.0, "seed": seed},
         "tasks": {t: {"datasets": [{"path": f"builtin:{t}"}]} for t in TASKS},
@@ -41,6 +48,18 @@ def recipe_for(
         },
         "eval": {"batch_size": 8, "max_new_tokens": 32, "max_samples": samples, "tasks": list(TASKS)},
     }  # fmt: skip
+    for item in sets:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = recipe
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)  # typed like a recipe value: 1 -> int, 0.5 -> float
+    return recipe
+
+
+def label_of(method: str, sets: list[str]) -> str:
+    return " ".join([method, *sets])
 
 
 def run_one(out: Path, recipe: dict, base_records: list[dict] | None) -> dict:
@@ -92,10 +111,9 @@ def summarise(results: list[dict]) -> str:
         "| method | runs | trainable params | ACC | BWT | forgetting | 2-task: A after A | A after B | rel. drop of A |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in METHODS:
-        rows = [r for r in results if r["method"] == method]
-        if not rows:
-            continue
+    labels = list(dict.fromkeys(r.get("label", r["method"]) for r in results))
+    for label in labels:
+        rows = [r for r in results if r.get("label", r["method"]) == label]
         a_after_a = [r["matrix"]["values"][1][0] for r in rows]
         a_after_b = [r["matrix"]["values"][2][0] for r in rows]
         rel = [
@@ -103,7 +121,7 @@ def summarise(results: list[dict]) -> str:
             for x, y in zip(a_after_a, a_after_b, strict=True)
         ]
         lines.append(
-            f"| {method} | {len(rows)} | {rows[0]['trainable_params']:,} | {stat([r['acc'] for r in rows])} "
+            f"| {label} | {len(rows)} | {rows[0]['trainable_params']:,} | {stat([r['acc'] for r in rows])} "
             f"| {stat([r['bwt'] for r in rows])} | {stat([r['forgetting'] for r in rows])} "
             f"| {stat(a_after_a)} | {stat(a_after_b)} | {stat(rel)} |"
         )
@@ -126,6 +144,10 @@ def main() -> None:
         "--results", type=Path, default=None, help="JSON results file (default: OUT/results.json)"
     )
     parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="recipe override for every run, e.g. adapter.rho=1 (repeatable; labels the rows)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true", help="tiny-qwen2-vl, seed 0, 4 steps, 6 samples"
     )
     args = parser.parse_args()
@@ -137,40 +159,47 @@ def main() -> None:
     done["machine"] = (
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     )
-    done["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    done.pop("settings", None)  # each run records its own settings
+    cell = {k: getattr(args, k) for k in ("base", "steps", "lr", "batch", "samples")}
     for seed in args.seeds:
-        base_records = next(
+        base_records = next(  # the base's scores do not depend on the method or its settings
             (
                 r["base_records"]
                 for r in done["runs"]
-                if r["seed"] == seed and r["base"] == args.base
+                if r["seed"] == seed and all(r.get(k, v) == v for k, v in cell.items())
             ),
             None,
         )
         for method in args.methods:
+            label = label_of(method, args.sets)
             if any(
-                r["method"] == method and r["seed"] == seed and r["base"] == args.base
+                r.get("label", r["method"]) == label
+                and r["seed"] == seed
+                and all(r.get(k, v) == v for k, v in cell.items())
                 for r in done["runs"]
             ):
                 continue  # finished in an earlier (interrupted) invocation
-            out = args.out / f"{args.base}-{method}-seed{seed}"
+            slug = re.sub(r"[^A-Za-z0-9.]+", "-", label)
+            out = args.out / f"{args.base}-{slug}-seed{seed}"
             if out.exists():
                 raise SystemExit(
                     f"{out} exists from an unfinished run: remove it to rerun that cell"
                 )
             recipe = recipe_for(
-                args.base, method, seed, args.steps, args.lr, args.samples, args.batch
+                args.base, method, seed, args.steps, args.lr, args.samples, args.batch, args.sets
             )
             run = run_one(out, recipe, base_records)
             base_records = run["base_records"]
-            done["runs"].append({"method": method, "seed": seed, "base": args.base, **run})
+            done["runs"].append({"method": method, "label": label, "seed": seed, **cell, **run})
             results_file.write_text(json.dumps(done, indent=1))
             print(
-                f"{method} seed {seed}: ACC {run['acc']} BWT {run['bwt']} ({run['seconds']} s)",
+                f"{label} seed {seed}: ACC {run['acc']} BWT {run['bwt']} ({run['seconds']} s)",
                 file=sys.stderr,
                 flush=True,
             )
     print(summarise([r for r in done["runs"] if r["base"] == args.base]))
+    print(f"machine: {done['machine']}; per run: {args.steps} steps per task, lr {args.lr}, "
+          f"batch {args.batch}, {args.samples} eval records per task")  # fmt: skip
 
 
 if __name__ == "__main__":
