@@ -125,6 +125,21 @@ def summarise(results: list[dict]) -> str:
             f"| {stat([r['bwt'] for r in rows])} | {stat([r['forgetting'] for r in rows])} "
             f"| {stat(a_after_a)} | {stat(a_after_b)} | {stat(rel)} |"
         )
+    # per task (every task but the last, which has nothing to forget yet): drop from right after
+    # its training to the end of the sequence, absolute and relative
+    tasks = [t["task"] for t in results[0]["per_task"]][:-1] if results else []
+    lines += [
+        "",
+        "| method | " + " | ".join(f"{t}: drop | {t}: rel. drop" for t in tasks) + " |",
+        "|---|" + "---|---|" * len(tasks),
+    ]
+    for label in labels:
+        rows = [r for r in results if r.get("label", r["method"]) == label]
+        cells = []
+        for i in range(len(tasks)):
+            for key in ("drop", "relative_drop"):
+                cells.append(stat([r["per_task"][i][key]["value"] for r in rows]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

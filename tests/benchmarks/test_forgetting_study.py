@@ -38,6 +38,10 @@ def test_summary_has_one_row_per_variant_with_spread_over_seeds(study) -> None:
         return {
             "method": label.split()[0], "label": label, "seed": seed, "trainable_params": 10,
             "acc": acc, "bwt": bwt, "forgetting": -bwt, "matrix": {"values": rows},
+            "per_task": [
+                {"task": "A", "drop": {"value": 0.1}, "relative_drop": {"value": 0.2}},
+                {"task": "B", "drop": {"value": 0.0}, "relative_drop": {"value": 0.0}},
+            ],
         }  # fmt: skip
 
     table = study.summarise(
@@ -47,8 +51,11 @@ def test_summary_has_one_row_per_variant_with_spread_over_seeds(study) -> None:
             run("sslora adapter.rho=1", 0, 0.5, -0.05),
         ]
     )
-    lines = table.splitlines()
+    overall, per_task = table.split("\n\n")
+    lines = overall.splitlines()
     assert len(lines) == 4  # header, rule, two rows
     assert lines[2].startswith("| lora | 2 | 10 | 0.500 ± 0.141 | -0.200 ± 0.141 |")
     assert lines[3].startswith("| sslora adapter.rho=1 | 1 | 10 | 0.500 | -0.050 |")
     assert lines[3].endswith("| 0.500 | 0.400 | 0.200 |")  # A after A, A after B, relative drop
+    assert per_task.splitlines()[0] == "| method | A: drop | A: rel. drop |"  # B was trained last
+    assert per_task.splitlines()[2] == "| lora | 0.100 ± 0.000 | 0.200 ± 0.000 |"
