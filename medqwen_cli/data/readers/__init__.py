@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from medqwen_cli.data.dicom import is_dicom_file
 from medqwen_cli.data.readers.base import ReadContext, split_aliases
@@ -67,28 +67,12 @@ class DatasetLoad:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_records(
-    spec: DatasetSpec,
-    split: str,
-    *,
-    cache_dir: Path,
-    max_image_pixels: int | None = None,
-    builtin_seed: int = 0,
-    builtin_size: int | None = None,
-    dicom_frames: Literal["middle", "all"] = "middle",
-    dicom_window: tuple[float, float] | None = None,
-) -> list[Record]:
-    """Records of `split` of the dataset `spec` (warnings go to the logger)."""
-    loaded = read_dataset(
-        spec,
-        split,
-        cache_dir=cache_dir,
-        max_image_pixels=max_image_pixels,
-        builtin_seed=builtin_seed,
-        builtin_size=builtin_size,
-        dicom_frames=dicom_frames,
-        dicom_window=dicom_window,
-    )
+def load_records(spec: DatasetSpec, split: str, **options: Any) -> list[Record]:
+    """Records of `split` of the dataset `spec`; warnings go to the logger.
+
+    Takes the keyword arguments of `read_dataset` (cache_dir, max_image_pixels, builtin_seed, ...).
+    """
+    loaded = read_dataset(spec, split, **options)
     for warning in loaded.warnings:
         logger.warning(warning)
     return loaded.records
