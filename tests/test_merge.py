@@ -382,7 +382,7 @@ def test_existing_output_is_refused_and_replaced_only_with_overwrite(
 def test_a_failed_export_leaves_the_previous_one(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medqwen_cli import merge as merge_mod
+    from medqwen_cli.merge import export as merge_mod
 
     out = tmp_path / "dense"
     merge_bundle(trained, out, mode="dense", calibration_samples=2, evaluate=False)
