@@ -27,7 +27,7 @@ def add_common_args(parser: argparse.ArgumentParser, reps: int) -> None:
         "--dtype",
         default=None,
         choices=sorted(DTYPES),
-        help="base weights' dtype (default: float32 on CPU, bfloat16 on CUDA)",
+        help="base weights' dtype (default: float32 on CPU, the only one allowed there; bfloat16 on CUDA)",
     )
     parser.add_argument("--reps", type=int, default=reps, help=f"repetitions (default {reps})")
     parser.add_argument(
@@ -64,6 +64,11 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available on this machine")
     name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if device.type == "cpu" and name != "float32":
+        raise SystemExit(
+            f"--dtype {name} on CPU: half precision is emulated and very slow on these CPUs, so "
+            "its timings would measure the emulation; use float32 on CPU, or --device cuda"
+        )
     return device, DTYPES[name]
 
 

@@ -158,21 +158,30 @@ def test_only_linear_layers_are_targets(tmp_path: Path) -> None:
     ]
 
 
+def before_each_layer(monkeypatch: pytest.MonkeyPatch, hook) -> None:
+    """Call `hook(layer name)` before init-experts decomposes each layer."""
+    import medqwen_cli.init_experts as mod
+
+    real = mod.init_tensors_for
+
+    def wrapped(weight, cfg, name):
+        hook(name)
+        return real(weight, cfg, name)
+
+    monkeypatch.setattr(mod, "init_tensors_for", wrapped)
+
+
 def test_a_failure_midway_leaves_no_bundle_spool_or_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medqwen_cli.init_experts as mod
-
     calls = []
-    real = mod.init_tensors_for
 
-    def fail_on_third(weight, cfg, name):
+    def fail_on_third(name):
         calls.append(name)
         if len(calls) == 3:
             raise RuntimeError("disk went away")
-        return real(weight, cfg, name)
 
-    monkeypatch.setattr(mod, "init_tensors_for", fail_on_third)
+    before_each_layer(monkeypatch, fail_on_third)
     with pytest.raises(RuntimeError, match="disk went away"):
         init_experts(recipe(), tmp_path / "new")
     assert not (tmp_path / "new").exists()
@@ -187,17 +196,13 @@ def test_factors_are_streamed_to_disk_not_gathered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While layer k is decomposed, the factors of layers < k are in the spool files, not memory."""
-    import medqwen_cli.init_experts as mod
-
     sizes = []
-    real = mod.init_tensors_for
 
-    def watch(weight, cfg, name):
+    def watch(_name):
         spools = list((tmp_path / "b").glob(".tensors-*.spool"))
         sizes.append(sum(p.stat().st_size for p in spools))
-        return real(weight, cfg, name)
 
-    monkeypatch.setattr(mod, "init_tensors_for", watch)
+    before_each_layer(monkeypatch, watch)
     init_experts(recipe(), tmp_path / "b")
     assert sizes[0] == 0 and all(b > a for a, b in zip(sizes, sizes[1:], strict=False))
     assert not list((tmp_path / "b").glob(".tensors-*"))  # spools removed after commit

