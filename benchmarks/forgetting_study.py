@@ -1,52 +1,78 @@
-"""Forgetting study: lora, pissa, moelora and sslora through one built-in task sequence.
+"""Forgetting study: does sslora forget task A less than lora / moelora / pissa when task B
+contradicts it?
 
-For every (method, seed): `init-experts` on the base, the base scored zero-shot (once per seed and
-shared by the methods: it is the same model on the same records), then `continue` through the
-sequence (radiograph -> CT -> pathology by default), each version scored on every task. Methods
-are matched on total rank (r = 16: lora/pissa one rank-16 adapter, moelora/sslora 4 experts of
-rank 4 plus routers). Reports ACC, BWT, average forgetting and per-task drop (absolute and
-relative) with mean and spread over seeds, and the paper's 2-task protocol (train A, train B,
-re-test A) read off the first two tasks. Results are appended to a JSON file as each run ends, so
-an interrupted study still reports what it finished.
+Tasks (built in, see medqwen_cli/data/synthetic/rules.py): A = cxr-rules (chest X-ray reading
+rules); the conflict pair trains B = derm-rules next (the same questions and labels answered by
+other rules: every side question and a third of the size questions flip), the control pair
+trains C = ct-rules next (the same rules as A in another modality's words: nothing flips).
 
-    python benchmarks/forgetting_study.py --base nano-qwen2-vl --seeds 0 1 2 --steps 40
-    python benchmarks/forgetting_study.py --quick          # tiny-qwen2-vl, 1 seed, a few steps
-    python benchmarks/forgetting_study.py --methods sslora --set adapter.rho=1   # a variant
+Per (method, seed), with the same seeds for every method (paired):
 
-A variant (`--set KEY=VALUE`, any recipe field) is its own row, labelled with its settings.
+    init-experts on the base
+    continue A                              -> score A, B, C       plasticity: A after A
+    conflict: continue B --watch A --eval-every N   -> curve of A, then score A, B
+    control:  continue C --watch A --eval-every N   (from the same A version) -> score A, C
+
+Every score is likelihood scoring over the labels on the first `--samples` eval records per
+task (accuracy, and answer NLL = mean -log p(reference | labels)); every record's p(reference)
+is kept in the results file. The base's zero-shot scores are computed once (same model, same
+records). Results are appended to OUT/results.json as each job finishes (an interrupted study
+resumes; an unfinished job's scratch bundles are removed and redone); `--workers` jobs run at
+once, each in its own process with one thread (2 workers use both cores of a 2-core machine).
+
+Then the tables: per method mean and 95% interval over seeds; paired differences between
+methods on the same seed (sslora - lora, sslora - moelora, ...) with a t interval and an exact
+sign-flip test; the forgetting curves (mean over seeds) as a PNG.
+
+    python benchmarks/forgetting_study.py --seeds 0 1 2 3 4 5 --pairs conflict
+    python benchmarks/forgetting_study.py --seeds 0 1 2 3 4 5 --pairs control
+    python benchmarks/forgetting_study.py --report-only --plot docs/img/forgetting-curves.png
+    python benchmarks/forgetting_study.py --quick --out /tmp/fs-quick    # tiny preset, minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
 import platform
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
-import yaml
+METHODS = ("lora", "moelora", "sslora", "pissa")
+TASK_A, TASK_B, TASK_C = "cxr-rules", "derm-rules", "ct-rules"
+PAIRS = {"conflict": TASK_B, "control": TASK_C}
+COMPARISONS = (("sslora", "lora"), ("sslora", "moelora"), ("sslora", "pissa"), ("moelora", "lora"))
 
-METHODS = ("lora", "pissa", "moelora", "sslora")
-TASKS = ("xray", "ct", "pathology")
+
+# --------------------------------------------------------------------------- recipe
 
 
-def recipe_for(
-    base: str, method: str, seed: int, steps: int, lr: float, samples: int, batch: int,
-    sets: list[str] = (),
-) -> dict:  # fmt: skip
+def recipe_for(args: argparse.Namespace, method: str, seed: int, sets: list[str] = ()) -> dict:
+    """The recipe of one run: matched total rank (lora/pissa one rank-16 adapter, moelora and
+    sslora 4 experts of rank 4, top-2), the recipe schema's defaults otherwise."""
+    import yaml
+
+    tasks = (TASK_A, TASK_B, TASK_C)
     recipe = {
-        "model": {"base": base, "dtype": "float32", "device": "cpu"},
-        "adapter": {"method": method, "experts": 4, "top_k": 2, "rank": 16, "alpha": 32.0, "seed": seed},
-        "tasks": {t: {"datasets": [{"path": f"builtin:{t}"}]} for t in TASKS},
+        "model": {"base": args.base, "dtype": "float32", "device": "cpu"},
+        "adapter": {"method": method, "experts": 4, "top_k": 2, "rank": 16, "seed": seed},
+        "tasks": {t: {"datasets": [{"path": f"builtin:{t}"}]} for t in tasks},
         "train": {
-            "lr": lr, "max_steps": steps, "batch_size": batch, "seed": seed, "warmup_ratio": 0.1,
-            "checkpoint_every": 1000, "log_every": max(1, steps // 5),
-            "max_image_pixels": 112 * 112, "max_length": 512,
+            "lr": args.lr, "max_steps": args.steps, "batch_size": args.batch, "seed": seed,
+            "warmup_ratio": 0.1, "checkpoint_every": 1000, "log_every": 10,
+            "max_image_pixels": 56 * 56, "max_length": 256,
         },
-        "eval": {"batch_size": 8, "max_new_tokens": 32, "max_samples": samples, "tasks": list(TASKS)},
+        "eval": {"batch_size": 16, "max_samples": args.samples, "scoring": "likelihood"},
     }  # fmt: skip
     for item in sets:
         key, _, value = item.partition("=")
@@ -62,85 +88,302 @@ def label_of(method: str, sets: list[str]) -> str:
     return " ".join([method, *sets])
 
 
-def run_one(out: Path, recipe: dict, base_records: list[dict] | None) -> dict:
-    from medqwen_cli.bundle import Bundle
+def cell_settings(args: argparse.Namespace) -> dict:
+    """What must match for a finished job to count for this invocation."""
+    return {k: getattr(args, k) for k in ("base", "steps", "lr", "batch", "samples", "eval_every")}
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def _scores(bundle, version: str, tasks: list[str], out: Path) -> dict:
+    """Accuracy, answer NLL and per-record p(reference) of `version` on `tasks`."""
     from medqwen_cli.evaluation.api import evaluate_bundle
-    from medqwen_cli.forgetting import forgetting_report
+
+    predictions = out / f"predictions-{version}.jsonl"
+    result = evaluate_bundle(
+        bundle, version=None if version == "base" else version, base_only=version == "base",
+        tasks=tasks, save_predictions=predictions,
+    )  # fmt: skip
+    per_task: dict[str, dict] = {}
+    for task in result.tasks:
+        scores = task.by_type["vqa_closed"]
+        per_task[task.task] = {
+            "acc": scores["accuracy"], "nll": scores["answer_nll"], "n": task.n, "records": [],
+        }  # fmt: skip
+    for line in predictions.read_text(encoding="utf-8").splitlines():
+        p = json.loads(line)
+        p_ref = p["scores"][p["reference"]]
+        correct = int(p["prediction"] == p["reference"])
+        per_task[p["task"]]["records"].append([p["id"], correct, round(p_ref, 6)])
+    return per_task
+
+
+def _curve(result) -> list[list[float]]:
+    """[[step, accuracy, answer NLL], ...] of the watched task from a TrainResult."""
+    points: dict[int, dict] = {}
+    for row in result.curves:
+        if row["metric"] in ("accuracy", "answer_nll"):
+            points.setdefault(int(row["step"]), {})[row["metric"]] = row["value"]
+    return [[s, p.get("accuracy"), p.get("answer_nll")] for s, p in sorted(points.items())]
+
+
+def run_job(job: dict) -> dict:
+    """Train and score one (method, seed) through A and the requested pairs; returns its result."""
+    import torch
+
+    torch.set_num_threads(1)
+    from medqwen_cli.bundle import Bundle
     from medqwen_cli.init_experts import init_experts
     from medqwen_cli.recipe import build_recipe
     from medqwen_cli.training.run import continue_bundle
 
     start = time.perf_counter()
-    summary = init_experts(build_recipe(recipe, check_paths=False), out)
-    bundle = Bundle.open(out)
-    if base_records is None:
-        base_records = evaluate_bundle(bundle, base_only=True, tasks=list(TASKS)).records
-    else:  # the same base on the same records: reuse the scores (stated in the report)
-        bundle.append_evals([{k: v for k, v in r.items() if k != "time"} for r in base_records])
-    losses = []
-    for task in TASKS:
-        result = continue_bundle(out, task=task)
-        losses.append(result.final_loss)
-    bundle = Bundle.open(out)
-    lineage = [(e.id, e.tasks) for e in bundle.lineage() if e.tasks]
-    report = forgetting_report(bundle.read_evals(), lineage, name=out.name, metric="headline_mean")
-    return {
-        "trainable_params": summary.trainable_params,
-        "final_losses": losses,
-        "matrix": report.matrix.model_dump(mode="json"),
-        "acc": report.acc.value,
-        "bwt": report.bwt.value,
-        "fwt": report.fwt.value,
-        "forgetting": report.forgetting.value,
-        "per_task": [t.model_dump(mode="json") for t in report.per_task],
-        "seconds": round(time.perf_counter() - start, 1),
-        "base_records": base_records,
-    }
-
-
-def summarise(results: list[dict]) -> str:
-    def stat(values: list[float | None]) -> str:
-        vals = [v for v in values if v is not None]
-        if not vals:
-            return "n/a"
-        if len(vals) == 1:
-            return f"{vals[0]:+.3f}" if vals[0] < 0 else f"{vals[0]:.3f}"
-        return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
-
-    lines = [
-        "| method | runs | trainable params | ACC | BWT | forgetting | 2-task: A after A | A after B | rel. drop of A |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    labels = list(dict.fromkeys(r.get("label", r["method"]) for r in results))
-    for label in labels:
-        rows = [r for r in results if r.get("label", r["method"]) == label]
-        a_after_a = [r["matrix"]["values"][1][0] for r in rows]
-        a_after_b = [r["matrix"]["values"][2][0] for r in rows]
-        rel = [
-            (x - y) / x if x and y is not None else None
-            for x, y in zip(a_after_a, a_after_b, strict=True)
-        ]
-        lines.append(
-            f"| {label} | {len(rows)} | {rows[0]['trainable_params']:,} | {stat([r['acc'] for r in rows])} "
-            f"| {stat([r['bwt'] for r in rows])} | {stat([r['forgetting'] for r in rows])} "
-            f"| {stat(a_after_a)} | {stat(a_after_b)} | {stat(rel)} |"
+    root = Path(job["dir"])
+    snapshot, a_json = root / "after-A", root / "after-A.json"
+    if not a_json.is_file():  # phase A (shared by the pairs)
+        shutil.rmtree(snapshot, ignore_errors=True)
+        work = root / "a-work"
+        shutil.rmtree(work, ignore_errors=True)
+        summary = init_experts(build_recipe(job["recipe"], check_paths=False), work / "bundle")
+        result = continue_bundle(work / "bundle", task=TASK_A, evaluate=False)
+        scores = _scores(
+            Bundle.open(work / "bundle"), result.version, [TASK_A, TASK_B, TASK_C], work
         )
-    # per task (every task but the last, which has nothing to forget yet): drop from right after
-    # its training to the end of the sequence, absolute and relative
-    tasks = [t["task"] for t in results[0]["per_task"]][:-1] if results else []
+        phase = {
+            "version": result.version, "trainable_params": summary.trainable_params,
+            "loss": result.final_loss, "seconds": result.seconds, "scores": scores,
+        }  # fmt: skip
+        os.replace(work / "bundle", snapshot)
+        shutil.rmtree(work, ignore_errors=True)
+        a_json.write_text(json.dumps(phase), encoding="utf-8")
+    phase_a = json.loads(a_json.read_text(encoding="utf-8"))
+    out = {
+        "trainable_params": phase_a["trainable_params"], "loss_A": phase_a["loss"],
+        "after_A": phase_a["scores"], "pairs": {},
+    }  # fmt: skip
+    for pair in job["pairs"]:
+        task = PAIRS[pair]
+        work = root / pair
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(snapshot, work / "bundle")
+        result = continue_bundle(
+            work / "bundle", task=task, evaluate=False, watch=[TASK_A], eval_every=job["eval_every"]
+        )
+        scores = _scores(Bundle.open(work / "bundle"), result.version, [TASK_A, task], work)
+        out["pairs"][pair] = {
+            "task": task, "loss": result.final_loss, "seconds": result.seconds,
+            "curve": _curve(result), "scores": scores,
+        }  # fmt: skip
+        shutil.rmtree(work, ignore_errors=True)
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def base_scores(args: argparse.Namespace, out: Path) -> dict:
+    """The base's zero-shot scores on A, B and C (method-independent: computed once)."""
+    from medqwen_cli.bundle import Bundle
+    from medqwen_cli.init_experts import init_experts
+    from medqwen_cli.recipe import build_recipe
+
+    work = Path(tempfile.mkdtemp(prefix="base-", dir=out))
+    try:
+        init_experts(build_recipe(recipe_for(args, "lora", 0), check_paths=False), work / "b")
+        return _scores(Bundle.open(work / "b"), "base", [TASK_A, TASK_B, TASK_C], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lower, upper) of a 95% Student t interval; the bounds are the mean for n = 1."""
+    n, mean = len(values), statistics.mean(values)
+    if n < 2:
+        return mean, mean, mean
+    from scipy.stats import t
+
+    half = t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def sign_flip_p(diffs: list[float]) -> float:
+    """Exact two-sided sign-flip (paired permutation) test of mean difference 0: the share of
+    the 2^n sign assignments whose |mean| is at least the observed |mean|."""
+    observed = abs(sum(diffs))
+    hits = sum(
+        abs(sum(s * d for s, d in zip(signs, diffs, strict=True))) >= observed - 1e-12
+        for signs in itertools.product((1, -1), repeat=len(diffs))
+    )
+    return hits / 2 ** len(diffs)
+
+
+def fmt_ci(values: list[float], digits: int = 3) -> str:
+    mean, lo, hi = t_interval(values)
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+MEASURES = {  # name -> (definition, function of one run and pair)
+    "A after A": ("accuracy on A right after training A (plasticity)",
+                  lambda r, p: r["after_A"][TASK_A]["acc"]),
+    "A after B": ("accuracy on A after training the pair's second task (retention)",
+                  lambda r, p: r["pairs"][p]["scores"][TASK_A]["acc"]),
+    "drop of A": ("A after A - A after B (forgetting, absolute)",
+                  lambda r, p: r["after_A"][TASK_A]["acc"] - r["pairs"][p]["scores"][TASK_A]["acc"]),
+    "B after B": ("accuracy on the second task after training it (plasticity)",
+                  lambda r, p: r["pairs"][p]["scores"][PAIRS[p]]["acc"]),
+    "NLL A after A": ("answer NLL on A right after training A",
+                      lambda r, p: r["after_A"][TASK_A]["nll"]),
+    "NLL rise of A": ("answer NLL on A after the second task - right after A",
+                      lambda r, p: r["pairs"][p]["scores"][TASK_A]["nll"] - r["after_A"][TASK_A]["nll"]),
+}  # fmt: skip
+
+
+def summarise(runs: list[dict], pair: str) -> str:
+    """Markdown: per-label means with 95% intervals, then paired differences."""
+    runs = [r for r in runs if pair in r["pairs"]]
+    if not runs:
+        return f"(no finished {pair} runs)"
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    names = list(MEASURES)
+    lines = [
+        "| method | seeds | trainable params | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for label in labels:
+        rows = [r for r in runs if r["label"] == label]
+        cells = [fmt_ci([MEASURES[m][1](r, pair) for r in rows]) for m in names]
+        lines.append(
+            f"| {label} | {len(rows)} | {rows[0]['trainable_params']:,} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += [
         "",
-        "| method | " + " | ".join(f"{t}: drop | {t}: rel. drop" for t in tasks) + " |",
-        "|---|" + "---|---|" * len(tasks),
+        "| difference (same seeds) | seeds | measure | mean [95% CI] | sign-flip p | first larger |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r["label"], r["seed"]): r for r in runs}
+    for x, y in COMPARISONS:
+        seeds = sorted(s for (label, s) in by if label == x and (y, s) in by)
+        if not seeds:
+            continue
+        for name in ("A after B", "drop of A", "A after A", "B after B", "NLL rise of A"):
+            f = MEASURES[name][1]
+            diffs = [f(by[(x, s)], pair) - f(by[(y, s)], pair) for s in seeds]
+            wins = sum(d > 0 for d in diffs)
+            lines.append(
+                f"| {x} - {y} | {len(seeds)} | {name} | {fmt_ci(diffs)} | "
+                f"{sign_flip_p(diffs):.3f} | {wins}/{len(seeds)} |"
+            )
+    return "\n".join(lines)
+
+
+def curve_table(runs: list[dict], pair: str) -> str:
+    """Mean accuracy (and NLL) of A over seeds at each watched step of the second task."""
+    runs = [r for r in runs if pair in r["pairs"]]
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    if not labels:
+        return ""
+    steps = sorted({int(p[0]) for r in runs for p in r["pairs"][pair]["curve"]})
+    lines = [
+        "| method | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
     ]
     for label in labels:
-        rows = [r for r in results if r.get("label", r["method"]) == label]
         cells = []
-        for i in range(len(tasks)):
-            for key in ("drop", "relative_drop"):
-                cells.append(stat([r["per_task"][i][key]["value"] for r in rows]))
+        for step in steps:
+            acc = [
+                p[1] for r in runs if r["label"] == label
+                for p in r["pairs"][pair]["curve"] if int(p[0]) == step
+            ]  # fmt: skip
+            cells.append(f"{statistics.mean(acc):.3f}" if acc else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_curves(runs: list[dict], base: dict | None, path: Path) -> None:
+    """A's accuracy and answer NLL while training the second task: mean over seeds with a
+    band of one standard deviation, one line per method; conflict and control side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pairs = [p for p in PAIRS if any(p in r["pairs"] for r in runs)]
+    fig = Figure(figsize=(6.2 * len(pairs), 7.6), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(pairs), squeeze=False)
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    for col, pair in enumerate(pairs):
+        for row, (index, what) in enumerate(((1, "accuracy"), (2, "answer NLL"))):
+            ax = axes[row][col]
+            for label in labels:
+                curves = [
+                    r["pairs"][pair]["curve"]
+                    for r in runs
+                    if r["label"] == label and pair in r["pairs"]
+                ]
+                if not curves:
+                    continue
+                steps = sorted({int(p[0]) for c in curves for p in c})
+                mean, sd = [], []
+                for s in steps:
+                    vals = [p[index] for c in curves for p in c if int(p[0]) == s]
+                    mean.append(statistics.mean(vals))
+                    sd.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+                line = ax.plot(steps, mean, marker="o", label=f"{label} ({len(curves)} seeds)")[0]
+                ax.fill_between(
+                    steps, [m - d for m, d in zip(mean, sd, strict=True)],
+                    [m + d for m, d in zip(mean, sd, strict=True)], color=line.get_color(), alpha=0.15,
+                )  # fmt: skip
+            if base is not None:
+                key = "acc" if index == 1 else "nll"
+                ax.axhline(
+                    base[TASK_A][key], color="grey", linestyle="--", label="base (zero-shot)"
+                )
+            ax.set_xlabel(f"optimizer step while training {PAIRS[pair]}")
+            ax.set_ylabel(f"{TASK_A} {what}")
+            kind = "conflicting rules" if pair == "conflict" else "same rules (control)"
+            ax.set_title(f"{pair}: {TASK_A} -> {PAIRS[pair]} ({kind})", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(
+        f"Forgetting curve: {TASK_A} scored while the next task trains\n"
+        "(mean over seeds, band = 1 sd)", fontsize=11,
+    )  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.print_png(str(tmp))
+    os.replace(tmp, path)
+
+
+def report(results: dict, settings: dict | None) -> str:
+    runs = [r for r in results["runs"] if settings is None or r["settings"] == settings]
+    base = results.get("base")
+    parts = []
+    if base:
+        parts.append(
+            "base (zero-shot): "
+            + ", ".join(f"{t} {v['acc']:.3f} (NLL {v['nll']:.3f})" for t, v in base.items())
+        )
+    for pair in PAIRS:
+        parts += [f"## {pair}: {TASK_A} -> {PAIRS[pair]}", summarise(runs, pair), "",
+                  f"{TASK_A} accuracy while training {PAIRS[pair]} (mean over seeds):",
+                  curve_table(runs, pair)]  # fmt: skip
+    parts.append("definitions: " + "; ".join(f"{k} = {v[0]}" for k, v in MEASURES.items()))
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -148,73 +391,86 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--base", default="nano-qwen2-vl")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per task")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=16, help="eval samples per task")
-    parser.add_argument("--out", type=Path, default=Path("out/forgetting-study"))
     parser.add_argument(
-        "--results", type=Path, default=None, help="JSON results file (default: OUT/results.json)"
+        "--methods", nargs="+", default=["lora", "moelora", "sslora"], choices=METHODS
     )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--pairs", nargs="+", default=["conflict"], choices=list(PAIRS))
+    parser.add_argument("--steps", type=int, default=50, help="optimizer steps per task")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=100, help="eval records per task")
+    parser.add_argument("--eval-every", type=int, default=10, help="curve: score A every N steps")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at once (1 thread each)")
+    parser.add_argument("--out", type=Path, default=Path("out/forgetting-study"))
+    parser.add_argument("--results", type=Path, default=None, help="default: OUT/results.json")
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="recipe override for every run, e.g. adapter.rho=1 (repeatable; labels the rows)",
     )  # fmt: skip
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny-qwen2-vl, seed 0, 4 steps, 6 samples"
-    )
+    parser.add_argument("--plot", type=Path, default=None, help="draw the curves to this PNG")
+    parser.add_argument("--report-only", action="store_true", help="print the tables, run nothing")
+    parser.add_argument("--quick", action="store_true", help="tiny-qwen2-vl, 1 seed, 4 steps")
     args = parser.parse_args()
     if args.quick:
-        args.base, args.seeds, args.steps, args.samples, args.lr = "tiny-qwen2-vl", [0], 4, 6, 0.01
+        args.base, args.seeds, args.steps, args.samples = "tiny-qwen2-vl", [0], 4, 8
+        args.lr, args.eval_every, args.methods = 1e-3, 2, ["lora", "sslora"]
     results_file = args.results or args.out / "results.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    done = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": []}
-    done["machine"] = (
-        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
-    )
-    done.pop("settings", None)  # each run records its own settings
-    cell = {k: getattr(args, k) for k in ("base", "steps", "lr", "batch", "samples")}
-    for seed in args.seeds:
-        base_records = next(  # the base's scores do not depend on the method or its settings
-            (
-                r["base_records"]
-                for r in done["runs"]
-                if r["seed"] == seed and all(r.get(k, v) == v for k, v in cell.items())
-            ),
-            None,
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": []}
+    settings = cell_settings(args)
+    if not args.report_only:
+        os.environ["OMP_NUM_THREADS"] = "1"  # the workers inherit it: one thread each
+        results["machine"] = (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         )
-        for method in args.methods:
+        if results.get("base_settings") != {"base": args.base, "samples": args.samples}:
+            results["base"] = base_scores(args, args.out)
+            results["base_settings"] = {"base": args.base, "samples": args.samples}
+            _write(results_file, results)
+        jobs = []
+        for seed, method in itertools.product(args.seeds, args.methods):
             label = label_of(method, args.sets)
-            if any(
-                r.get("label", r["method"]) == label
-                and r["seed"] == seed
-                and all(r.get(k, v) == v for k, v in cell.items())
-                for r in done["runs"]
-            ):
-                continue  # finished in an earlier (interrupted) invocation
+            done = next(
+                (r for r in results["runs"]
+                 if r["label"] == label and r["seed"] == seed and r["settings"] == settings),
+                None,
+            )  # fmt: skip
+            pairs = [p for p in args.pairs if done is None or p not in done["pairs"]]
+            if not pairs:
+                continue
             slug = re.sub(r"[^A-Za-z0-9.]+", "-", label)
-            out = args.out / f"{args.base}-{slug}-seed{seed}"
-            if out.exists():
-                raise SystemExit(
-                    f"{out} exists from an unfinished run: remove it to rerun that cell"
-                )
-            recipe = recipe_for(
-                args.base, method, seed, args.steps, args.lr, args.samples, args.batch, args.sets
-            )
-            run = run_one(out, recipe, base_records)
-            base_records = run["base_records"]
-            done["runs"].append({"method": method, "label": label, "seed": seed, **cell, **run})
-            results_file.write_text(json.dumps(done, indent=1))
-            print(
-                f"{label} seed {seed}: ACC {run['acc']} BWT {run['bwt']} ({run['seconds']} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    print(summarise([r for r in done["runs"] if r["base"] == args.base]))
-    print(f"machine: {done['machine']}; per run: {args.steps} steps per task, lr {args.lr}, "
-          f"batch {args.batch}, {args.samples} eval records per task")  # fmt: skip
+            jobs.append({
+                "label": label, "method": method, "seed": seed, "pairs": pairs,
+                "dir": str(args.out / f"{args.base}-{slug}-seed{seed}"),
+                "recipe": recipe_for(args, method, seed, args.sets), "eval_every": args.eval_every,
+            })  # fmt: skip
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                run = future.result()
+                done = next(
+                    (r for r in results["runs"]
+                     if r["label"] == job["label"] and r["seed"] == job["seed"]
+                     and r["settings"] == settings),
+                    None,
+                )  # fmt: skip
+                if done is None:
+                    results["runs"].append({
+                        "method": job["method"], "label": job["label"], "seed": job["seed"],
+                        "settings": settings, **run,
+                    })  # fmt: skip
+                else:
+                    done["pairs"].update(run["pairs"])
+                _write(results_file, results)
+                print(f"{job['label']} seed {job['seed']} {job['pairs']}: {run['seconds']} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    print(report(results, settings))
+    print(f"machine: {results.get('machine')}; settings: {settings}")
+    if args.plot:
+        runs = [r for r in results["runs"] if r["settings"] == settings]
+        plot_curves(runs, results.get("base"), args.plot)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medqwen_cli.errors import RecipeError
 
 # Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
-BUILTIN_TASKS = ("xray", "ct", "mri", "fundus", "pathology", "dicom")
+BUILTIN_TASKS = (
+    "xray", "ct", "mri", "fundus", "pathology", "dicom", "cxr-rules", "ct-rules", "derm-rules",
+)  # fmt: skip
 
 DEFAULT_TARGETS = [
     r"layers\.\d+\.self_attn\.(q|k|v|o)_proj$",

@@ -13,15 +13,20 @@ metric is the task's headline. When several are present, every metric is prefixe
 Unweighted, so a type with few records weighs as much as a frequent one and the number does not
 drift with the mix of the first N records. It is None (with the reason) when any type's
 headline is undefined: a missing part is never read as 0.
+
+Types answered by likelihood (closed VQA, POPE, classification) also get `answer_nll`, the mean
+of -log p(reference | candidates) over their records (see `answer_nll`; lower is better).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from medqwen_cli.data.records import Record
+from medqwen_cli.evaluation.metrics._text import match_choice
 from medqwen_cli.evaluation.runner import Prediction
 from medqwen_cli.evaluation.scoring import TaskScores, score_task
 from medqwen_cli.evaluation.tasks import TASK_TYPES, headline_metric
@@ -87,6 +92,9 @@ def score_task_predictions(
         pairs = [(r, p) for r, p in zip(records, predictions, strict=True) if r.type == kind]
         if pairs:
             by_type[kind] = _score_type(kind, pairs, findings)
+            nll = answer_nll([p for _, p in pairs])
+            if nll is not None:
+                by_type[kind]["answer_nll"] = nll
     if len(by_type) == 1:
         ((kind, scores),) = by_type.items()
         value, reason = scores.headline_value, scores.reasons.get(scores.headline)
@@ -101,6 +109,26 @@ def score_task_predictions(
         task=task, split=split, n=len(records), by_type=by_type, headline_metric=metric,
         headline=value, headline_reason=reason, datasets=list(datasets),
     )  # fmt: skip
+
+
+def answer_nll(predictions: Sequence[Prediction]) -> float | None:
+    """Mean over records of -log p(reference | candidates), the model's own distribution over
+    the candidate answers (likelihood scoring); None unless every record was scored that way
+    with its reference among the candidates.
+
+    Unlike accuracy it moves with the model's confidence, not only with its argmax, so it shows
+    forgetting (and learning) before answers flip.
+    """
+    total = 0.0
+    for p in predictions:
+        if p.candidates is None or p.probabilities is None:
+            return None
+        ref = match_choice(p.reference, p.candidates)
+        if ref is None:
+            return None
+        prob = p.probabilities[p.candidates.index(ref)]
+        total += -math.log(max(prob, 1e-30))
+    return total / len(predictions) if predictions else None
 
 
 def _score_type(

@@ -50,10 +50,30 @@ class FitResult:
     seconds: float
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over positions whose label is not -100."""
-    shift_logits = logits[:, :-1, :].float()  # (b, t-1, V)
-    shift_labels = labels[:, 1:]  # (b, t-1)
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose logits predict a label token in some row: (K,), sorted.
+
+    Position t predicts token t + 1. Only these positions need the vocabulary projection, the
+    largest single matmul of a small model (49k x 576 per token for nano): passed to the model
+    as `logits_to_keep`, they cut the language-model head's cost to the answer tokens.
+    """
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+def token_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of next-token cross-entropy over positions whose label is not -100.
+
+    `logits` (b, t, V) covers every position, or with `positions` (K,) only those positions
+    (b, K, V), as `model(..., logits_to_keep=positions)` returns them.
+    """
+    if positions is None:
+        shift_logits = logits[:, :-1, :].float()  # (b, t-1, V)
+        shift_labels = labels[:, 1:]  # (b, t-1)
+    else:
+        shift_logits = logits.float()  # (b, K, V)
+        shift_labels = labels[:, positions + 1]  # (b, K)
     return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]),
         shift_labels.reshape(-1),
@@ -112,9 +132,11 @@ def fit(
             sync = i == len(micro) - 1
             ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
             with ctx, accelerator.autocast():
-                logits = model(**batch).logits
+                keep = answer_positions(labels)  # (K,)
+                logits = model(**batch, logits_to_keep=keep).logits  # (b, K, V)
                 # DDP averages gradients over processes: scale by world size to get the global mean
-                task = token_loss_sum(logits, labels) * accelerator.num_processes / global_targets
+                share = accelerator.num_processes / global_targets
+                task = token_loss_sum(logits, labels, keep) * share
                 bal = balance_loss(unwrapped) if balance_weight > 0 else logits.new_zeros(())
                 loss = task + balance_weight * bal / len(micro)
                 accelerator.backward(loss)

@@ -1,8 +1,11 @@
-"""The forgetting study's recipe variants and its summary table (the runs themselves are long)."""
+"""The forgetting study's recipes, statistics and report (the runs themselves are long)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import itertools
+import statistics
 from pathlib import Path
 
 import pytest
@@ -20,42 +23,81 @@ def study():
     return module
 
 
-def test_variants_are_valid_recipes_with_typed_values(study) -> None:
-    data = study.recipe_for(
-        "tiny-qwen2-vl", "sslora", 1, 4, 0.01, 6, 2,
-        ["adapter.rho=1", "adapter.segments=principal", "adapter.balance_loss=0.0"],
-    )  # fmt: skip
-    recipe = build_recipe(data, check_paths=False)
-    assert recipe.adapter.rho == 1 and recipe.adapter.segments == "principal"
-    assert recipe.adapter.balance_loss == 0.0 and recipe.adapter.seed == 1
-    assert recipe.adapter.rank == 16 and recipe.train.max_steps == 4  # the rest is unchanged
+def args(**kw) -> argparse.Namespace:
+    base = {"base": "tiny-qwen2-vl", "steps": 4, "lr": 1e-3, "batch": 8, "samples": 100,
+            "eval_every": 10}  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_recipes_are_valid_matched_rank_and_variants_typed(study) -> None:
+    lora = build_recipe(study.recipe_for(args(), "lora", 3), check_paths=False)
+    ss = build_recipe(
+        study.recipe_for(args(), "sslora", 3, ["adapter.rho=1", "adapter.balance_loss=0.0"]),
+        check_paths=False,
+    )
+    assert lora.adapter.rank == ss.adapter.rank == 16 and ss.adapter.num_experts == 4
+    assert ss.adapter.rho == 1 and ss.adapter.balance_loss == 0.0 and ss.adapter.seed == 3
+    assert lora.train.batch_size == 8 and lora.eval.max_samples == 100
+    assert set(lora.tasks) == {"cxr-rules", "derm-rules", "ct-rules"}
     assert study.label_of("sslora", ["adapter.rho=1"]) == "sslora adapter.rho=1"
 
 
-def test_summary_has_one_row_per_variant_with_spread_over_seeds(study) -> None:
-    def run(label: str, seed: int, acc: float, bwt: float) -> dict:
-        rows = [[0.3, 0.3], [0.5, 0.2], [0.4, 0.6]]  # base, after A, after B
-        return {
-            "method": label.split()[0], "label": label, "seed": seed, "trainable_params": 10,
-            "acc": acc, "bwt": bwt, "forgetting": -bwt, "matrix": {"values": rows},
-            "per_task": [
-                {"task": "A", "drop": {"value": 0.1}, "relative_drop": {"value": 0.2}},
-                {"task": "B", "drop": {"value": 0.0}, "relative_drop": {"value": 0.0}},
-            ],
-        }  # fmt: skip
-
-    table = study.summarise(
-        [
-            run("lora", 0, 0.4, -0.1),
-            run("lora", 1, 0.6, -0.3),
-            run("sslora adapter.rho=1", 0, 0.5, -0.05),
-        ]
+def test_sign_flip_p_matches_a_brute_force_count(study) -> None:
+    diffs = [0.1, 0.2, -0.05, 0.15]
+    assert study.sign_flip_p(diffs) == pytest.approx(4 / 16)  # as observed, or -0.05 flipped; x2
+    assert study.sign_flip_p([0.1] * 6) == pytest.approx(2 / 64)  # the smallest p at n = 6
+    assert study.sign_flip_p([0.1, -0.1]) == 1.0
+    d = [0.3, -0.1, 0.2, 0.05, -0.02]
+    count = sum(
+        abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= abs(sum(d)) - 1e-12
+        for signs in itertools.product((1, -1), repeat=len(d))
     )
-    overall, per_task = table.split("\n\n")
-    lines = overall.splitlines()
-    assert len(lines) == 4  # header, rule, two rows
-    assert lines[2].startswith("| lora | 2 | 10 | 0.500 ± 0.141 | -0.200 ± 0.141 |")
-    assert lines[3].startswith("| sslora adapter.rho=1 | 1 | 10 | 0.500 | -0.050 |")
-    assert lines[3].endswith("| 0.500 | 0.400 | 0.200 |")  # A after A, A after B, relative drop
-    assert per_task.splitlines()[0] == "| method | A: drop | A: rel. drop |"  # B was trained last
-    assert per_task.splitlines()[2] == "| lora | 0.100 ± 0.000 | 0.200 ± 0.000 |"
+    assert study.sign_flip_p(d) == pytest.approx(count / 32)
+
+
+def test_t_interval_is_centred_and_widens_with_spread(study) -> None:
+    mean, lo, hi = study.t_interval([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2) and lo < mean < hi
+    half = 4.302652729911275 * statistics.stdev([0.1, 0.2, 0.3]) / 3**0.5  # t(0.975, 2)
+    assert hi - mean == pytest.approx(half)
+    assert study.t_interval([0.4]) == (0.4, 0.4, 0.4)
+
+
+def fake_run(study, label: str, seed: int, a_after_a: float, a_after_b: float) -> dict:
+    def scores(acc: float, nll: float) -> dict:
+        return {"acc": acc, "nll": nll, "n": 100, "records": []}
+
+    return {
+        "method": label.split()[0], "label": label, "seed": seed, "trainable_params": 10,
+        "settings": {}, "after_A": {study.TASK_A: scores(a_after_a, 0.2)},
+        "pairs": {"conflict": {
+            "task": study.TASK_B, "curve": [[0, a_after_a, 0.2], [10, a_after_b, 0.9]],
+            "scores": {study.TASK_A: scores(a_after_b, 0.9), study.TASK_B: scores(0.9, 0.1)},
+        }},
+    }  # fmt: skip
+
+
+def test_summary_reports_intervals_and_paired_differences(study) -> None:
+    runs = [fake_run(study, "lora", s, 0.95, 0.40 + 0.01 * s) for s in range(6)]
+    runs += [fake_run(study, "sslora", s, 0.95, 0.60 + 0.01 * s) for s in range(6)]
+    table = study.summarise(runs, "conflict")
+    rows = [line for line in table.splitlines() if line.startswith("| sslora - lora |")]
+    after_b = next(r for r in rows if "| A after B |" in r)
+    # sslora retains 0.2 more on every seed: interval [0.2, 0.2], p = 2/64, 6 of 6 seeds
+    assert "0.200 [0.200, 0.200]" in after_b and "| 0.031 |" in after_b and "6/6" in after_b
+    drop = next(r for r in rows if "| drop of A |" in r)
+    assert drop.split("|")[4].strip().startswith("-0.200")
+    lora_row = next(line for line in table.splitlines() if line.startswith("| lora | 6 |"))
+    assert "0.950" in lora_row
+    assert study.summarise(runs, "control") == "(no finished control runs)"
+    curve = study.curve_table(runs, "conflict").splitlines()
+    assert curve[0] == "| method | step 0 | step 10 |"
+    assert curve[2] == "| lora | 0.950 | 0.425 |"
+
+
+def test_curves_plot_is_written(study, tmp_path: Path) -> None:
+    runs = [fake_run(study, "lora", s, 0.95, 0.4) for s in range(2)]
+    base = {study.TASK_A: {"acc": 0.6, "nll": 0.7}}
+    out = tmp_path / "curves.png"
+    study.plot_curves(runs, base, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -146,3 +146,55 @@ def test_dicom_task_without_pydicom_data(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(DataError) as info:
         generate_task("dicom", tmp_path)
     assert "pip install pydicom pydicom-data" in str(info.value)
+
+
+def _rule_records(builtin_cache: Path, name: str, split: str = "eval"):
+    return load_records(spec(f"builtin:{name}"), split, cache_dir=builtin_cache, builtin_size=40)
+
+
+def test_rule_tasks_ask_the_same_questions_and_answer_by_their_rules(builtin_cache: Path) -> None:
+    from medqwen_cli.data.synthetic.rules import QUESTIONS
+
+    tails = {kind: question for kind, (question, _) in QUESTIONS.items()}
+    for name, mirrored, large_mm in (("cxr-rules", True, 30), ("ct-rules", True, 30),
+                                     ("derm-rules", False, 6)):  # fmt: skip
+        records = _rule_records(builtin_cache, name)
+        assert len(records) == 20  # half of the train size
+        assert Counter(r.meta["kind"] for r in records) == {"side": 10, "size": 10}
+        for r in records:
+            m = r.meta
+            assert r.type == "vqa_closed" and r.answer in r.labels
+            assert r.question.endswith(tails[m["kind"]])
+            assert f"a {m['size_mm']} mm lesion in the {m['level']} {m['image_side']}" in r.question
+            if m["kind"] == "side":
+                flipped = {"left": "right", "right": "left"}[m["image_side"]]
+                assert r.answer == (flipped if mirrored else m["image_side"])
+            else:
+                assert r.answer == ("large" if m["size_mm"] >= large_mm else "small")
+
+
+def test_rule_pairs_conflict_and_control_does_not(builtin_cache: Path) -> None:
+    from medqwen_cli.data.synthetic.rules import RULES
+
+    cxr, derm, ct = RULES["cxr-rules"], RULES["derm-rules"], RULES["ct-rules"]
+    records = _rule_records(builtin_cache, "cxr-rules", "train")
+    flips = [cxr.answer(r.meta["kind"], r.meta["image_side"], r.meta["size_mm"])
+             != derm.answer(r.meta["kind"], r.meta["image_side"], r.meta["size_mm"])
+             for r in records]  # fmt: skip
+    assert flips == [r.meta["conflicts_with_other_convention"] for r in records]
+    sides = [f for f, r in zip(flips, records, strict=True) if r.meta["kind"] == "side"]
+    assert all(sides)  # every side question flips between the pair's tasks
+    assert 0 < sum(flips) < len(flips)  # some size questions agree
+    assert not any(
+        ct.answer(r.meta["kind"], r.meta["image_side"], r.meta["size_mm"]) != r.answer
+        for r in records
+    )  # the control applies the same rules
+
+
+def test_rule_task_image_shows_the_lesion_on_the_stated_side(builtin_cache: Path) -> None:
+    for r in _rule_records(builtin_cache, "derm-rules")[:8]:
+        with Image.open(r.images[0]) as image:
+            pixels = np.asarray(image.convert("L"), dtype=np.float64)  # (112, 112)
+        half = pixels.shape[1] // 2
+        darkest_left = pixels[:, :half].min() < pixels[:, half:].min()  # a dark mole on skin
+        assert ("left" if darkest_left else "right") == r.meta["image_side"]

@@ -41,6 +41,28 @@ def test_single_type_keeps_metric_names_and_headline() -> None:
     assert "n" not in rows and all(r["n"] == 2 for r in rows.values())
 
 
+def test_answer_nll_is_the_mean_negative_log_probability_of_the_reference() -> None:
+    import math
+
+    records = [rec(i, "classification", a, LABELS) for i, a in enumerate(["normal", "nodule"])]
+    preds = [
+        pred(records[0], "normal", [0.8, 0.1, 0.1]),
+        pred(records[1], "normal", [0.6, 0.3, 0.1]),
+    ]
+    task = score_task_predictions("t", records, preds, split="eval")
+    rows = {r["metric"]: r for r in task.metric_rows()}
+    expected = (-math.log(0.8) - math.log(0.3)) / 2
+    assert rows["answer_nll"]["value"] == pytest.approx(expected)
+    assert not rows["answer_nll"]["headline"]
+    # generated answers have no candidate distribution: no NLL row, never a made-up 0
+    generated = [pred(r, "normal") for r in records]
+    rows = {
+        r["metric"]
+        for r in score_task_predictions("t", records, generated, split="eval").metric_rows()
+    }
+    assert "answer_nll" not in rows
+
+
 def test_mixed_types_are_prefixed_with_an_unweighted_mean_headline() -> None:
     records = [
         rec(0, "vqa_closed", "yes", ["yes", "no"]),

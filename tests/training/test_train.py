@@ -44,6 +44,30 @@ def eval_loss(bundle: Path, version: str) -> float:
     return float(total) / int((labels[:, 1:] != -100).sum())
 
 
+def test_loss_on_answer_positions_equals_the_full_logits_loss(bundle_dir: Path) -> None:
+    from medqwen_cli.data.collate import Collator
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.loading import load_adapted
+    from medqwen_cli.modeling import cache_dir
+    from medqwen_cli.recipe import DatasetSpec
+
+    loaded = load_adapted(Bundle.open(bundle_dir), "v0001")
+    records = load_records(
+        DatasetSpec(path="builtin:xray"), "train", cache_dir=cache_dir() / "data",
+        max_image_pixels=12544,
+    )[:6]  # fmt: skip
+    batch = Collator(loaded.processor, max_image_pixels=12544, max_length=512)(records)
+    labels = batch.pop("labels")
+    keep = loop_mod.answer_positions(labels)
+    assert 0 < len(keep) < labels.shape[1] - 1  # the prompt positions are left out
+    with torch.no_grad():
+        full = loop_mod.token_loss_sum(loaded.model(**batch).logits, labels)
+        kept = loop_mod.token_loss_sum(
+            loaded.model(**batch, logits_to_keep=keep).logits, labels, keep
+        )
+    torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-4)
+
+
 def test_loss_goes_down_and_a_loadable_version_is_written(bundle_dir: Path) -> None:
     before = eval_loss(bundle_dir, "v0001")
     result = train_bundle(
@@ -96,9 +120,9 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(
     real = loop_mod.token_loss_sum
     calls = {"n": 0}
 
-    def poisoned(logits, labels):
+    def poisoned(logits, labels, positions=None):
         calls["n"] += 1
-        value = real(logits, labels)
+        value = real(logits, labels, positions)
         return value * float("nan") if calls["n"] == 5 else value
 
     monkeypatch.setattr(loop_mod, "token_loss_sum", poisoned)
@@ -157,7 +181,7 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(bundle_dir: Path, tmp_pa
 
 def test_restart_discards_checkpoints(bundle_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr(
-        loop_mod, "token_loss_sum", lambda logits, labels: logits.sum() * float("inf")
+        loop_mod, "token_loss_sum", lambda logits, labels, positions=None: logits.sum() * float("inf")
     )
     with pytest.raises(TrainingError):
         train_bundle(

@@ -5,7 +5,9 @@ synthetic: each record is a freshly drawn case of that modality (0-2 findings wi
 level, size and count; see `scenes`) rendered as a small PNG (`render`), with a question of
 one of the five record types in turn (`questions`). Tasks differ in look, findings vocabulary
 and report style, so training on them in sequence shows forgetting. `dicom` uses real images
-from pydicom's test files (`dicom_task`).
+from pydicom's test files (`dicom_task`). `cxr-rules`, `ct-rules` and `derm-rules` ask the same
+closed questions (side of the patient, small or large) answered by each modality's reading rules:
+a conflict pair (cxr-rules -> derm-rules) and its control (cxr-rules -> ct-rules); see `rules`.
 
 Output directory::
 
@@ -15,7 +17,8 @@ Output directory::
     images/*.png
 
 Defaults: 96 train and 32 eval records of 112 px; `size` sets the train count (eval: a third
-of it, between 8 and 32). Everything derives from `seed` through numpy's seeded generators
+of it, between 8 and 32). The rule tasks: 400 train and 160 eval records (eval: half of `size`,
+between 8 and 160). Everything derives from `seed` through numpy's seeded generators
 (train and eval streams independent), so a seed gives byte-identical files.
 
 `ensure_builtin` is what `load_records("builtin:NAME")` calls: it generates into
@@ -36,6 +39,7 @@ import numpy as np
 
 from medqwen_cli.data.synthetic.questions import POPE_SPLITS, TYPES, build, case_for
 from medqwen_cli.data.synthetic.render import RENDERERS
+from medqwen_cli.data.synthetic.rules import RULES, render_rule_image, rule_record, rule_split_sizes
 from medqwen_cli.data.synthetic.scenes import MODALITIES
 from medqwen_cli.errors import DataError
 from medqwen_cli.recipe import BUILTIN_TASKS
@@ -77,6 +81,10 @@ def generate_task(
 
         counts = generate_dicom_task(out, seed=seed, size=size, image_size=image_size)
         extra: dict[str, object] = {"source": "pydicom test files"}
+    elif name in RULES:
+        counts = _generate_rules(name, out, seed=seed, size=size, image_size=image_size)
+        rules = RULES[name]
+        extra = {"rules": {"mirrored": rules.mirrored, "large_mm": rules.large_mm}}
     else:
         counts, types = _generate_synthetic(name, out, seed=seed, size=size, image_size=image_size)
         modality = MODALITIES[name]
@@ -127,6 +135,31 @@ def _generate_synthetic(
         counts[split] = n
         types[split] = dict(sorted(tally.items()))
     return counts, types
+
+
+def _generate_rules(
+    name: str, out: Path, *, seed: int, size: int | None, image_size: int
+) -> dict[str, int]:
+    rules, counts = RULES[name], {}
+    for stream, (split, n) in enumerate(
+        zip(("train", "eval"), rule_split_sizes(size), strict=True)
+    ):
+        rng = np.random.default_rng([seed, BUILTIN_TASKS.index(name), stream])
+        lines = []
+        for i in range(n):
+            item, case = rule_record(rules, rng, i)
+            rel = f"images/{split}-{i:04d}.png"
+            render_rule_image(rules, case, image_size, rng).save(out / rel, format="PNG")
+            record = {
+                "id": f"{name}-{split}-{i:04d}",
+                "type": "vqa_closed",
+                "images": [rel],
+                **item,
+            }
+            lines.append(json.dumps(record, ensure_ascii=False))
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        counts[split] = n
+    return counts
 
 
 def ensure_builtin(
