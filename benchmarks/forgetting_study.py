@@ -395,7 +395,10 @@ def main() -> None:
         "--methods", nargs="+", default=["lora", "moelora", "sslora"], choices=METHODS
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
-    parser.add_argument("--pairs", nargs="+", default=["conflict"], choices=list(PAIRS))
+    parser.add_argument(
+        "--pairs", nargs="*", default=["conflict"], choices=list(PAIRS),
+        help="second tasks to run (none: only train and score A)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per task")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch", type=int, default=8)
@@ -437,7 +440,7 @@ def main() -> None:
                 None,
             )  # fmt: skip
             pairs = [p for p in args.pairs if done is None or p not in done["pairs"]]
-            if not pairs:
+            if done is not None and not pairs:
                 continue
             slug = re.sub(r"[^A-Za-z0-9.]+", "-", label)
             jobs.append({

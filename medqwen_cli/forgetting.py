@@ -24,6 +24,16 @@ best, and this one needs no evaluation of tasks before they are trained.
 
 A figure that needs a missing cell is None, and its `reason` names the cells; a missing cell is
 never read as 0. Every figure carries its definition, for labels in tables, CSV, JSON and plots.
+
+Forgetting curves (the MedQwen paper's Figure 5) come from records that carry a `step`: written
+by `train`/`continue --watch A`, they score task A on the model in training at step k of the
+version v that trains task B (k = 0, N, 2N, ..., last). They are never cells of R (the matrix
+skips them); `training_curves` collects them, one curve per (v, A):
+
+    curve_v(A) = [(k, score of A after k optimizer steps of v's training) for each scored k]
+
+Its first point (k = 0) is the parent's score, its last the version's own: R[v-1][A] and R[v][A]
+where those cells were evaluated with the same settings.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ DROP_DEF = "drop_j = R[j][j] - R[T][j]: score right after training minus final (
 RELATIVE_DROP_DEF = (
     "rel_drop_j = (R[j][j] - R[T][j]) / R[j][j]: drop as a share of the trained score"
 )
+CURVE_DEF = "curve: score of task A after k optimizer steps of the version training task B"
 
 Records = Iterable[Mapping[str, Any]]
 Lineage = Sequence[tuple[str, str | Sequence[str]]]
@@ -91,6 +102,25 @@ class TaskForgetting(_Frozen):
     forgetting: Figure
 
 
+class CurvePoint(_Frozen):
+    step: int  # optimizer steps of the version's training done
+    value: float | None
+    n: int | None = None  # records scored
+
+
+class TrainingCurve(_Frozen):
+    """Task `task` scored while version `version` trained `trained`, every `eval_every` steps."""
+
+    version: str
+    trained: list[str]  # the task(s) the version trained (B)
+    task: str  # the watched task (A)
+    metric: str
+    eval_every: int | None
+    steps: int | None  # optimizer steps of the version's training
+    points: list[CurvePoint]
+    definition: str
+
+
 class ForgettingReport(_Frozen):
     """Everything one run reports; several side by side come from `compare_runs`."""
 
@@ -101,6 +131,7 @@ class ForgettingReport(_Frozen):
     fwt: Figure
     forgetting: Figure
     per_task: list[TaskForgetting]
+    curves: list[TrainingCurve] = []
 
     def figures(self) -> list[Figure]:
         return [self.acc, self.bwt, self.fwt, self.forgetting]
@@ -156,7 +187,7 @@ def accuracy_matrix(
     if len(rows) < 2:
         raise EvaluationError("the lineage has no trained version", hint="train a version first")
 
-    records = list(records)
+    records = [r for r in records if r.get("step") is None]  # curve points are not cells
     for i, rec in enumerate(records):
         missing = {"version", "task", "metric", "value"} - set(rec)
         if missing:
@@ -183,6 +214,46 @@ def accuracy_matrix(
         values=values,
         ignored_records=ignored,
     )
+
+
+def training_curves(
+    records: Records, lineage: Lineage, *, metric: str | Mapping[str, str] | None = None
+) -> list[TrainingCurve]:
+    """The forgetting curves of the lineage's versions, from the records with a `step`.
+
+    Per (version, watched task), in lineage order: the points of `metric` (one name, or a
+    task -> name mapping; a task it does not name, or None, takes the `headline: true` lines),
+    sorted by step; a step scored twice takes the later record.
+    """
+    trained = {version: _tasks_of(tasks) for version, tasks in lineage}
+    groups: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
+    for rec in records:
+        if rec.get("step") is None or rec.get("version") not in trained or "task" not in rec:
+            continue
+        want = metric if isinstance(metric, str) else (metric or {}).get(rec["task"])
+        if rec.get("metric") != want if want else not rec.get("headline"):
+            continue
+        groups.setdefault((rec["version"], rec["task"]), {})[int(rec["step"])] = rec
+    order = list(trained)
+    curves = []
+    for (version, task), by_step in sorted(groups.items(), key=lambda kv: order.index(kv[0][0])):
+        last = by_step[max(by_step)]
+        every = last.get("eval_every")
+        on = ", ".join(trained[version]) or "nothing"
+        definition = f"score of {task} while training {version} on {on}" + (
+            f", every {every} steps" if every else ""
+        )
+        curves.append(
+            TrainingCurve(
+                version=version, trained=trained[version], task=task, metric=last["metric"],
+                eval_every=every, steps=last.get("steps"), definition=definition,
+                points=[
+                    CurvePoint(step=k, value=_number(r.get("value")), n=r.get("n"))
+                    for k, r in sorted(by_step.items())
+                ],
+            )
+        )  # fmt: skip
+    return curves
 
 
 def _column_metrics(
@@ -250,7 +321,9 @@ def forgetting_report(
     metric: str | Mapping[str, str] | None = None,
     base: str = "base",
 ) -> ForgettingReport:
-    """ACC, BWT, FWT, forgetting and per-task drops of one run (definitions in the docstring)."""
+    """ACC, BWT, FWT, forgetting and per-task drops of one run (definitions in the docstring),
+    and its forgetting curves (records with a `step`, which never fill R)."""
+    records = list(records)
     m = accuracy_matrix(records, lineage, metric=metric, base=base)
     last = len(m.rows) - 1
     tasks, t = m.tasks, m.trained_row
@@ -283,9 +356,11 @@ def forgetting_report(
             reason="needs a task trained after the first version",
         )
     per_task = [_per_task(m, j) for j in tasks]
+    curves = training_curves(records, lineage, metric=metric)
     return ForgettingReport(
-        name=name, matrix=m, acc=acc, bwt=bwt, fwt=fwt, forgetting=forgetting, per_task=per_task
-    )
+        name=name, matrix=m, acc=acc, bwt=bwt, fwt=fwt, forgetting=forgetting, per_task=per_task,
+        curves=curves,
+    )  # fmt: skip
 
 
 def _per_task(m: AccuracyMatrix, task: str) -> TaskForgetting:

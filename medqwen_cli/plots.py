@@ -7,6 +7,11 @@ right, each task's score across versions, with a star where it was trained and g
 score is missing. The run's ACC / BWT / FWT / forgetting head its panels, and their definitions
 are printed at the bottom.
 
+When the runs have forgetting curves (evaluations with a `step`, from `--watch`), one more row
+(or rows, three panels each) of the same height follows: one panel per (watched task A, trained
+task(s) B), one line per run, A's score against the optimizer step of the version training B,
+titled with its definition ("score of A while training v on B, every N steps").
+
 matplotlib is imported lazily and drawn through the Agg canvas directly (no pyplot, no global
 backend switch), so this works headless and costs nothing until called. The file is written to
 a temporary name in the same directory and renamed into place.
@@ -15,11 +20,12 @@ a temporary name in the same directory and renamed into place.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from medqwen_cli.errors import EvaluationError
-from medqwen_cli.forgetting import ForgettingReport
+from medqwen_cli.forgetting import ForgettingReport, TrainingCurve
 
 WIDTH_IN = 13.0
 HEIGHT_PER_RUN_IN = 4.8
@@ -28,9 +34,51 @@ DPI = 100
 MISSING_COLOR = "#d9d9d9"
 
 
-def figure_size_px(n_runs: int) -> tuple[int, int]:
-    """(width, height) in pixels of the PNG for `n_runs` runs."""
-    return round(WIDTH_IN * DPI), round((HEIGHT_PER_RUN_IN * n_runs + FOOTER_IN) * DPI)
+CURVES_PER_ROW = 3
+
+
+def figure_size_px(n_runs: int, curve_rows: int = 0) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG for `n_runs` runs and `curve_rows` rows of curves."""
+    rows = n_runs + curve_rows
+    return round(WIDTH_IN * DPI), round((HEIGHT_PER_RUN_IN * rows + FOOTER_IN) * DPI)
+
+
+def curve_panels(
+    reports: Sequence[ForgettingReport],
+) -> list[tuple[tuple[str, tuple[str, ...]], list[tuple[str, TrainingCurve]]]]:
+    """((watched task, trained tasks), [(run name, curve), ...]) per panel, in first-seen order."""
+    panels: dict[tuple[str, tuple[str, ...]], list[tuple[str, TrainingCurve]]] = {}
+    for report in reports:
+        for curve in report.curves:
+            panels.setdefault((curve.task, tuple(curve.trained)), []).append((report.name, curve))
+    return list(panels.items())
+
+
+def _curve_panel(ax, key, lines, vmin: float, vmax: float) -> None:
+    task, trained = key
+    versions = {c.version for _, c in lines}
+    intervals = {c.eval_every for _, c in lines}
+    if len(versions) == 1 and len(intervals) == 1:  # the definition, as every line shares it
+        title = lines[0][1].definition
+        labels = [run for run, _ in lines]
+    else:
+        title = f"score of {task} while training on {', '.join(trained)}"
+        labels = [
+            f"{run}: {c.version}" + (f", every {c.eval_every} steps" if c.eval_every else "")
+            for run, c in lines
+        ]
+    for label, (_, curve) in zip(labels, lines, strict=True):
+        x = [p.step for p in curve.points]
+        y = [float("nan") if p.value is None else p.value for p in curve.points]
+        ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.6, label=label)
+    pad = 0.04 * (vmax - vmin)
+    ax.set_ylim(vmin - pad, vmax + pad)
+    ax.set_xlabel(f"optimizer step (training on {', '.join(trained)})", fontsize=9)
+    metrics = sorted({c.metric for _, c in lines})
+    ax.set_ylabel(f"{task}: " + ", ".join(metrics), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="run", title_fontsize=8, frameon=False)
+    ax.set_title(textwrap.fill(title, 46), fontsize=10)
 
 
 def _fmt(value: float | None) -> str:
@@ -131,16 +179,21 @@ def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike
         ) from exc
 
     values = [v for r in reports for row in r.matrix.values for v in row if v is not None]
+    panels = curve_panels(reports)
+    values += [
+        p.value for _, lines in panels for _, c in lines for p in c.points if p.value is not None
+    ]
     vmin = min([0.0, *values])
     vmax = max([1.0, *values])
+    curve_rows = -(-len(panels) // CURVES_PER_ROW)
 
-    width, height = figure_size_px(len(reports))
+    width, height = figure_size_px(len(reports), curve_rows)
     height_in = height / DPI
     fig = Figure(figsize=(width / DPI, height_in), dpi=DPI)
     FigureCanvasAgg(fig)
     # Columns: heatmap | colour bar | gap | curves (legend in the right margin).
     grid = fig.add_gridspec(
-        len(reports),
+        len(reports) + curve_rows,
         4,
         width_ratios=[1.0, 0.035, 0.3, 1.3],
         left=0.08,
@@ -154,6 +207,11 @@ def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike
         image = _heatmap(fig.add_subplot(grid[i, 0]), report, vmin, vmax)
         fig.colorbar(image, cax=fig.add_subplot(grid[i, 1]))
         _curves(fig.add_subplot(grid[i, 3]), report, vmin, vmax)
+    for row in range(curve_rows):
+        cells = grid[len(reports) + row, :].subgridspec(1, CURVES_PER_ROW, wspace=0.3)
+        chunk = panels[row * CURVES_PER_ROW : (row + 1) * CURVES_PER_ROW]
+        for column, (key, lines) in enumerate(chunk):
+            _curve_panel(fig.add_subplot(cells[0, column]), key, lines, vmin, vmax)
     definitions = "\n".join(f.definition for f in reports[0].figures())
     fig.text(0.01, 0.012, definitions, fontsize=8, family="monospace", va="bottom", ha="left")
 

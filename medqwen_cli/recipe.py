@@ -71,11 +71,18 @@ class AdapterConfig(_Strict):
     rank: int = Field(32, ge=1, description="Total rank r over all experts; per-expert rank r/E.")
     scaling: Literal["theory", "constant"] = Field(
         "theory",
-        description="theory: s = sqrt(3 * fan_in * eta / d) per layer; constant: s = alpha / d "
-        "(the lora baseline always uses alpha / r).",
+        description="theory: s = sqrt(3 * fan_in * eta / d) per layer (GOAT's released `goat` "
+        "init: this rule with eta 1, rho 10); constant: s = alpha / d (16 at alpha 64, d 4). Every "
+        "method follows it with its own d (lora and pissa: d = r), so one learning rate means "
+        "matched step sizes.",
     )
     alpha: float = Field(64.0, gt=0, description="Constant-scaling numerator: s = alpha / d.")
-    eta: float = Field(0.1, gt=0, description="LR ratio (full fine-tuning LR / adapter LR).")
+    eta: float = Field(
+        1.0,
+        gt=0,
+        description="LR ratio (full fine-tuning LR / adapter LR) of the theory rule; 1.0 as in "
+        "GOAT's scripts (ETA=1.0).",
+    )
     rho: float = Field(
         10.0, gt=0, description="Damping of the spectral init: s*B0*A0 = U S V^T / rho."
     )
@@ -83,8 +90,17 @@ class AdapterConfig(_Strict):
         "spread", description="Which singular indices each expert takes (sslora)."
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    dropout_masks: Literal["shared", "per_expert"] = Field(
+        "shared",
+        description="shared: one dropout mask of the layer input for every expert; per_expert: "
+        "each expert draws its own mask (GOAT's one Dropout per expert, p 0.05 there), at the "
+        "cost of E copies of the input in memory while training.",
+    )
     balance_loss: float = Field(
-        1e-3, ge=0, description="Weight lambda of the load-balance loss (0 turns it off)."
+        1e-3,
+        ge=0,
+        description="Weight lambda of the load-balance loss, summed over routed layers with "
+        "GOAT's normalisation (k per layer when uniform); 0 turns it off.",
     )
     targets: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TARGETS),

@@ -15,6 +15,7 @@ from medqwen_cli.forgetting import (
     accuracy_matrix,
     compare_runs,
     forgetting_report,
+    training_curves,
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "forgetting.md"
@@ -168,6 +169,30 @@ def test_runs_side_by_side():
     json.loads(reports[0].model_dump_json())
     with pytest.raises(EvaluationError, match="repeat"):
         compare_runs([("a", records(), LINEAGE), ("a", records(), LINEAGE)])
+
+
+def test_step_records_are_curves_never_cells():
+    # t1 scored at steps 0, 5, 7 while v2 trained t2; step 5 twice (the later counts);
+    # values far from R so a leak into the matrix would show
+    steps = [(0, 0.8), (5, 0.1), (5, 0.4), (7, 0.2)]
+    curve = [
+        {"version": "v2", "task": "t1", "metric": "accuracy", "value": v, "headline": True,
+         "step": k, "steps": 7, "eval_every": 5}
+        for k, v in steps
+    ]  # fmt: skip
+    other = [{**r, "metric": "answer_nll", "headline": False} for r in curve]
+    report = forgetting_report(records() + curve + other, LINEAGE)
+    assert report.matrix.values == R and report.matrix.ignored_records == 0
+    assert report.bwt.value == pytest.approx(-0.125)
+    ((c),) = report.curves
+    assert (c.version, c.trained, c.task, c.metric, c.eval_every, c.steps) == (
+        "v2", ["t2"], "t1", "accuracy", 5, 7
+    )  # fmt: skip
+    assert [(p.step, p.value) for p in c.points] == [(0, 0.8), (5, 0.4), (7, 0.2)]
+    assert c.definition == "score of t1 while training v2 on t2, every 5 steps"
+    nll = training_curves(curve + other, LINEAGE, metric="answer_nll")
+    assert [p.value for p in nll[0].points] == [0.8, 0.4, 0.2]
+    assert training_curves(curve, [("v1", "t1")]) == []  # a version off the lineage: no curve
 
 
 def test_plot_is_a_png_of_the_expected_size(tmp_path):

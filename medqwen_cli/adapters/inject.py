@@ -182,7 +182,7 @@ def inject_adapters(
         init = _layer_init(canon, base, cfg, init_tensors)
         layer = RoutedLoRALinear(
             base, init, experts=cfg.num_experts, top_k=min(cfg.top_k, cfg.num_experts),
-            dropout=cfg.dropout, router_init_std=router_init_std,
+            dropout=cfg.dropout, dropout_masks=cfg.dropout_masks, router_init_std=router_init_std,
             router_seed=layer_seed(cfg.seed, canon + ".router"),
         )  # fmt: skip
         parent, _, child = raw_name.rpartition(".")

@@ -1,6 +1,9 @@
 """The routed expert linear layer, in the dense two-GEMM form.
 
-    y = W0 x  -  W_res x  +  sum_{i in top-k} w_i * s * B_i A_i * dropout(x)
+    y = W0 x  -  W_res x  +  sum_{i in top-k} w_i * s * B_i A_i * dropout_i(x)
+
+    dropout_i is one mask for every expert (`dropout_masks="shared"`) or each expert's own
+    (`"per_expert"`, GOAT's one Dropout per expert: E masked copies of x, one batched GEMM)
 
     W0            frozen base weight (m x n), kept untouched in `base_layer`
     A (r x n)     experts' A_i stacked by rows, expert i owns rows [i*d, (i+1)*d)
@@ -62,6 +65,7 @@ class RoutedLoRALinear(nn.Module):
         experts: int,
         top_k: int,
         dropout: float = 0.0,
+        dropout_masks: str = "shared",
         router_init_std: float = DEFAULT_ROUTER_INIT_STD,
         router_seed: int = 0,
     ) -> None:
@@ -80,6 +84,9 @@ class RoutedLoRALinear(nn.Module):
             value = init[name].detach().to(device, torch.float32).clone() if spectral else None
             self.register_buffer(name, value)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if dropout_masks not in ("shared", "per_expert"):
+            raise ValueError(f"dropout_masks must be shared or per_expert, got {dropout_masks!r}")
+        self.dropout_masks = dropout_masks  # per_expert: expert i sees dropout_i(x)
         self.router: TopKRouter | None = None
         if experts > 1:
             self.router = TopKRouter(
@@ -157,9 +164,16 @@ class RoutedLoRALinear(nn.Module):
             a = torch.cat([a_exp, self.init_A.float()]) if spectral else a_exp  # (q, n)
             proj = x2 @ a.t()  # (N, q): one GEMM for experts and residual
             h, h0 = (proj[:, :r], proj[:, r:]) if spectral else (proj, None)  # (N, r) each
+        elif self.dropout_masks == "per_expert" and self.experts > 1:
+            # one mask per expert (GOAT): E masked copies of x, one batched GEMM over experts
+            e, d = self.experts, self.expert_rank
+            xs = self.dropout(x2.expand(e, *x2.shape))  # (E, N, n), masks drawn independently
+            h = torch.bmm(xs, a_exp.view(e, d, -1).transpose(1, 2))  # (E, N, d)
+            h = h.transpose(0, 1).reshape(-1, r)  # (N, r): expert i in columns [i*d, (i+1)*d)
         else:  # dropout reaches the experts' input only, not the residual
             h = self.dropout(x2) @ a_exp.t()  # (N, r)
-            h0 = x2 @ self.init_A.float().t() if spectral else None  # (N, r)
+        if self.training and not isinstance(self.dropout, nn.Identity):
+            h0 = x2 @ self.init_A.float().t() if spectral else None  # (N, r), never dropped
         if self.router is not None:
             e, d = self.experts, self.expert_rank
             gates = self.route(xf).reshape(-1, e, 1)  # (N, E, 1); routed on (..., n) for the mask

@@ -4,11 +4,15 @@ For a token x (n) and router weight W_r (E x n, no bias):
 
     z = W_r x,   p = softmax(z),   K = top-k(p),   w_i = p_i / sum_{j in K} p_j  (i in K, else 0)
 
-Load balance over the non-padding tokens T of a forward, with k slots per token:
+Load balance over the non-padding tokens T of a forward, with k slots per token (GOAT's
+normalisation, Facico/GOAT-PEFT: slot counts over tokens, so sum_i f_i = k):
 
-    f_i = #{(t, slot) : expert i chosen} / (k |T|)     (share of slots, not differentiable)
+    f_i = #{(t, slot) : expert i chosen} / |T|         (not differentiable)
     P_i = mean_{t in T} p_i(t)                          (mean probability, differentiable)
-    L_b = E * sum_i f_i P_i                             (= 1 for a perfectly uniform router)
+    L_b = E * sum_i f_i P_i                             (= k for a perfectly uniform router)
+
+The model's balance loss is the sum of L_b over its routed layers (`state.balance_loss`), so
+each router gets the same push whatever the depth of the model.
 
 Scores are computed in float32 with autocast off: the softmax over E logits and the top-k choice
 are sensitive to bf16 rounding (ties flip, small experts starve), and the cost is one E x n GEMM.
@@ -92,19 +96,20 @@ def expert_counts(indices: Tensor, experts: int, mask: Tensor | None = None) -> 
 
 
 def load_balance_loss(probs: Tensor, indices: Tensor, mask: Tensor | None = None) -> Tensor:
-    """L_b = E * sum_i f_i P_i over non-padding tokens (mask: 1 = token, 0 = padding).
+    """L_b = E * sum_i f_i P_i over non-padding tokens (mask: 1 = token, 0 = padding), with
+    f_i = slots of expert i / tokens (sum_i f_i = k): k for a uniform router, k * E collapsed.
 
     probs (..., E), indices (..., k), mask (...) or None; a mask whose shape does not match the
     token dimensions (e.g. vision patches) is ignored and every token counts. Returns a 0-d tensor;
     0 when no token counts.
     """
-    experts, k = probs.shape[-1], indices.shape[-1]
+    experts, k = probs.shape[-1], indices.shape[-1]  # (E,), k slots per token
     p = probs.reshape(-1, experts)  # (N, E)
     w = _token_weights(probs, mask)  # (N,)
     n_tokens = w.sum()
     slots = torch.zeros(experts, dtype=p.dtype, device=p.device)
     slots = slots.index_add_(0, indices.reshape(-1), w.repeat_interleave(k))  # (E,)
-    f = slots / (n_tokens * k).clamp_min(1.0)  # (E,)
+    f = slots / n_tokens.clamp_min(1.0)  # (E,), sums to k
     # where, not p * w: padded positions may hold NaN hidden states (fully masked attention rows)
     kept = torch.where(w[:, None] > 0, p, torch.zeros_like(p))  # (N, E)
     mean_p = (kept * w[:, None]).sum(dim=0) / n_tokens.clamp_min(1.0)  # (E,)

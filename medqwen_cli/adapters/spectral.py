@@ -294,7 +294,7 @@ def init_layer(
     rank: int = 32,
     scaling: str = "theory",
     alpha: float = 64.0,
-    eta: float = 0.1,
+    eta: float = 1.0,
     rho: float = 10.0,
     segments: SegmentKind = "spread",
     seed: int = 0,
@@ -318,8 +318,10 @@ def init_layer(
     if e < 1 or rank % e:
         raise AdapterError(f"rank {rank} is not divisible by experts {e}", "use rank = E * d")
     d = rank // e
-    # lora is the classic baseline: s = alpha / r whatever the recipe's scaling rule
-    s = layer_scale("constant" if method == "lora" else scaling, n, d, alpha, eta)
+    # every method follows the recipe's rule with its own d (lora, pissa: d = r), so that at one
+    # learning rate the methods take steps of the same size (forgetting is not confounded with
+    # a larger step)
+    s = layer_scale(scaling, n, d, alpha, eta)
     device = weight.device
     out: dict[str, Tensor] = {"scale": torch.tensor(s, dtype=torch.float32, device=device)}
     if method in SPECTRAL_METHODS:

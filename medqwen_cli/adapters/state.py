@@ -82,7 +82,8 @@ def load_adapter_state(model: nn.Module, state: dict[str, Tensor], strict: bool 
 
 
 def balance_loss(model: nn.Module) -> Tensor:
-    """Mean over routed layers of the load-balance loss of the latest forward (0 if none)."""
+    """Sum over routed layers of the load-balance loss of the latest forward (0 if none), as
+    GOAT sums its layers' losses: each router's push does not shrink with the layer count."""
     losses = [
         layer.last_balance_loss
         for _, layer in adapter_layers(model)
@@ -90,7 +91,7 @@ def balance_loss(model: nn.Module) -> Tensor:
     ]
     if not losses:
         return torch.zeros(())
-    return torch.stack([loss.to(losses[0].device) for loss in losses]).mean()
+    return torch.stack([loss.to(losses[0].device) for loss in losses]).sum()
 
 
 def router_load(model: nn.Module) -> dict[str, list[float]]:

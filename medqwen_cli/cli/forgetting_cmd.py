@@ -1,4 +1,5 @@
-"""`medqwen forgetting-report`: accuracy matrix, ACC/BWT/FWT/forgetting of one or more bundles."""
+"""`medqwen forgetting-report`: accuracy matrix, ACC/BWT/FWT/forgetting of one or more bundles,
+and the forgetting curves recorded by `train`/`continue --watch`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from medqwen_cli.cli import _output
 from medqwen_cli.cli._common import resolve_format
 
 FORMATS = ("table", "json", "csv", "markdown")
-CSV_COLUMNS = ["run", "kind", "row", "task", "name", "value", "definition", "reason"]
+CSV_COLUMNS = ["run", "kind", "row", "task", "name", "value", "definition", "reason", "step"]
 FIGURE_COLUMNS = ["figure", "value", "definition", "reason"]
 TASK_COLUMNS = [
     "task", "metric", "trained in", "just trained", "final", "drop", "relative drop", "forgetting"
@@ -46,13 +47,21 @@ def forgetting_report(
         show_default=False,
     ),
     plot: Path | None = typer.Option(
-        None, "--plot", help="Also draw the matrices and per-task curves into this PNG."
+        None,
+        "--plot",
+        help="Also draw the matrices and per-task curves into this PNG, plus a row of forgetting "
+        "curves (one line per bundle) when the bundles have --watch evaluations.",
     ),
 ) -> None:
     """Build each bundle's accuracy matrix R (rows: base then each version; columns: tasks in
     training order; cell: score on that task after that version) from its evaluations, and report
     ACC, BWT, FWT, forgetting and per-task drops, each with its definition. Missing cells are
-    n/a, never 0."""
+    n/a, never 0.
+
+    Evaluations with a step (from train/continue --watch) never fill R: they are forgetting
+    curves, the score of a task while a version trained another, every N steps. They are listed
+    per run ("curves" in JSON, kind=curve rows with a step column in CSV, a step x task table in
+    table and markdown) and drawn by --plot."""
     from medqwen_cli.evaluation.bundle_report import forgetting_for_bundles
 
     fmt = resolve_format(fmt, FORMATS)
@@ -113,6 +122,36 @@ def _matrix(report: Any) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
+def _curve_tables(report: Any) -> list[tuple[str, list[str], list[dict[str, Any]]]]:
+    """(title, header, rows) per version with curves: one row per step, one column per watched
+    task (its score; n/a where missing)."""
+    by_version: dict[str, list[Any]] = {}
+    for curve in report.curves:
+        by_version.setdefault(curve.version, []).append(curve)
+    tables = []
+    for version, curves in by_version.items():
+        header = ["step"] + [f"{c.task} ({c.metric})" for c in curves]
+        steps = sorted({p.step for c in curves for p in c.points})
+        rows = []
+        for k in steps:
+            row: dict[str, Any] = {"step": k}
+            for column, curve in zip(header[1:], curves, strict=True):
+                value = next((p.value for p in curve.points if p.step == k), None)
+                row[column] = _fmt(value)
+            rows.append(row)
+        if len(curves) == 1:
+            title = curves[0].definition
+        else:
+            every = {c.eval_every for c in curves}
+            title = (
+                f"score of {', '.join(c.task for c in curves)} while training {version} on "
+                f"{', '.join(curves[0].trained)}"
+                + (f", every {every.pop()} steps" if len(every) == 1 and None not in every else "")
+            )
+        tables.append((f"{report.name}: {title}", header, rows))
+    return tables
+
+
 def _figures(report: Any) -> list[dict[str, str]]:
     return [
         {"figure": f.name, "value": _fmt(f.value), "definition": f.definition, "reason": f.reason}
@@ -145,6 +184,8 @@ def _tables(report: Any) -> None:
     print_(_output.table(_figures(report), FIGURE_COLUMNS))
     print_(_output.table(_per_task(report), TASK_COLUMNS))
     print_("\n".join(f"  {d}" for d in _task_definitions()) + "\n", markup=False, highlight=False)
+    for title, header, rows in _curve_tables(report):
+        print_(_output.table(rows, header, title=title))
 
 
 def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
@@ -164,11 +205,17 @@ def markdown(report: Any) -> str:
     lines += _md_table(_figures(report), FIGURE_COLUMNS) + [""]
     lines += _md_table(_per_task(report), TASK_COLUMNS) + [""]
     lines += [f"- {d}" for d in _task_definitions()]
+    tables = _curve_tables(report)
+    if tables:
+        lines += ["", f"### {report.name}: forgetting curves", ""]
+        for title, header, rows in tables:
+            lines += [f"{title}:", ""] + _md_table(rows, header) + [""]
     return "\n".join(lines) + "\n"
 
 
 def csv_rows(report: Any) -> list[dict[str, Any]]:
-    """Tidy rows: every cell of R (kind=cell), every figure and per-task figure; missing = n/a."""
+    """Tidy rows: every cell of R (kind=cell), every figure and per-task figure, every point of a
+    forgetting curve (kind=curve, row = the version in training, with its step); missing = n/a."""
     m = report.matrix
     rows = [
         _csv_row(report.name, "cell", version, task, m.metrics[task], m.values[r][c], CELL_DEF)
@@ -184,10 +231,18 @@ def csv_rows(report: Any) -> list[dict[str, Any]]:
             rows.append(
                 _csv_row(report.name, "task", "", t.task, f.name, f.value, f.definition, f.reason)
             )
+    for c in report.curves:  # row: the version in training; step: its optimizer steps done
+        for p in c.points:
+            rows.append(
+                _csv_row(report.name, "curve", c.version, c.task, c.metric, p.value,
+                         c.definition, step=p.step)
+            )  # fmt: skip
     return rows
 
 
-def _csv_row(run, kind, row, task, name, value, definition, reason=None) -> dict[str, Any]:
+def _csv_row(
+    run, kind, row, task, name, value, definition, reason=None, step=None
+) -> dict[str, Any]:
     return {
         "run": run,
         "kind": kind,
@@ -197,4 +252,5 @@ def _csv_row(run, kind, row, task, name, value, definition, reason=None) -> dict
         "value": "n/a" if value is None else value,
         "definition": definition,
         "reason": reason or "",
+        "step": "" if step is None else step,
     }

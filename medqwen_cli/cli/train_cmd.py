@@ -16,6 +16,53 @@ RecipeOpt = typer.Option(
 RestartOpt = typer.Option(
     False, "--restart", help="Discard the checkpoints of an interrupted run and start over."
 )
+WatchOpt = typer.Option(
+    None,
+    "--watch",
+    "-w",
+    help="Task to score while training (repeatable), on its eval records as `medqwen evaluate` "
+    "scores them, at step 0, every --eval-every steps and at the last step: a forgetting curve. "
+    "The points go to the result and, with the new version id and step/steps fields, to "
+    "evals.jsonl (never into the accuracy matrix).",
+    show_default=False,
+)
+EvalEveryOpt = typer.Option(
+    None,
+    "--eval-every",
+    min=1,
+    help="Optimizer steps between two points of the --watch curve (default 10; needs --watch).",
+    show_default=False,
+)
+
+
+def _watch_args(watch: list[str] | None, eval_every: int | None) -> dict[str, Any]:
+    if eval_every is not None and not watch:
+        raise typer.BadParameter(
+            "needs --watch TASK (the task to score every N steps)", param_hint="--eval-every"
+        )
+    return {"watch": watch or None, "eval_every": eval_every, "curve_fn": _curve_note}
+
+
+def _curve_note(points: list[dict[str, Any]]) -> None:
+    """One stderr line per scored step of the watch (results stay on stdout)."""
+    if points:
+        scores = ", ".join(
+            f"{p['task']} {p['metric']} " + ("n/a" if p["value"] is None else f"{p['value']:.4f}")
+            for p in points
+        )
+        _output.note(f"watch step {points[0]['step']}/{points[0]['steps']}: {scores}")
+
+
+def _curve_table(curves: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows: one per step; columns: step, then each watched task's headline score."""
+    columns = ["step"]
+    rows: dict[int, dict[str, Any]] = {}
+    for p in curves:
+        column = f"{p['task']} ({p['metric']})"
+        if column not in columns:
+            columns.append(column)
+        rows.setdefault(p["step"], {"step": p["step"]})[column] = p["value"]
+    return [rows[k] for k in sorted(rows)], columns
 
 
 def _render(fmt: str, result: Any) -> None:
@@ -46,6 +93,12 @@ def _render(fmt: str, result: Any) -> None:
         if e.get("headline"):
             rows.append({"field": f"eval {e['task']} {e['metric']}", "value": e["value"]})
     _output.emit(fmt, rows, ["field", "value"], title=r["bundle"], data=r)
+    if r["curves"] and fmt == "table":  # CSV keeps one table: the curve is in --format json
+        curve_rows, columns = _curve_table(r["curves"])
+        title = f"forgetting curve: headline score while training {r['version']} on " + ", ".join(
+            r["tasks"]
+        )
+        _output.stdout.print(_output.table(curve_rows, columns, title=title))
 
 
 def _train_progress() -> Any:
@@ -63,11 +116,14 @@ def train(
         help="Task(s) to train on (recipe tasks, dataset paths or builtin:NAME); default: data.datasets.",
     ),
     restart: bool = RestartOpt,
+    watch: list[str] | None = WatchOpt,
+    eval_every: int | None = EvalEveryOpt,
     fmt: FormatOpt = "",
 ) -> None:
     """Train the head version and append a new immutable version (resumes an interrupted run)."""
     from medqwen_cli.training.run import train_bundle
 
+    watch_args = _watch_args(watch, eval_every)
     fmt = resolve_format(fmt)
     with _train_progress() as bar:
         result = train_bundle(
@@ -78,6 +134,7 @@ def train(
             command=command_line(),
             restart=restart,
             progress_fn=bar,
+            **watch_args,
         )
     _render(fmt, result)
 
@@ -93,11 +150,16 @@ def continue_(
     no_eval: bool = typer.Option(
         False, "--no-eval", help="Skip evaluating every task seen so far."
     ),
+    watch: list[str] | None = WatchOpt,
+    eval_every: int | None = EvalEveryOpt,
     fmt: FormatOpt = "",
 ) -> None:
-    """Train the head on the next task only, append a version, then evaluate every task seen."""
+    """Train the head on the next task only, append a version, then evaluate every task seen.
+    With --watch A, task A is scored every --eval-every steps while training (a forgetting curve).
+    """
     from medqwen_cli.training.run import continue_bundle
 
+    watch_args = _watch_args(watch, eval_every)
     fmt = resolve_format(fmt)
     with _train_progress() as bar, _output.progress("evaluate") as ebar:
         result = continue_bundle(
@@ -110,5 +172,6 @@ def continue_(
             evaluate=not no_eval,
             progress_fn=bar,
             eval_progress=ebar,
+            **watch_args,
         )
     _render(fmt, result)

@@ -17,6 +17,11 @@
    (version, task, metric) is appended to `<bundle>/evals.jsonl` with n, split, scoring, type
    and headline (true on the line that fills the accuracy matrix).
 
+Steps 3-5 on a model already in memory are `score_model` (records from `load_eval_tasks`, answers
+from `Runner`, scores from `score_task_predictions`) and `eval_lines`: `evaluate_bundle` uses them
+on a loaded version, and the training watch (training/watch.py) on the model being trained, so a
+point of a forgetting curve is scored exactly as `medqwen evaluate` scores a version.
+
 Data and the model are checked before anything runs (an unknown task fails in a second). Nothing
 here prints or logs record text; `save_predictions` writes the answers (JSONL, atomically) only
 where the caller asks.
@@ -27,8 +32,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,24 +124,85 @@ def evaluate_bundle(
             "give a file name, e.g. predictions.jsonl",
         )
     names = default_tasks(bundle, recipe, vid) if not tasks else list(dict.fromkeys(tasks))
-    task_records = {name: _task_records(recipe, name) for name in names}  # fail fast on data
+    task_data = load_eval_tasks(recipe, names)  # fail fast on data
 
     t0 = time.perf_counter()
     model, processor = _load_model(bundle, recipe, vid)
     load_seconds = time.perf_counter() - t0
 
+    scored = score_model(
+        model, processor, recipe, task_data, scoring=scoring, progress=progress,
+        keep_predictions=save_predictions is not None,
+    )  # fmt: skip
+    lines = eval_lines(vid, scored)
+    written = None
+    if save_predictions is not None:
+        written = str(write_predictions(save_predictions, [(vid, p) for p in scored.predictions]))
+    bundle.append_evals(lines)
+    return EvaluationResult(
+        bundle=str(bundle.root), version=vid, scoring=scoring, tasks=scored.tasks, records=lines,
+        n=scored.n, seconds=scored.seconds, load_seconds=load_seconds,
+        answer_seconds=scored.answer_seconds, predictions_file=written,
+    )  # fmt: skip
+
+
+@dataclass
+class TaskData:
+    """One task's evaluation records (capped by eval.max_samples), split label, dataset names."""
+
+    records: list[Any]
+    split: str
+    datasets: list[str]
+
+
+@dataclass
+class ModelScores:
+    """What `score_model` returns: per-task evaluations, and the answers when asked for."""
+
+    scoring: str
+    tasks: list[TaskEvaluation]
+    n: int
+    seconds: float  # answering and scoring
+    answer_seconds: float  # the model's share of `seconds`
+    predictions: list[Any] = field(default_factory=list)  # Prediction per record, in task order
+
+
+def load_eval_tasks(recipe: Any, names: Sequence[str]) -> dict[str, TaskData]:
+    """Each named task's evaluation records, as `medqwen evaluate` reads them; an unknown task,
+    or one without an eval split, fails here, before any model work."""
+    return {name: TaskData(*_task_records(recipe, name)) for name in dict.fromkeys(names)}
+
+
+def score_model(
+    model: Any,
+    processor: Any,
+    recipe: Any,
+    tasks: Mapping[str, TaskData] | Sequence[str],
+    *,
+    scoring: str | None = None,
+    progress: ProgressFn | None = None,
+    keep_predictions: bool = False,
+) -> ModelScores:
+    """Answer and score `tasks` (names, or `load_eval_tasks`'s result) with a loaded model.
+
+    The recipe's eval settings apply (eval.batch_size, eval.max_new_tokens, eval.scoring unless
+    `scoring` is given, eval.finding_keywords); the model is put in eval mode and answers without
+    gradients. Nothing is written.
+    """
     from medqwen_cli.evaluation.runner import Runner
 
+    scoring = scoring or recipe.eval.scoring
+    task_data = tasks if isinstance(tasks, Mapping) else load_eval_tasks(recipe, tasks)
     runner = Runner(
         model, processor, batch_size=recipe.eval.batch_size,
         max_new_tokens=recipe.eval.max_new_tokens,
         max_image_pixels=recipe.train.max_image_pixels, max_length=recipe.train.max_length,
     )  # fmt: skip
-    total = sum(len(records) for records, _, _ in task_records.values())
+    total = sum(len(data.records) for data in task_data.values())
     done, answer_seconds = 0, 0.0
     t0 = time.perf_counter()
     results, predictions = [], []
-    for name, (records, split, datasets) in task_records.items():
+    for name, data in task_data.items():
 
         def advance(n: int, _record: Any, name: str = name) -> None:
             nonlocal done
@@ -145,32 +211,31 @@ def evaluate_bundle(
                 progress(done, total, name)
 
         t1 = time.perf_counter()
-        preds = runner.run(records, scoring, advance)  # type: ignore[arg-type]
+        preds = runner.run(data.records, scoring, advance)  # type: ignore[arg-type]
         answer_seconds += time.perf_counter() - t1
-        predictions += [(vid, p) for p in preds]
+        if keep_predictions:
+            predictions += preds
         results.append(
             score_task_predictions(
-                name, records, preds, split=split, datasets=datasets,
+                name, data.records, preds, split=data.split, datasets=data.datasets,
                 findings=recipe.eval.finding_keywords or None,
             )
         )  # fmt: skip
-    seconds = time.perf_counter() - t0
-
-    lines = [
-        {"version": vid, "task": row["task"], "metric": row["metric"], "value": row["value"],
-         "n": row["n"], "split": task.split, "scoring": scoring, "headline": row["headline"],
-         "type": row["type"], **({"reason": row["reason"]} if row["reason"] else {})}
-        for task in results for row in task.metric_rows()
-    ]  # fmt: skip
-    written = None
-    if save_predictions is not None:
-        written = str(write_predictions(save_predictions, predictions))
-    bundle.append_evals(lines)
-    return EvaluationResult(
-        bundle=str(bundle.root), version=vid, scoring=scoring, tasks=results, records=lines,
-        n=total, seconds=seconds, load_seconds=load_seconds, answer_seconds=answer_seconds,
-        predictions_file=written,
+    return ModelScores(
+        scoring=scoring, tasks=results, n=total, seconds=time.perf_counter() - t0,
+        answer_seconds=answer_seconds, predictions=predictions,
     )  # fmt: skip
+
+
+def eval_lines(version: str | None, scored: ModelScores) -> list[dict[str, Any]]:
+    """The evals.jsonl lines of `scored`: one per (task, metric), `version` first when given."""
+    return [
+        {**({"version": version} if version is not None else {}), "task": row["task"],
+         "metric": row["metric"], "value": row["value"], "n": row["n"], "split": task.split,
+         "scoring": scored.scoring, "headline": row["headline"], "type": row["type"],
+         **({"reason": row["reason"]} if row["reason"] else {})}
+        for task in scored.tasks for row in task.metric_rows()
+    ]  # fmt: skip
 
 
 def default_tasks(bundle: Bundle, recipe: Any, version: str) -> list[str]:

@@ -11,6 +11,10 @@ Per bundle:
 
 Notes (plain strings, no record text) say which command fills a missing cell, and warn when the
 cells of one matrix come from different scoring modes or headline metrics.
+
+Lines with a `step` (points of a forgetting curve, written by `train`/`continue --watch`) never
+fill a cell nor choose a column's metric: they become the report's `curves` (one per version and
+watched task, see `forgetting.training_curves`).
 """
 
 from __future__ import annotations
@@ -56,9 +60,12 @@ def forgetting_for_bundles(
         _check_metric(metric, [records for _, records, _ in inputs])
     runs = []
     for name, (bundle, records, lineage) in zip(names, inputs, strict=True):
-        columns, notes = _column_metrics(records, _tasks(lineage), metric)
+        cells = [r for r in records if r.get("step") is None]  # curve points are not cells
+        columns, notes = _column_metrics(cells, _tasks(lineage), metric)
+        if metric is not None:  # --metric also picks the curves' metric, trained task or not
+            columns |= {r["task"]: metric for r in records if r.get("step") is not None}
         report = forgetting_report(records, lineage, name=name, metric=columns, base=BASE)
-        notes += _scoring_notes(records, report) + _missing_notes(bundle, report)
+        notes += _scoring_notes(cells, report) + _missing_notes(bundle, report)
         runs.append(BundleRun(name=name, path=str(bundle.root), report=report, notes=notes))
     return runs
 

@@ -5,10 +5,14 @@ micro-batches of a step are collated first so the loss can be normalised by the 
 tokens in the whole global batch:
 
     loss = sum over answer tokens of CE / (answer tokens in the global batch)
-           + lambda * mean over routed layers of L_b (averaged over micro-batches)
+           + lambda * sum over routed layers of L_b (averaged over micro-batches)
 
 which makes a 2-process run equal a 1-process run with the same global batch (up to the balance
 term, which each process computes on its own tokens, and float summation order).
+
+With a `watch` (training/watch.py), the main process scores the watched tasks at step 0 (or the
+step resumed from), every `every` steps and at the last step, while the others wait at a
+barrier; the watch restores all it touches, and its time is left out of the run's timings.
 """
 
 from __future__ import annotations
@@ -93,11 +97,13 @@ def fit(
     accelerator: Any,
     run_dir: Path,
     progress_fn: ProgressFn | None = None,
+    watch: Any = None,
 ) -> FitResult:
     """Train `model`'s adapters for `total_steps`, resuming from `run_dir` when it has a checkpoint.
 
     `batches` yields, per optimizer step, this process's list of `grad_accum` collated
     micro-batches; `sampler` is the index sampler behind it (its state goes into checkpoints).
+    `watch` (a `training.watch.Watch`, or None) scores the model at its due steps.
     """
     unwrapped = model
     optimizer = build_optimizer(model, cfg)
@@ -113,8 +119,22 @@ def fit(
         resumed_from = progress.step
         if accelerator.is_main_process:
             truncate_log(log_path, progress.log_lines)
+    if watch is not None and accelerator.is_main_process:
+        watch.truncate(progress.step)  # points after the checkpoint are scored again
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+
+    def watch_at(step: int) -> float:
+        """Score the watched tasks if `step` is due; the seconds it took."""
+        if watch is None or not watch.due(step, total_steps):
+            return 0.0
+        t0 = time.perf_counter()
+        if accelerator.is_main_process:
+            watch(unwrapped, step, total_steps)
+        accelerator.wait_for_everyone()  # the other processes wait while the main one scores
+        return time.perf_counter() - t0
+
+    watch_at(progress.step)
     start = time.perf_counter()
     window_tokens, window_start = 0, time.perf_counter()
 
@@ -202,6 +222,8 @@ def fit(
                 )
                 progress.seconds = seconds
             accelerator.wait_for_everyone()
+        spent = watch_at(progress.step)
+        start, window_start = start + spent, window_start + spent  # timings count training only
         if progress_fn is not None:
             progress_fn(progress.step, total_steps, stats)
     seconds = progress.seconds + time.perf_counter() - start

@@ -4,9 +4,12 @@ recipe   the bundle's stored recipe, or --recipe, then --set overrides; the adap
          (method, experts, rank, ...) must match the bundle's, training-only fields may change
 data     the datasets of the requested tasks (or data.datasets), mixed by the regime
 model    the parent version applied to its base (fingerprint checked)
-fit      the accelerate loop, resuming from <bundle>/work/<run key>/ after a crash
+fit      the accelerate loop, resuming from <bundle>/work/<run key>/ after a crash; with
+         `watch`, the watched tasks are scored on the model in training at steps 0, every
+         `eval_every` and the last (training/watch.py), buffered in the work directory
 write    adapter + metrics.json + train_log.jsonl as a new version (main process only);
-         nothing is written to versions/ unless training finished
+         nothing is written to versions/ unless training finished; then the watch's rows go to
+         evals.jsonl, stamped with the new version id (so they never name a missing version)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from medqwen_cli.errors import RecipeError, TrainingError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
 from medqwen_cli.training.checkpoint import run_key
 from medqwen_cli.training.loop import ProgressFn, fit
+from medqwen_cli.training.watch import DEFAULT_EVERY, CurveFn
 
 # Adapter fields fixed at init: changing them would not match init.safetensors.
 STRUCTURAL = (
@@ -57,6 +61,8 @@ class TrainResult:
     resumed_from: int
     router_load: dict[str, list[float]] = field(default_factory=dict)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    # The watch's curve: headline points {version, step, steps, task, metric, value, n}
+    curves: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +112,27 @@ def task_names(recipe: Recipe, tasks: list[str]) -> list[str]:
     return list(tasks) if tasks else [d.display_name for d in recipe.data.datasets]
 
 
+def check_watch(
+    recipe: Recipe, watch: list[str] | None, eval_every: int | None
+) -> tuple[list[str], int]:
+    """(watched task names, interval); an unknown task or a bad interval fails here."""
+    watch = list(dict.fromkeys(watch or []))
+    if eval_every is not None and not watch:
+        raise RecipeError(
+            f"eval_every={eval_every} was given without a task to watch",
+            "add --watch TASK (repeatable) to score TASK every N steps while training",
+        )
+    every = DEFAULT_EVERY if eval_every is None else eval_every
+    if every < 1:
+        raise RecipeError(f"eval_every must be at least 1, got {every}", "e.g. --eval-every 10")
+    for name in watch:
+        try:
+            recipe.task_datasets(name)
+        except RecipeError as exc:
+            raise RecipeError(f"cannot watch {name!r}: {exc.message}", exc.hint) from None
+    return watch, every
+
+
 def _steps(cfg: Any, total_records: int, world: int) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
@@ -141,21 +168,34 @@ def train_bundle(
     restart: bool = False,
     progress_fn: ProgressFn | None = None,
     kind: str = "train",
+    watch: list[str] | None = None,
+    eval_every: int | None = None,
+    curve_fn: CurveFn | None = None,
 ) -> TrainResult:
-    """Train the head on the tasks' datasets and append the result as a new version."""
+    """Train the head on the tasks' datasets and append the result as a new version.
+
+    `watch` names tasks scored on the model in training at step 0, every `eval_every` steps
+    (default 10) and at the last step, as `medqwen evaluate` scores them; the points are
+    `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
+    `curve_fn` gets each step's headline points as they come (main process).
+    """
     from accelerate import Accelerator
 
     from medqwen_cli.adapters import adapter_state_dict, reset_router_stats, router_load
     from medqwen_cli.data.collate import Collator
     from medqwen_cli.data.readers import load_records
+    from medqwen_cli.evaluation.api import load_eval_tasks
     from medqwen_cli.loading import load_adapted
     from medqwen_cli.modeling import data_cache_dir, select_device
+    from medqwen_cli.training.watch import Watch, headline_points
 
     bundle = Bundle.open(bundle_path)
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
     tasks = list(tasks or [])
     specs, regime = task_specs(recipe, tasks)
     names = task_names(recipe, tasks)
+    watch, eval_every = check_watch(recipe, watch, eval_every)
+    watch_tasks = load_eval_tasks(recipe, watch) if watch else {}  # no eval split: fails here
     cfg = recipe.train
     device = select_device(recipe.model.device)
     precision = (
@@ -168,6 +208,8 @@ def train_bundle(
         log_with=list(cfg.trackers) or None,
         project_dir=str(bundle.root / "logs"),
     )
+    if watch:
+        _check_watch_engine(accelerator)
     parent = bundle.head
     recipe_data = recipe_to_dict(recipe)
     key = run_key(parent, names, recipe_data, kind)
@@ -198,7 +240,7 @@ def train_bundle(
         device=str(accelerator.device),
     )
     model = loaded.model
-    _set_dropout(model, recipe.adapter.dropout)
+    _set_dropout(model, recipe.adapter.dropout, recipe.adapter.dropout_masks)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
             model.activation_checkpointing_enable(
@@ -212,6 +254,12 @@ def train_bundle(
     collator = Collator(
         loaded.processor, max_image_pixels=cfg.max_image_pixels, max_length=cfg.max_length
     )
+    watcher = None
+    if watch:
+        watcher = Watch(
+            recipe, loaded.processor, watch_tasks, every=eval_every, run_dir=run_dir,
+            curve_fn=curve_fn if accelerator.is_main_process else None,
+        )  # fmt: skip
     result = fit(
         model,
         _batches(records, sampler, collator, cfg),
@@ -222,6 +270,7 @@ def train_bundle(
         accelerator=accelerator,
         run_dir=run_dir,
         progress_fn=progress_fn if accelerator.is_main_process else None,
+        watch=watcher,
     )
     p = result.progress
     summary = TrainResult(
@@ -240,6 +289,8 @@ def train_bundle(
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        curve = sorted(watcher.rows(), key=lambda r: r["step"]) if watcher is not None else []
+        summary.curves = headline_points(curve)
         log = run_dir / "train_log.jsonl"
         entry = bundle.append_version(
             adapter_state_dict(model),
@@ -255,12 +306,22 @@ def train_bundle(
             files={"train_log.jsonl": log} if log.is_file() else None,
         )
         summary.version = entry.id
+        # only now that the version exists: evals.jsonl never names a version that does not
+        curve = [{**row, "version": entry.id} for row in curve]
+        bundle.append_evals(curve)
+        summary.curves = headline_points(curve)
         shutil.rmtree(run_dir, ignore_errors=True)
         if bundle.work_dir.is_dir() and not any(bundle.work_dir.iterdir()):
             bundle.work_dir.rmdir()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        summary.version = Bundle.open(bundle.root).head or ""
+        published = Bundle.open(bundle.root)
+        summary.version = published.head or ""
+        if watcher is not None:  # the curve the main process published
+            summary.curves = headline_points(
+                [r for r in published.read_evals() if r.get("step") is not None
+                 and r.get("version") == summary.version]
+            )  # fmt: skip
     if cfg.trackers:  # flushes the trackers; it also ends the process group, so it comes last
         accelerator.end_training()
     return summary
@@ -282,24 +343,33 @@ def continue_bundle(
     evaluate: bool = True,
     progress_fn: ProgressFn | None = None,
     eval_progress: Any = None,
+    watch: list[str] | None = None,
+    eval_every: int | None = None,
+    curve_fn: CurveFn | None = None,
 ) -> TrainResult:
     """The next task of a sequence: train the head on `task` only, then evaluate every task seen.
 
     With evaluation on, the parent is first scored on the new task (once: the cell R[i-1][i] that
     forward transfer needs) when the parent trained a task itself, and after training the new
     version is scored on every task of its lineage (and `eval.tasks`), so the forgetting matrix
-    fills itself.
+    fills itself. `watch` / `eval_every` / `curve_fn`: a forgetting curve, as in `train_bundle`
+    (independent of `evaluate`).
     """
     from medqwen_cli.evaluation.api import evaluate_bundle
 
     bundle = Bundle.open(bundle_path)
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
     recipe.task_datasets(task)  # an unknown task fails here, before any work
+    check_watch(recipe, watch, eval_every)  # so does an unknown watched task
     evaluations: list[dict[str, Any]] = []
     parent = bundle.head
     evaluate = evaluate and _is_main_process()  # one process scores; the others only train
     if evaluate and parent is not None and bundle.entry(parent).tasks:
-        done = {(r.get("version"), r.get("task")) for r in bundle.read_evals() if r.get("headline")}
+        done = {
+            (r.get("version"), r.get("task"))
+            for r in bundle.read_evals()
+            if r.get("headline") and r.get("step") is None  # curve points are not cells
+        }
         if (parent, task) not in done:
             before = evaluate_bundle(
                 bundle, version=parent, tasks=[task], recipe=recipe, progress=eval_progress
@@ -314,6 +384,9 @@ def continue_bundle(
         restart=restart,
         progress_fn=progress_fn,
         kind="continue",
+        watch=watch,
+        eval_every=eval_every,
+        curve_fn=curve_fn,
     )
     if evaluate and result.version:
         bundle = Bundle.open(result.bundle)
@@ -327,6 +400,24 @@ def continue_bundle(
     return result
 
 
+def _check_watch_engine(accelerator: Any) -> None:
+    """The watch scores on the main process alone: sharded parameters cannot do that."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    sharded = kind == DistributedType.FSDP or (
+        kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+    )
+    if sharded:
+        raise TrainingError(
+            f"--watch scores the model on the main process alone, which {kind.value} with "
+            "sharded parameters cannot do",
+            "run the curve with DDP (plain `accelerate launch`) or one process, or leave --watch "
+            "out and evaluate the versions afterwards",
+        )
+
+
 def _check_trackers(trackers: list[str]) -> None:
     import importlib.util
 
@@ -338,13 +429,15 @@ def _check_trackers(trackers: list[str]) -> None:
             )
 
 
-def _set_dropout(model: Any, p: float) -> None:
+def _set_dropout(model: Any, p: float, masks: str = "shared") -> None:
+    """The recipe's adapter dropout (a training field: it may change between versions)."""
     from torch import nn
 
     from medqwen_cli.adapters import adapter_layers
 
     for _, layer in adapter_layers(model):
         layer.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
+        layer.dropout_masks = masks
 
 
 def make_sampler(

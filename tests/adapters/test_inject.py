@@ -88,7 +88,7 @@ def test_report_counts_and_ratio(make_model: ModelFactory, small_cfg: CfgFactory
     assert report.total_params == total_before + report.trainable_params
     assert report.skipped == {}
     assert report.scales["language_model.layers.*.mlp.down_proj"] == pytest.approx(
-        (3 * 128 * 0.1 / 2) ** 0.5
+        (3 * 128 * 1.0 / 2) ** 0.5  # theory rule, eta 1 (GOAT), fan-in 128, d = 2
     )
 
 
@@ -243,3 +243,20 @@ def test_activation_checkpointing_counts_each_token_once(
         grads.append(layer.router.weight.grad.clone())
     assert counts[0] == counts[1] == int(batch["attention_mask"].sum()) * 2
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_balance_loss_sums_the_layers(
+    make_model: ModelFactory, small_cfg: CfgFactory, batch: dict
+) -> None:
+    model = make_model()
+    inject_adapters(model, small_cfg(), router_init_std=1.0)
+    model(**batch)
+    per_layer = [layer.last_balance_loss for _, layer in adapter_layers(model)]
+    assert len(per_layer) > 1
+    torch.testing.assert_close(balance_loss(model), torch.stack(per_layer).sum())
+    # a uniform router gives k per layer (GOAT's f_i = slots / tokens, sum_i f_i = k)
+    for _, layer in adapter_layers(model):
+        torch.nn.init.zeros_(layer.router.weight)
+    model(**batch)
+    k = next(layer for _, layer in adapter_layers(model)).top_k
+    assert float(balance_loss(model).detach()) == pytest.approx(k * len(per_layer), rel=1e-5)

@@ -21,6 +21,7 @@ def make_layer(
     rho: float = 10.0,
     router_std: float = 0.02,
     dropout: float = 0.0,
+    dropout_masks: str = "shared",
     seed: int = 0,
 ) -> RoutedLoRALinear:
     torch.manual_seed(seed)
@@ -28,8 +29,8 @@ def make_layer(
     e = 1 if method in ("lora", "pissa") else experts
     init = init_layer(base.weight, method=method, experts=e, rank=rank, rho=rho, seed=seed)  # type: ignore[arg-type]
     return RoutedLoRALinear(
-        base, init, experts=e, top_k=min(top_k, e), dropout=dropout, router_init_std=router_std,
-        router_seed=seed,
+        base, init, experts=e, top_k=min(top_k, e), dropout=dropout, dropout_masks=dropout_masks,
+        router_init_std=router_std, router_seed=seed,
     )  # fmt: skip
 
 
@@ -171,3 +172,51 @@ def test_dropout_only_in_training() -> None:
     torch.testing.assert_close(layer(x), looped_forward(layer, x), atol=1e-5, rtol=1e-5)
     layer.train()
     assert not torch.allclose(layer(x), looped_forward(layer, x), atol=1e-4)
+
+
+def _expected_with_masks(layer: RoutedLoRALinear, x: torch.Tensor, masks: torch.Tensor):
+    """y with expert i's input x * masks[i] (masks: (E, N, n), already scaled by 1/(1-p))."""
+    e, d, s = layer.experts, layer.expert_rank, layer.scale
+    gates = layer.router(x).gates  # (N, E)
+    y = layer.base_layer(x) - layer.residual(x)
+    for i in range(e):
+        block = slice(i * d, (i + 1) * d)
+        yi = ((x * masks[i]) @ layer.lora_A[block].t()) @ layer.lora_B[:, block].t()
+        y = y + yi * gates[:, i : i + 1] * s
+    return y
+
+
+def test_per_expert_dropout_draws_one_mask_per_expert() -> None:
+    torch.manual_seed(0)
+    layer = make_layer(method="sslora", dropout=0.5, dropout_masks="per_expert", rho=1.0)
+    x = x_of(6, 20)
+    layer.train()
+    # the masks the layer draws: nn.Dropout on the expanded (E, N, n) input, same RNG stream
+    torch.manual_seed(7)
+    masks = torch.nn.functional.dropout(torch.ones(4, 6, 20), 0.5, training=True)
+    torch.manual_seed(7)
+    got = layer(x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, _expected_with_masks(layer, x, masks), atol=1e-5, rtol=1e-5)
+        assert not torch.equal(masks[0], masks[1])  # the experts' masks differ
+        shared = _expected_with_masks(layer, x, masks[:1].expand(4, -1, -1))
+        assert not torch.allclose(got, shared, atol=1e-4)  # not one mask for all
+    got.sum().backward()
+    assert layer.lora_A.grad is not None and layer.router.weight.grad is not None
+    layer.eval()  # no dropout at evaluation: same as p = 0
+    torch.testing.assert_close(layer(x), looped_forward(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_dropout_uses_one_mask_for_every_expert() -> None:
+    layer = make_layer(method="sslora", dropout=0.5, rho=1.0)
+    x = x_of(6, 20)
+    layer.train()
+    torch.manual_seed(7)
+    mask = torch.nn.functional.dropout(torch.ones(6, 20), 0.5, training=True)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            layer(x), _expected_with_masks(layer, x, mask.expand(4, -1, -1)), atol=1e-5, rtol=1e-5
+        )
+    with pytest.raises(ValueError, match="per_expert"):
+        make_layer(dropout_masks="each")

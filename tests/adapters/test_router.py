@@ -45,16 +45,18 @@ def test_router_is_seeded_and_float32_for_bf16_input() -> None:
         TopKRouter(8, 4, 5)
 
 
-def test_balance_loss_is_one_when_uniform_and_e_when_collapsed() -> None:
+def test_balance_loss_is_k_when_uniform_and_k_e_when_collapsed() -> None:
     e, k = 4, 2
     uniform = torch.full((10, e), 1 / e)
-    # Slots spread evenly over experts: f_i = 1/E.
+    # Slots spread evenly over experts: f_i = k/E (GOAT: slots per token, sum_i f_i = k).
     idx = torch.arange(20).remainder(e).view(10, k)
-    assert float(load_balance_loss(uniform, idx)) == pytest.approx(1.0)
+    assert float(load_balance_loss(uniform, idx)) == pytest.approx(k)
     collapsed = torch.zeros(10, e)
     collapsed[:, 0] = 1.0
     idx0 = torch.zeros(10, k, dtype=torch.long)
-    assert float(load_balance_loss(collapsed, idx0)) == pytest.approx(e)
+    assert float(load_balance_loss(collapsed, idx0)) == pytest.approx(k * e)
+    top1 = torch.arange(10).remainder(e).view(10, 1)  # k = 1: the Switch value, 1 when uniform
+    assert float(load_balance_loss(uniform, top1)) == pytest.approx(1.0)
 
 
 def test_balance_loss_ignores_padding_and_mismatched_masks() -> None:

@@ -68,7 +68,7 @@ def test_expert_factors_reproduce_damped_segments(shape: tuple[int, int], kind: 
     w, rho, e, d = weight(*shape, seed=3), 10.0, 4, 3
     init = init_layer(w, method="sslora", experts=e, rank=e * d, rho=rho, segments=kind, seed=5)
     s = float(init["scale"])
-    assert s == pytest.approx(theory_scale(shape[1], 0.1, d))
+    assert s == pytest.approx(theory_scale(shape[1], 1.0, d))  # eta defaults to 1 (GOAT)
     u, sigma, vh = tall_svd(w, torch.float64)
     idx = segment_indices(min(shape), e, d, kind, seed=5)  # type: ignore[arg-type]
     a0, b0 = init["init_A"].double(), init["init_B"].double()
@@ -158,3 +158,13 @@ def test_layer_seed_is_stable_and_name_dependent() -> None:
     # Pinned: a change would silently change every random init of existing bundles.
     assert layer_seed(0, "x") == 0x7FEB36BF5993A69C
     assert 0 <= layer_seed(123, name) < 2**63
+
+
+@pytest.mark.parametrize("method", ["lora", "pissa", "moelora", "sslora"])
+def test_every_method_follows_the_recipe_scale_rule_with_its_own_rank(method: str) -> None:
+    w = weight(24, 50)
+    d = 8 if method in ("lora", "pissa") else 2  # single-expert methods: d = r
+    theory = init_layer(w, method=method, experts=4, rank=8, scaling="theory", eta=1.0)  # type: ignore[arg-type]
+    assert float(theory["scale"]) == pytest.approx(math.sqrt(3 * 50 * 1.0 / d))
+    const = init_layer(w, method=method, experts=4, rank=8, scaling="constant", alpha=16.0)  # type: ignore[arg-type]
+    assert float(const["scale"]) == pytest.approx(16.0 / d)

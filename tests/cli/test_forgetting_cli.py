@@ -182,3 +182,62 @@ def test_bad_input(cli, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = cli("forgetting-report")
     assert result.code == 1 and "no bundle in" in result.err
+
+
+def with_curves(root: Path, drop: float) -> Path:
+    """Add --watch lines: t1 scored every 10 of 25 steps while v0003 trained t2 (falling from
+    R[v0002][t1] = 0.8 by `drop` per point), with a low value at the last step that must never
+    reach the matrix."""
+    lines = []
+    for i, step in enumerate((0, 10, 20, 25)):
+        common = {"version": "v0003", "task": "t1", "n": 10, "split": "eval", "step": step,
+                  "steps": 25, "eval_every": 10, "scoring": "likelihood", "type": "vqa_closed"}  # fmt: skip
+        lines.append({**common, "metric": "accuracy", "value": 0.8 - drop * i, "headline": True})
+        lines.append({**common, "metric": "n_unparseable", "value": 0, "headline": False})
+    Bundle.open(root).append_evals(lines)
+    return root
+
+
+def test_curves_never_enter_the_matrix_and_are_reported(cli, tmp_path: Path) -> None:
+    b = with_curves(make_bundle(tmp_path / "sslora", EXAMPLE), drop=0.1)
+    (run,) = json.loads(cli("forgetting-report", b, "-f", "json").out)["runs"]
+    assert run["matrix"]["values"][2] == [0.85, 0.90, 0.50]  # R[v0003] as evaluated, no step line
+    assert run["bwt"]["value"] == pytest.approx(-0.125) and run["notes"] == []
+    (curve,) = run["curves"]
+    assert (curve["version"], curve["trained"], curve["task"], curve["metric"]) == (
+        "v0003", ["t2"], "t1", "accuracy"
+    )  # fmt: skip
+    assert [(p["step"], p["value"]) for p in curve["points"]] == [
+        (0, 0.8), (10, pytest.approx(0.7)), (20, pytest.approx(0.6)), (25, pytest.approx(0.5))
+    ]  # fmt: skip
+    assert curve["definition"] == "score of t1 while training v0003 on t2, every 10 steps"
+
+    rows = list(csv.DictReader(io.StringIO(cli("forgetting-report", b, "-f", "csv").out)))
+    points = [r for r in rows if r["kind"] == "curve"]
+    assert [(r["row"], r["task"], r["step"]) for r in points] == [
+        ("v0003", "t1", s) for s in ("0", "10", "20", "25")
+    ]
+    assert all(r["step"] == "" for r in rows if r["kind"] != "curve")
+
+    md = cli("forgetting-report", b, "-f", "markdown").out
+    assert "### sslora: forgetting curves" in md and "| step | t1 (accuracy) |" in md
+    assert "| 25 | 0.5000 |" in md
+    table = cli("forgetting-report", b, "-f", "table").out
+    assert "score of t1 while training v0003 on t2, every 10 steps" in table
+
+
+def test_plot_draws_the_curves_of_every_run(cli, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medqwen_cli.plots import curve_panels, figure_size_px
+
+    a = with_curves(make_bundle(tmp_path / "lora", EXAMPLE), drop=0.2)
+    b = with_curves(make_bundle(tmp_path / "sslora", EXAMPLE), drop=0.02)
+    png = tmp_path / "curves.png"
+    assert cli("forgetting-report", a, b, "--plot", png, "-f", "json").code == 0
+    with Image.open(png) as image:
+        assert image.size == figure_size_px(2, curve_rows=1)  # the runs, then one row of curves
+    from medqwen_cli.evaluation.bundle_report import forgetting_for_bundles
+
+    ((key, lines),) = curve_panels([r.report for r in forgetting_for_bundles([a, b])])
+    assert key == ("t1", ("t2",)) and [run for run, _ in lines] == ["lora", "sslora"]

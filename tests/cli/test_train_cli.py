@@ -75,3 +75,29 @@ def test_train_a_dataset_path_directly(cli, bundle: Path, tmp_path: Path) -> Non
 def test_nothing_to_train_on(cli, bundle: Path) -> None:
     result = cli("train", bundle, "--set", "data.datasets=[]", *QUICK)
     assert result.code == 1 and "nothing to train on" in result.err
+
+
+WATCH = [*QUICK, "--set", "eval.max_samples=2", "--watch", "xray", "--eval-every", "1"]
+
+
+def test_watch_curve_in_json_and_table(cli, bundle: Path) -> None:
+    result = cli("continue", bundle, "--task", "ct", "--no-eval", *WATCH, "-f", "json")
+    assert result.code == 0, result.err
+    curves = json.loads(result.out)["curves"]
+    assert [(p["step"], p["task"], p["version"]) for p in curves] == [
+        (k, "xray", "v0002") for k in (0, 1, 2)
+    ]
+    assert "watch step 2/2: xray headline_mean" in result.err  # progress on stderr only
+    table = cli("train", bundle, "--task", "ct", *WATCH, "-f", "table")
+    assert table.code == 0, table.err
+    assert "forgetting curve: headline score while training v0003 on ct" in table.out
+    assert "xray (headline_mean)" in table.out
+
+
+def test_watch_usage_errors(cli, bundle: Path) -> None:
+    lonely = cli("continue", bundle, "--task", "ct", "--eval-every", "5", *QUICK)
+    assert lonely.code == 2 and "--eval-every" in lonely.err and "needs --watch" in lonely.err
+    unknown = cli("train", bundle, "--task", "ct", "--watch", "xary", *QUICK)
+    assert unknown.code == 1 and "cannot watch 'xary'" in unknown.err
+    assert "did you mean 'xray'" in unknown.err
+    assert not (bundle / "work").exists()  # failed before any training

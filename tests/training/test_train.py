@@ -181,7 +181,9 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(bundle_dir: Path, tmp_pa
 
 def test_restart_discards_checkpoints(bundle_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr(
-        loop_mod, "token_loss_sum", lambda logits, labels, positions=None: logits.sum() * float("inf")
+        loop_mod,
+        "token_loss_sum",
+        lambda logits, labels, positions=None: logits.sum() * float("inf"),
     )
     with pytest.raises(TrainingError):
         train_bundle(
