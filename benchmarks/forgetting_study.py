@@ -119,11 +119,13 @@ def _scores(bundle, version: str, tasks: list[str], out: Path) -> dict:
     return per_task
 
 
-def _curve(result) -> list[list[float]]:
-    """[[step, accuracy, answer NLL], ...] of the watched task from a TrainResult."""
+def _curve(bundle, version: str) -> list[list[float]]:
+    """[[step, accuracy, answer NLL], ...] of A while `version` trained: the step-stamped rows
+    `continue --watch` published to the bundle's evals.jsonl."""
     points: dict[int, dict] = {}
-    for row in result.curves:
-        if row["metric"] in ("accuracy", "answer_nll"):
+    for row in bundle.read_evals():
+        ours = row.get("version") == version and row.get("step") is not None
+        if ours and row["task"] == TASK_A and row["metric"] in ("accuracy", "answer_nll"):
             points.setdefault(int(row["step"]), {})[row["metric"]] = row["value"]
     return [[s, p.get("accuracy"), p.get("answer_nll")] for s, p in sorted(points.items())]
 
@@ -170,10 +172,11 @@ def run_job(job: dict) -> dict:
         result = continue_bundle(
             work / "bundle", task=task, evaluate=False, watch=[TASK_A], eval_every=job["eval_every"]
         )
-        scores = _scores(Bundle.open(work / "bundle"), result.version, [TASK_A, task], work)
+        bundle = Bundle.open(work / "bundle")
+        scores = _scores(bundle, result.version, [TASK_A, task], work)
         out["pairs"][pair] = {
             "task": task, "loss": result.final_loss, "seconds": result.seconds,
-            "curve": _curve(result), "scores": scores,
+            "curve": _curve(bundle, result.version), "scores": scores,
         }  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
     out["seconds"] = round(time.perf_counter() - start, 1)
