@@ -101,3 +101,30 @@ def test_curves_plot_is_written(study, tmp_path: Path) -> None:
     out = tmp_path / "curves.png"
     study.plot_curves(runs, base, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)  # the test session's cache dir (conftest) included
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--workers", "1",
+           "--pairs", "conflict", "--plot", str(tmp_path / "curves.png")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["label"] for r in results["runs"]} == {"lora", "sslora"}
+    run = results["runs"][0]
+    conflict = run["pairs"]["conflict"]
+    assert [p[0] for p in conflict["curve"]] == [0, 2, 4]  # step 0, every 2, the last
+    assert all(p[1] is not None and p[2] is not None for p in conflict["curve"])
+    assert len(conflict["scores"]["cxr-rules"]["records"]) == 8  # per-record p(reference)
+    assert set(run["after_A"]) == {"cxr-rules", "derm-rules", "ct-rules"}
+    assert "## conflict: cxr-rules -> derm-rules" in done.stdout
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # a second invocation finds every job done: nothing is trained again
+    again = subprocess.run(cmd + ["--pairs", "conflict"], capture_output=True, text=True,
+                           env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 0 and "seed 0" not in again.stderr
