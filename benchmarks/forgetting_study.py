@@ -229,6 +229,29 @@ def fmt_ci(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+_CONFLICTING: set[str] = set()
+
+
+def conflicting_ids() -> set[str]:
+    """Ids of A's eval records whose answer B's rules contradict (the records' meta says so)."""
+    if not _CONFLICTING:
+        from medqwen_cli.data.readers import load_records
+        from medqwen_cli.modeling import data_cache_dir
+        from medqwen_cli.recipe import DatasetSpec
+
+        spec = DatasetSpec(path=f"builtin:{TASK_A}")
+        for record in load_records(spec, "eval", cache_dir=data_cache_dir()):
+            if record.meta.get("conflicts_with_other_convention"):
+                _CONFLICTING.add(record.id)
+    return _CONFLICTING
+
+
+def kept_accuracy(records: list[list]) -> float:
+    """Accuracy on the records B does not contradict ([id, correct, p_ref] rows)."""
+    kept = [correct for rid, correct, _ in records if rid not in conflicting_ids()]
+    return sum(kept) / len(kept)
+
+
 MEASURES = {  # name -> (definition, function of one run and pair)
     "A after A": ("accuracy on A right after training A (plasticity)",
                   lambda r, p: r["after_A"][TASK_A]["acc"]),
@@ -236,6 +259,12 @@ MEASURES = {  # name -> (definition, function of one run and pair)
                   lambda r, p: r["pairs"][p]["scores"][TASK_A]["acc"]),
     "drop of A": ("A after A - A after B (forgetting, absolute)",
                   lambda r, p: r["after_A"][TASK_A]["acc"] - r["pairs"][p]["scores"][TASK_A]["acc"]),
+    "A during B": ("mean accuracy on A over the curve's points after step 0 (area under the "
+                   "forgetting curve: how fast A is lost)",
+                   lambda r, p: statistics.mean(c[1] for c in r["pairs"][p]["curve"] if c[0] > 0)),
+    "A after B, uncontradicted": (
+        "accuracy after the second task on A's records whose answers B does not contradict",
+        lambda r, p: kept_accuracy(r["pairs"][p]["scores"][TASK_A]["records"])),
     "B after B": ("accuracy on the second task after training it (plasticity)",
                   lambda r, p: r["pairs"][p]["scores"][PAIRS[p]]["acc"]),
     "NLL A after A": ("answer NLL on A right after training A",
@@ -274,7 +303,8 @@ def summarise(runs: list[dict], pair: str) -> str:
         seeds = sorted(s for (label, s) in by if label == x and (y, s) in by)
         if not seeds:
             continue
-        for name in ("A after B", "drop of A", "A after A", "B after B", "NLL rise of A"):
+        for name in ("A after B", "A during B", "drop of A", "A after A", "B after B",
+                     "NLL rise of A"):  # fmt: skip
             f = MEASURES[name][1]
             diffs = [f(by[(x, s)], pair) - f(by[(y, s)], pair) for s in seeds]
             wins = sum(d > 0 for d in diffs)

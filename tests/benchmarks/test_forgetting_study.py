@@ -65,7 +65,8 @@ def test_t_interval_is_centred_and_widens_with_spread(study) -> None:
 
 def fake_run(study, label: str, seed: int, a_after_a: float, a_after_b: float) -> dict:
     def scores(acc: float, nll: float) -> dict:
-        return {"acc": acc, "nll": nll, "n": 100, "records": []}
+        # ids that are no A eval record: both count as uncontradicted
+        return {"acc": acc, "nll": nll, "n": 100, "records": [["x-0", 1, 0.9], ["x-1", 0, 0.2]]}
 
     return {
         "method": label.split()[0], "label": label, "seed": seed, "trainable_params": 10,
