@@ -206,3 +206,28 @@ def test_factors_are_streamed_to_disk_not_gathered(
     init_experts(recipe(), tmp_path / "b")
     assert sizes[0] == 0 and all(b > a for a, b in zip(sizes, sizes[1:], strict=False))
     assert not list((tmp_path / "b").glob(".tensors-*"))  # spools removed after commit
+
+
+def test_an_old_bundle_keeps_its_stored_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lora bundle made when lora used alpha / r loads with that scale, not today's rule."""
+    import medqwen_cli.init_experts as mod
+    from medqwen_cli.adapters import adapter_layers
+
+    r = recipe("adapter.method=lora")
+    old = r.adapter.alpha / r.adapter.rank  # the former lora rule
+    real = mod.init_tensors_for
+
+    def old_rule(weight, cfg, name):
+        return dict(real(weight, cfg, name), scale=torch.tensor(old))
+
+    monkeypatch.setattr(mod, "init_tensors_for", old_rule)
+    init_experts(r, tmp_path / "b")
+    monkeypatch.undo()
+    loaded = load_adapted(Bundle.open(tmp_path / "b"))
+    scales = [float(layer.scale) for _, layer in adapter_layers(loaded.model)]
+    assert len(scales) == 14 and all(s == old for s in scales)
+    fresh, _, _ = modeling.load_base(r.model.base)
+    inject_adapters(fresh, r.adapter)  # today's rule gives another scale
+    assert all(float(layer.scale) != pytest.approx(old) for _, layer in adapter_layers(fresh))

@@ -194,15 +194,21 @@ class RoutedLoRALinear(nn.Module):
         return f"experts={self.experts}, top_k={self.top_k}, rank={self.rank}, init={kind}"
 
 
-def looped_forward(layer: RoutedLoRALinear, x: Tensor) -> Tensor:
+def looped_forward(
+    layer: RoutedLoRALinear, x: Tensor, expert_inputs: Tensor | None = None
+) -> Tensor:
     """Reference for tests and benchmarks: a Python loop over experts, each on its own tokens.
 
-    Same maths as `RoutedLoRALinear.forward` (dropout must be off): gathers the tokens routed
-    to expert i, applies s * w_i * B_i A_i to them, subtracts each expert's share of W_res.
+    Same maths as `RoutedLoRALinear.forward` with dropout off: gathers the tokens routed to
+    expert i, applies s * w_i * B_i A_i to them, subtracts each expert's share of W_res.
+    `expert_inputs` (E, ..., n), e.g. per-expert dropped copies of x, replaces x as the input of
+    expert i's A only (router and residual still read x): the reference for per-expert masks.
     """
     y = layer.base_layer(x)  # (..., m)
     xf = x.float().reshape(-1, layer.in_features)  # (N, n)
     d, e, s = layer.expert_rank, layer.experts, layer.scale
+    inputs = xf.expand(e, -1, -1) if expert_inputs is None else expert_inputs
+    xe = inputs.float().reshape(e, -1, layer.in_features)  # (E, N, n): expert i's input
     out = torch.zeros(xf.shape[0], layer.out_features, device=x.device)  # (N, m)
     if layer.router is not None:
         routing = layer.router(xf)
@@ -213,7 +219,7 @@ def looped_forward(layer: RoutedLoRALinear, x: Tensor) -> Tensor:
     for i in range(e):
         block = slice(i * d, (i + 1) * d)
         rows = (chosen == i).any(dim=-1).nonzero().squeeze(1)  # tokens routed to expert i
-        xi = xf.index_select(0, rows)  # (N_i, n)
+        xi = xe[i].index_select(0, rows)  # (N_i, n)
         yi = (xi @ layer.lora_A[block].t()) @ layer.lora_B[:, block].t()  # (N_i, m)
         out = out.index_add(0, rows, yi * gates.index_select(0, rows)[:, i : i + 1] * s)
         if layer.init_A is not None:

@@ -84,7 +84,8 @@ def resolve_recipe(bundle: Bundle, recipe_path: str | Path | None, overrides: li
         raise RecipeError(
             f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
             f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
-            "only training fields (adapter.dropout, adapter.balance_loss, train.*, data, tasks, eval) "
+            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
+            "train.*, data, tasks, eval) "
             "may change; start a new bundle with `medqwen init-experts` for another structure",
         )
     return recipe

@@ -260,3 +260,40 @@ def test_balance_loss_sums_the_layers(
     model(**batch)
     k = next(layer for _, layer in adapter_layers(model)).top_k
     assert float(balance_loss(model).detach()) == pytest.approx(k * len(per_layer), rel=1e-5)
+
+
+def test_twice_the_layers_gives_twice_the_balance_loss(
+    make_model: ModelFactory, small_cfg: CfgFactory, batch: dict
+) -> None:
+    """The sum, not the mean: a second copy of every routed layer doubles the loss."""
+    import copy
+
+    model = make_model()
+    inject_adapters(model, small_cfg(), router_init_std=1.0)  # far from uniform
+    doubled = nn.ModuleList([model, copy.deepcopy(model)])  # 2L routed layers, same routers
+    for part in doubled:
+        part(**batch)
+    single = balance_loss(model)
+    uniform = 2 * len(list(adapter_layers(model)))  # k per layer for a uniform router
+    assert float(single.detach()) > 1.01 * uniform  # a non-uniform router: not just a count
+    torch.testing.assert_close(balance_loss(doubled), 2 * single)
+
+
+def test_a_stored_scale_is_used_as_stored(
+    make_model: ModelFactory, small_cfg: CfgFactory, batch: dict
+) -> None:
+    """Bundles made before every method followed the recipe's rule (lora at alpha / r) keep it."""
+    cfg = small_cfg(method="lora")
+    first = injected(make_model, cfg)
+    init = init_state_dict(first)
+    old = cfg.alpha / cfg.rank  # the former lora rule
+    assert all(float(v) != pytest.approx(old) for v in init.values())  # the rule did change
+    stored = {k: torch.tensor(old) for k in init}
+    second = make_model()
+    inject_adapters(second, cfg, stored)
+    assert all(float(layer.scale) == old for _, layer in adapter_layers(second))
+    with torch.no_grad():  # and the forward uses it: B moved, outputs follow s * B A
+        for (_, a), (_, b) in zip(adapter_layers(first), adapter_layers(second), strict=True):
+            a.lora_B.normal_(0, 0.05)
+            b.lora_B.copy_(a.lora_B * (float(a.scale) / old))
+    torch.testing.assert_close(logits(second, batch), logits(first, batch), atol=1e-5, rtol=1e-4)

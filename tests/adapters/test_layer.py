@@ -220,3 +220,58 @@ def test_shared_dropout_uses_one_mask_for_every_expert() -> None:
         )
     with pytest.raises(ValueError, match="per_expert"):
         make_layer(dropout_masks="each")
+
+
+@pytest.mark.parametrize("method", ["sslora", "moelora"])
+def test_per_expert_dropout_matches_the_expert_loop_in_values_and_gradients(method: str) -> None:
+    layer = make_layer(
+        method=method, dropout=0.3, dropout_masks="per_expert", router_std=0.5
+    ).train()
+    with torch.no_grad():  # trained-looking factors so every gradient is non-trivial
+        layer.lora_B.add_(0.1 * torch.randn_like(layer.lora_B))
+    x, target = x_of(3, 5, 20), x_of(3, 5, 24, seed=2)
+    outs = []
+    for loop in (False, True):
+        layer.zero_grad()
+        xr = x.clone().requires_grad_(True)
+        torch.manual_seed(11)  # the same masks: the layer drops its (E, N, n) copies of x
+        if loop:
+            dropped = nn.functional.dropout(xr.reshape(-1, 20).expand(4, -1, -1), 0.3, True)
+            y = looped_forward(layer, xr, dropped)
+        else:
+            y = layer(xr)
+        ((y - target) ** 2).mean().backward()
+        grads = [xr.grad, layer.lora_A.grad, layer.lora_B.grad, layer.router.weight.grad]
+        outs.append((y.detach(), [g.clone() for g in grads]))
+    (y_dense, g_dense), (y_loop, g_loop) = outs
+    torch.testing.assert_close(y_dense, y_loop, atol=1e-5, rtol=1e-5)
+    for gd, gl in zip(g_dense, g_loop, strict=True):
+        assert torch.count_nonzero(gd) > 0
+        torch.testing.assert_close(gd, gl, atol=1e-6, rtol=1e-4)
+
+
+def test_per_expert_masks_give_experts_with_equal_a_different_codes() -> None:
+    layer = make_layer(method="moelora", top_k=4, dropout=0.5, dropout_masks="per_expert")
+    e, d = layer.experts, layer.expert_rank
+    with torch.no_grad():  # every expert gets expert 0's A: only the masks can tell them apart
+        layer.lora_A.copy_(layer.lora_A[:d].repeat(e, 1))
+    x = x_of(6, 20)
+    gates = layer.router(x).gates.detach()  # (N, E), all positive with k = E
+
+    def h_per_expert() -> torch.Tensor:  # (N, E, d): x_i A_i^T, codes without gate and scale
+        codes, _ = layer._codes(x)  # (N, r)
+        return codes.detach().reshape(-1, e, d) / (gates[:, :, None] * layer.scale)
+
+    layer.train()
+    h = h_per_expert()
+    assert not torch.allclose(h[:, 0], h[:, 1], atol=1e-4)
+    layer.eval()  # at evaluation the experts with equal A agree again
+    h = h_per_expert()
+    torch.testing.assert_close(h[:, 0], h[:, 1])
+
+
+def test_per_expert_eval_equals_no_dropout() -> None:
+    per_expert = make_layer(dropout=0.5, dropout_masks="per_expert").eval()
+    plain = make_layer(dropout=0.0)
+    x = x_of(2, 5, 20)
+    assert torch.equal(per_expert(x), plain(x))

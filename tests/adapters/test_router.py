@@ -92,3 +92,16 @@ def test_expert_counts_respect_mask() -> None:
     assert expert_counts(idx, 4).tolist() == [2, 2, 3, 1]
     mask = torch.tensor([[1, 0], [1, 1]])
     assert expert_counts(idx, 4, mask).tolist() == [2, 1, 2, 1]
+
+
+def test_padding_leaves_the_uniform_value_at_k() -> None:
+    """f_i = slots / non-padding tokens: padding neither dilutes f nor adds slots."""
+    e, k = 4, 2
+    probs = torch.full((2, 6, e), 1 / e)
+    idx = torch.arange(24).remainder(e).view(2, 6, k)  # slots spread evenly over experts
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # two padded tokens, their slots all on expert 0
+    idx[1, :2] = 0
+    probs[1, :2] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert float(load_balance_loss(probs, idx, mask)) == pytest.approx(k)
+    assert float(load_balance_loss(probs, idx)) > k  # counted, the same tokens unbalance it
