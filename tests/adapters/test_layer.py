@@ -34,6 +34,15 @@ def make_layer(
     )  # fmt: skip
 
 
+def assert_same_outputs_and_grads(dense: tuple, loop: tuple) -> None:
+    """(output, [grads]) of the dense form and of the expert loop agree; every grad is nonzero."""
+    (y_dense, g_dense), (y_loop, g_loop) = dense, loop
+    torch.testing.assert_close(y_dense, y_loop, atol=1e-5, rtol=1e-5)
+    for gd, gl in zip(g_dense, g_loop, strict=True):
+        assert torch.count_nonzero(gd) > 0
+        torch.testing.assert_close(gd, gl, atol=1e-6, rtol=1e-4)
+
+
 def x_of(*shape: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -95,11 +104,7 @@ def test_dense_form_matches_expert_loop_in_values_and_gradients(method: str) -> 
         ((y - target) ** 2).mean().backward()
         params = [layer.lora_A, layer.lora_B] + ([layer.router.weight] if layer.router else [])
         grads.append((y.detach(), [p.grad.clone() for p in params]))
-    (y_dense, g_dense), (y_loop, g_loop) = grads
-    torch.testing.assert_close(y_dense, y_loop, atol=1e-5, rtol=1e-5)
-    for gd, gl in zip(g_dense, g_loop, strict=True):
-        assert torch.count_nonzero(gd) > 0
-        torch.testing.assert_close(gd, gl, atol=1e-6, rtol=1e-4)
+    assert_same_outputs_and_grads(*grads)
 
 
 def test_gradients_reach_only_selected_experts() -> None:
@@ -243,11 +248,7 @@ def test_per_expert_dropout_matches_the_expert_loop_in_values_and_gradients(meth
         ((y - target) ** 2).mean().backward()
         grads = [xr.grad, layer.lora_A.grad, layer.lora_B.grad, layer.router.weight.grad]
         outs.append((y.detach(), [g.clone() for g in grads]))
-    (y_dense, g_dense), (y_loop, g_loop) = outs
-    torch.testing.assert_close(y_dense, y_loop, atol=1e-5, rtol=1e-5)
-    for gd, gl in zip(g_dense, g_loop, strict=True):
-        assert torch.count_nonzero(gd) > 0
-        torch.testing.assert_close(gd, gl, atol=1e-6, rtol=1e-4)
+    assert_same_outputs_and_grads(*outs)
 
 
 def test_per_expert_masks_give_experts_with_equal_a_different_codes() -> None:

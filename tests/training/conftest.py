@@ -26,3 +26,23 @@ def bundle_dir(template_bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / "bundle"
     shutil.copytree(template_bundle, target)
     return target
+
+
+@pytest.fixture
+def nan_loss_at(monkeypatch: pytest.MonkeyPatch):
+    """`nan_loss_at(n)`: the n-th call of the loop's loss returns NaN (a crash at step n)."""
+    from medqwen_cli.training import loop as loop_mod
+
+    real = loop_mod.token_loss_sum
+
+    def arm(n: int) -> None:
+        calls = {"n": 0}
+
+        def poisoned(logits, labels, positions=None):
+            calls["n"] += 1
+            value = real(logits, labels, positions)
+            return value * float("nan") if calls["n"] == n else value
+
+        monkeypatch.setattr(loop_mod, "token_loss_sum", poisoned)
+
+    return arm

@@ -133,17 +133,9 @@ def test_dropout_and_its_masks_are_training_fields_applied_to_loaded_layers(
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(
-    bundle_dir: Path, monkeypatch
+    bundle_dir: Path, monkeypatch, nan_loss_at
 ) -> None:
-    real = loop_mod.token_loss_sum
-    calls = {"n": 0}
-
-    def poisoned(logits, labels, positions=None):
-        calls["n"] += 1
-        value = real(logits, labels, positions)
-        return value * float("nan") if calls["n"] == 5 else value
-
-    monkeypatch.setattr(loop_mod, "token_loss_sum", poisoned)
+    nan_loss_at(5)  # the fixture patches through this test's monkeypatch: undo() restores
     with pytest.raises(TrainingError, match="loss became nan at step 5") as err:
         train_bundle(
             bundle_dir, tasks=["xray"], overrides=["train.checkpoint_every=2", "train.max_steps=8"]

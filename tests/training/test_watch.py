@@ -11,7 +11,6 @@ import torch
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.errors import RecipeError, TrainingError
 from medqwen_cli.forgetting import forgetting_report
-from medqwen_cli.training import loop as loop_mod
 from medqwen_cli.training.run import continue_bundle, train_bundle
 from medqwen_cli.training.watch import CURVE_FILE, expected_steps
 
@@ -90,18 +89,10 @@ def test_watch_does_not_change_training(bundle_dir: Path, tmp_path: Path) -> Non
 
 
 def test_resumed_run_keeps_earlier_points_and_scores_the_rest(
-    bundle_dir: Path, monkeypatch
+    bundle_dir: Path, monkeypatch, nan_loss_at
 ) -> None:
     overrides = ["train.checkpoint_every=3", "train.max_steps=6", *QUICK[1:]]
-    real = loop_mod.token_loss_sum
-    calls = {"n": 0}
-
-    def poisoned(logits, labels, positions=None):
-        calls["n"] += 1
-        value = real(logits, labels, positions)
-        return value * float("nan") if calls["n"] == 6 else value
-
-    monkeypatch.setattr(loop_mod, "token_loss_sum", poisoned)
+    nan_loss_at(6)
     first: list[int] = []
     with pytest.raises(TrainingError, match="step 6"):
         train_bundle(
