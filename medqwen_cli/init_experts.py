@@ -18,22 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from medqwen_cli.adapters import (
-    canonical_from_checkpoint_key,
-    init_tensors_for,
-    layer_kind,
-    layer_seed,
-    select_targets,
-)
-from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD, TopKRouter
 from medqwen_cli.bundle import Bundle, TensorWriter
-from medqwen_cli.errors import AdapterError
+from medqwen_cli.errors import AdapterError, BundleError
 from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
 from medqwen_cli.recipe import AdapterConfig, Recipe, recipe_to_dict
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[int, int, str], None]
 
@@ -61,9 +54,28 @@ class InitSummary:
         return asdict(self)
 
 
+def check_out_dir(out: Path, *, empty: bool = True) -> None:
+    """Refuse an existing bundle, a file, and (when `empty`) a directory holding anything."""
+    if (out / "bundle.json").exists():
+        Bundle.create(out, base={}, method={}, recipe={})  # raises the "never overwrites" error
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory", "choose another --out path")
+    if empty and out.is_dir():
+        entries = sum(1 for _ in out.iterdir())
+        if entries:
+            raise BundleError(
+                f"--out {out} is a directory that holds {entries} other "
+                f"entr{'ies' if entries > 1 else 'y'} (not a bundle); init-experts writes a "
+                "bundle only into a new or empty directory",
+                "choose an empty or new directory, e.g. --out " + str(out / "bundle"),
+            )
+
+
 def checkpoint_targets(paths: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
     """canonical module name -> (file, tensor key, shape) for every `.weight`, headers only."""
     from safetensors import safe_open
+
+    from medqwen_cli.adapters import canonical_from_checkpoint_key
 
     found: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
     for path in paths:
@@ -80,6 +92,7 @@ def linear_module_names(model_path: str, model_type: str) -> set[str]:
 
     Checkpoint headers cannot tell a linear weight from an embedding; the model's own modules can.
     """
+    import torch
     import transformers
 
     from medqwen_cli.adapters import linear_shapes
@@ -92,6 +105,13 @@ def linear_module_names(model_path: str, model_type: str) -> set[str]:
     return set(linear_shapes(model))
 
 
+def init_tensors_for(weight: torch.Tensor, cfg: AdapterConfig, name: str) -> dict[str, Any]:
+    """`adapters.init_tensors_for`, imported on first use (it needs torch; see check_out_dir)."""
+    from medqwen_cli.adapters import init_tensors_for as init_layer
+
+    return init_layer(weight, cfg, name)
+
+
 def _read_tensor(path: Path, key: str) -> torch.Tensor:
     """One tensor from a safetensors file, the file opened for it alone (no mapping kept)."""
     from safetensors import safe_open
@@ -102,6 +122,9 @@ def _read_tensor(path: Path, key: str) -> torch.Tensor:
 
 def router_start(name: str, in_features: int, cfg: AdapterConfig) -> torch.Tensor | None:
     """The router weight inject_adapters gives layer `name` (None for single-expert methods)."""
+    from medqwen_cli.adapters import layer_seed
+    from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD, TopKRouter
+
     if cfg.num_experts == 1:
         return None
     router = TopKRouter(
@@ -118,14 +141,22 @@ def init_experts(
     command: str = "medqwen init-experts",
     device: str = "cpu",
     progress: Progress | None = None,
+    empty_out: bool = True,
 ) -> InitSummary:
-    """Stream the base's target weights, compute each layer's init, write a new bundle."""
+    """Stream the base's target weights, compute each layer's init, write a new bundle.
+
+    `out` must be new or an empty directory (`empty_out=False` also accepts a directory holding
+    other files: the CLI's "current directory" mode, like `git init`); a bundle is never
+    overwritten. The target and the base are checked before torch is imported.
+    """
     start = time.perf_counter()
     cfg = recipe.adapter
     out = Path(out).expanduser().resolve()
-    if (out / "bundle.json").exists():
-        Bundle.create(out, base={}, method={}, recipe={})  # raises the "never overwrites" error
+    check_out_dir(out, empty=empty_out)
     info = resolve_base(recipe.model.base, recipe.model.revision)
+
+    from medqwen_cli.adapters import layer_kind, select_targets
+
     device = select_device(device)
     files = checkpoint_targets(checkpoint_files(info.path))
     linear = linear_module_names(info.path, info.model_type)

@@ -425,6 +425,26 @@ def _check_override_path(parts: list[str]) -> None:
         current = _inner_model(field.annotation, part)
 
 
+def check_overrides(overrides: list[str]) -> list[str]:
+    """The dotted keys of `--set` items, each checked against the schema (no recipe needed)."""
+    keys = []
+    for item in overrides:
+        parts, _ = parse_override(item)
+        _check_override_path(parts)
+        keys.append(".".join(parts))
+    return keys
+
+
+def override_recipe(recipe: Recipe, overrides: list[str], *, source: str = "recipe") -> Recipe:
+    """A copy of a loaded `recipe` (e.g. the one stored in a bundle) with `--set` items applied,
+    validated as a whole like `load_recipe`; dataset paths are not checked (see load_recipe)."""
+    if not overrides:
+        return recipe
+    raw = apply_overrides(recipe_to_dict(recipe), overrides)
+    _resolve_paths(raw, Path.cwd())
+    return build_recipe(raw, source=source, check_paths=False)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `--set` items to a raw recipe dict (in place, also returned)."""
     for item in overrides:

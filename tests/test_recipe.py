@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from medqwen_cli.errors import RecipeError
-from medqwen_cli.recipe import Recipe, load_recipe, schema_markdown
+from medqwen_cli.recipe import (
+    Recipe,
+    check_overrides,
+    load_recipe,
+    override_recipe,
+    schema_markdown,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,6 +140,23 @@ def test_set_wrong_type_reports_the_path() -> None:
     with pytest.raises(RecipeError) as err:
         load_recipe(REPO / "recipes/debug/tiny.yaml", ["train.batch_size=many"])
     assert [p for p, _ in err.value.problems] == ["train.batch_size"]
+
+
+def test_override_a_loaded_recipe_leaves_the_original_alone() -> None:
+    loaded = load_recipe(REPO / "recipes/debug/tiny.yaml")
+    changed = override_recipe(loaded, ["eval.max_samples=20", "eval.batch_size=2"])
+    assert (changed.eval.max_samples, changed.eval.batch_size) == (20, 2)
+    assert loaded.eval.max_samples != 20 and changed.tasks == loaded.tasks
+    assert override_recipe(loaded, []) is loaded
+    with pytest.raises(RecipeError) as err:
+        override_recipe(loaded, ["eval.batch_size=0", "train.lr=fast"])
+    assert [p for p, _ in err.value.problems] == ["train.lr", "eval.batch_size"]  # all at once
+    assert check_overrides(["eval.max_samples=3", "tasks.new.datasets.0.path=x"]) == [
+        "eval.max_samples",
+        "tasks.new.datasets.0.path",
+    ]
+    with pytest.raises(RecipeError, match="did you mean 'max_samples'"):
+        check_overrides(["eval.max_sample=3"])
 
 
 @pytest.mark.parametrize(

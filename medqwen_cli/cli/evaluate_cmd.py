@@ -39,6 +39,13 @@ def evaluate(
         "--save-predictions",
         help="Write every answer to this JSONL file (id, task, type, prediction, reference).",
     ),
+    overrides: list[str] | None = typer.Option(
+        None,
+        "--set",
+        "-s",
+        help="Override a field of the bundle's stored recipe for this evaluation only (the bundle "
+        "is not changed): --set eval.max_samples=20 (repeatable).",
+    ),
     fmt: FormatOpt = "",
 ) -> None:
     """Answer each task's evaluation split, print the metrics per task and record type, and
@@ -62,6 +69,7 @@ def evaluate(
             scoring=scoring,
             save_predictions=save_predictions,
             progress=bar,
+            overrides=overrides,
         )
     rate = result.samples_per_second
     _output.stderr.print(

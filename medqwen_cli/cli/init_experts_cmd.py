@@ -17,11 +17,12 @@ def init_experts(
         "-b",
         help="Base model: preset, local dir, alias or cached Hub id (default: the recipe's model.base).",
     ),
-    out: Path = typer.Option(
-        Path("."),
+    out: Path | None = typer.Option(
+        None,
         "--out",
         "-o",
-        help="Bundle directory to create (refused if a bundle is already there).",
+        help="Bundle directory to create: new or empty (a bundle or other files there are "
+        "refused). Without it the current directory becomes the bundle, like `git init`.",
         show_default="current directory",
     ),
     recipe: Path | None = typer.Option(
@@ -69,7 +70,10 @@ def init_experts(
     loaded = load_recipe(recipe, items) if recipe else load_recipe(None, items, base={})
 
     with _output.progress("SVD per layer") as bar:
-        summary = run(loaded, out, command=command_line(), device=device, progress=bar)
+        summary = run(
+            loaded, out or Path.cwd(), command=command_line(), device=device, progress=bar,
+            empty_out=out is not None,
+        )  # fmt: skip
     rows = [
         {"field": "bundle", "value": f"{summary.bundle} ({summary.version})"},
         {"field": "base", "value": f"{summary.base} (fingerprint {summary.fingerprint})"},

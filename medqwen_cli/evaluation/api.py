@@ -1,11 +1,15 @@
 """`evaluate_bundle`: score one bundle version (or the base alone) on its tasks, and record it.
 
     evaluate_bundle(bundle, version=None, tasks=None, base_only=False, scoring=None,
-                    save_predictions=None, progress=None) -> EvaluationResult
+                    save_predictions=None, progress=None, recipe=None, overrides=None)
+        -> EvaluationResult
 
+0. The recipe: the bundle's stored one (or `recipe`), with `overrides` (`--set key=value`
+   items) applied for this evaluation only: nothing is written back to the bundle. Keys the
+   bundle fixes (`adapter.*`, `model.base`, `model.revision`) are refused.
 1. The model: the version's adapters on the bundle's base (`load_adapted`), or with
    `base_only` (or version "base") the base alone, for the zero-shot row b of the accuracy
-   matrix; dtype and device from the bundle's stored recipe.
+   matrix; dtype and device from the recipe.
 2. The tasks: `tasks`, else the recipe's `eval.tasks`, else every task of the version's lineage
    (for the base: the head's), else the names of `data.datasets`. Each name resolves through
    `recipe.task_datasets` (a recipe task, a dataset name, a path or builtin:NAME).
@@ -43,6 +47,8 @@ from medqwen_cli.evaluation.summary import TaskEvaluation, score_task_prediction
 
 BASE_VERSION = "base"
 SCORINGS = ("likelihood", "generate")
+# Facts of the bundle itself (its manifest), not settings of an evaluation: never overridden.
+FIXED_KEYS = ("adapter", "model.base", "model.revision")
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -96,17 +102,23 @@ def evaluate_bundle(
     save_predictions: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
     recipe: Any = None,
+    overrides: Sequence[str] | None = None,
 ) -> EvaluationResult:
     """Evaluate a version (default head) or the base on its tasks (see the module docstring).
 
     `recipe` (default: the one stored in the bundle) resolves task names and evaluation settings;
     `continue` passes the recipe it trained with, so tasks defined only there resolve too.
+    `overrides` (`--set` items, e.g. "eval.max_samples=20") apply to it for this call only.
     """
     from medqwen_cli.loading import bundle_recipe
+    from medqwen_cli.recipe import override_recipe
 
+    overrides = list(overrides or [])
+    check_eval_overrides(overrides)  # a typo fails before the bundle is read
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)
     recipe = recipe if recipe is not None else bundle_recipe(bundle)
+    recipe = override_recipe(recipe, overrides, source=f"{bundle.root}'s recipe with --set")
     scoring = scoring or recipe.eval.scoring
     if scoring not in SCORINGS:
         raise EvaluationError(f"unknown scoring {scoring!r}", f"use one of {', '.join(SCORINGS)}")
@@ -144,6 +156,20 @@ def evaluate_bundle(
         n=scored.n, seconds=scored.seconds, load_seconds=load_seconds,
         answer_seconds=scored.answer_seconds, predictions_file=written,
     )  # fmt: skip
+
+
+def check_eval_overrides(overrides: Sequence[str]) -> None:
+    """Check `--set` items against the schema, and refuse keys the bundle fixes (FIXED_KEYS)."""
+    from medqwen_cli.recipe import check_overrides
+
+    for key in check_overrides(list(overrides)):
+        fixed = next((f for f in FIXED_KEYS if key == f or key.startswith(f + ".")), None)
+        if fixed is not None:
+            raise EvaluationError(
+                f"--set {key}: {fixed} is fixed by the bundle (its manifest), not by the recipe",
+                "evaluate can override evaluation settings (eval.*, model.dtype, model.device, "
+                "train.max_image_pixels, tasks); a different adapter or base is another bundle",
+            )
 
 
 @dataclass

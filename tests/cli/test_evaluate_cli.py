@@ -100,9 +100,21 @@ def test_table_csv_and_task_option(cli, lineage: Path) -> None:
     assert table.code == 0 and "headline_mean *" in table.out and "pope.f1" in table.out
 
 
+def test_set_overrides_the_stored_recipe_for_this_evaluation_only(cli, lineage: Path) -> None:
+    stored = Bundle.open(lineage).manifest.recipe
+    result = cli("evaluate", lineage, "--task", "xray", "--set", "eval.max_samples=3",
+                 "--set", "eval.batch_size=2", "-f", "json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["headlines"]["xray"]["n"] == 3  # the stored recipe says 5
+    assert Bundle.open(lineage).manifest.recipe == stored  # the bundle keeps its recipe
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
+        (["--set", "eval.max_sampels=3"], 1, "did you mean 'max_samples'?"),
+        (["--set", "eval.max_samples=zero"], 1, "eval.max_samples"),
+        (["--set", "adapter.rank=8"], 1, "adapter is fixed by the bundle"),
         (["--task", "no_such_task"], 1, "unknown task 'no_such_task'"),
         (["--task", "xrya"], 1, "did you mean 'xray'"),
         (["--version", "v9"], 1, "bundle has no version v0009"),

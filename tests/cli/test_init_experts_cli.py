@@ -75,6 +75,23 @@ def test_bad_adapter_settings(cli, tmp_path: Path, args: list[str], needle: str)
     assert not (tmp_path / "b" / "bundle.json").exists()
 
 
+def test_out_must_be_new_or_empty(cli, tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    result = cli("init-experts", "--base", "tiny-qwen2-vl", "--out", tmp_path / "mine")
+    assert result.code == 1 and f"Error: --out {tmp_path / 'mine'} " in result.err
+    assert "Hint: choose an empty or new directory" in result.err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]  # untouched
+    (tmp_path / "file").write_text("x")
+    assert "not a directory" in cli("init-experts", "--base", "tiny-qwen2-vl", "--out",
+                                    tmp_path / "file").err  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    ok = cli("init-experts", "--base", "tiny-qwen2-vl", "--out", tmp_path / "empty", "-f", "json")
+    assert ok.code == 0, ok.err
+    again = cli("init-experts", "--base", "tiny-qwen2-vl", "--out", tmp_path / "empty")
+    assert again.code == 1 and "never overwrites" in again.err  # a bundle is refused as before
+
+
 def test_base_not_found(cli, tmp_path: Path) -> None:
     result = cli("init-experts", "--base", "Qwen2.5-VL", "--out", tmp_path / "b")
     assert result.code == 1

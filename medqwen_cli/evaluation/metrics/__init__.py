@@ -10,13 +10,35 @@
     PopeScores          accuracy, precision, recall, f1, yes_ratio, n, n_unparseable
 
 Each module's docstring states its definitions.
+
+The classes load on first access (PEP 562): importing `evaluate` costs seconds (it imports
+transformers' pipelines), so `medqwen_cli.evaluation.metrics._text` (answer parsing, used by the
+runner and the CLI's import chain) stays free of it and a command that fails before scoring
+never pays for it.
 """
 
-from medqwen_cli.evaluation.metrics.cider import CiderD
-from medqwen_cli.evaluation.metrics.classification import ClassificationScores
-from medqwen_cli.evaluation.metrics.pope import PopeScores
-from medqwen_cli.evaluation.metrics.report import FindingF1, ReportBleu, ReportRougeL
-from medqwen_cli.evaluation.metrics.vqa import ClosedVqaAccuracy, OpenVqaOverlap
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medqwen_cli.evaluation.metrics.cider import CiderD
+    from medqwen_cli.evaluation.metrics.classification import ClassificationScores
+    from medqwen_cli.evaluation.metrics.pope import PopeScores
+    from medqwen_cli.evaluation.metrics.report import FindingF1, ReportBleu, ReportRougeL
+    from medqwen_cli.evaluation.metrics.vqa import ClosedVqaAccuracy, OpenVqaOverlap
+
+_MODULE_OF = {
+    "CiderD": "cider",
+    "ClassificationScores": "classification",
+    "ClosedVqaAccuracy": "vqa",
+    "FindingF1": "report",
+    "OpenVqaOverlap": "vqa",
+    "PopeScores": "pope",
+    "ReportBleu": "report",
+    "ReportRougeL": "report",
+}
 
 __all__ = [
     "CiderD",
@@ -28,3 +50,12 @@ __all__ = [
     "ReportBleu",
     "ReportRougeL",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
