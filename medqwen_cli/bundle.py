@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medqwen_cli import __version__
-from medqwen_cli.errors import BundleError, BundleLockedError
+from medqwen_cli.errors import BundleError, BundleIntegrityError, BundleLockedError
 
 if TYPE_CHECKING:
     import torch
@@ -470,48 +470,97 @@ class Bundle:
         return chain[::-1]
 
     def read_version_info(self, version: str | None = None) -> VersionInfo:
+        """The version's version.json, once it and every file it lists match their sha256."""
         entry = self.entry(version)
-        vdir = self.root / "versions" / entry.id
-        file = vdir / VERSION_FILE
-        if not file.is_file():
-            raise BundleError(
-                f"{file} is missing", "the version directory was damaged; restore it from a backup"
-            )
-        if sha256_file(file) != entry.sha256:
-            raise BundleError(
-                f"checksum mismatch for {file}",
-                "the file was modified or damaged; restore it from a backup",
-            )
-        info = VersionInfo.model_validate_json(file.read_text(encoding="utf-8"))
-        for name, digest in info.files.items():
-            path = vdir / name
-            if not path.is_file():
-                raise BundleError(
-                    f"{path} is missing", "restore the version directory from a backup"
-                )
-            if sha256_file(path) != digest:
-                raise BundleError(
-                    f"checksum mismatch for {path}: the file changed after it was written",
-                    "restore it from a backup; medqwen never loads a modified version",
-                )
+        info, damaged = self._version_damage(entry)
+        if damaged or info is None:
+            raise self._integrity_error(f"version {entry.id} is damaged", damaged)
+        return info
+
+    def check_version(self, version: str | None = None) -> VersionInfo:
+        """Verify everything a use of `version` rests on, before the use: init.safetensors and
+        every file of every version of its lineage (v0001 to `version`), against their sha256.
+
+        Raises BundleIntegrityError naming every damaged file (relative to the bundle); returns
+        the version's info. Commands call it (through `read_adapter`, or directly before writing
+        anything) so a damaged lineage stops them before any work and never grows a new version.
+        """
+        vid = self.resolve_version(version)
+        damaged = self._init_damage()
+        info = None
+        for entry in self.lineage(vid):
+            info, found = self._version_damage(entry)
+            damaged |= found
+        if damaged or info is None:
+            chain = " -> ".join(e.id for e in self.lineage(vid))
+            raise self._integrity_error(f"cannot use {vid} (lineage {chain})", damaged)
         return info
 
     def read_adapter(self, version: str | None = None) -> dict[str, torch.Tensor]:
-        """Verified trainable tensors of a version."""
-        self.read_version_info(version)
-        return load_tensors(self.version_dir(version) / ADAPTER_FILE)
+        """Trainable tensors of a version, after `check_version` (its whole lineage verified)."""
+        info = self.check_version(version)
+        return load_tensors(self.root / "versions" / info.id / ADAPTER_FILE)
 
     def read_init(self) -> dict[str, torch.Tensor]:
-        file = self.root / INIT_FILE
         if self.manifest.init_sha256 is None:
             return {}
-        if not file.is_file():
-            raise BundleError(
-                f"{file} is missing", "restore it from a backup; it cannot be rebuilt exactly"
-            )
-        if sha256_file(file) != self.manifest.init_sha256:
-            raise BundleError(f"checksum mismatch for {file}", "restore it from a backup")
-        return load_tensors(file)
+        damaged = self._init_damage()
+        if damaged:
+            raise self._integrity_error("the bundle's frozen init is damaged", damaged)
+        return load_tensors(self.root / INIT_FILE)
+
+    # ----- integrity (paths relative to the bundle root)
+
+    @staticmethod
+    def _damage(path: Path, digest: str) -> str | None:
+        """What is wrong with `path` against its recorded sha256; None when it is intact."""
+        if not path.is_file():
+            return "missing"
+        if sha256_file(path) != digest:
+            return "checksum mismatch (the file changed after it was written)"
+        return None
+
+    def _init_damage(self) -> dict[str, str]:
+        if self.manifest.init_sha256 is None:
+            return {}
+        problem = self._damage(self.root / INIT_FILE, self.manifest.init_sha256)
+        return {INIT_FILE: problem} if problem else {}
+
+    def _version_damage(self, entry: VersionEntry) -> tuple[VersionInfo | None, dict[str, str]]:
+        """(the version's info or None, its damaged files): version.json against the manifest,
+        then every file against version.json."""
+        vdir = self.root / "versions" / entry.id
+        rel = f"versions/{entry.id}"
+        problem = self._damage(vdir / VERSION_FILE, entry.sha256)
+        if problem:
+            return None, {f"{rel}/{VERSION_FILE}": problem}
+        info = VersionInfo.model_validate_json((vdir / VERSION_FILE).read_text(encoding="utf-8"))
+        damaged = {}
+        for name, digest in info.files.items():
+            if problem := self._damage(vdir / name, digest):
+                damaged[f"{rel}/{name}"] = problem
+        return info, damaged
+
+    def damaged_files(self) -> dict[str, str]:
+        """Every damaged file of the bundle (init and all versions): relative path -> problem."""
+        damaged = self._init_damage()
+        for entry in self.manifest.versions:
+            damaged |= self._version_damage(entry)[1]
+        return damaged
+
+    def _integrity_error(self, what: str, damaged: dict[str, str]) -> BundleIntegrityError:
+        listed = "; ".join(f"{path}: {problem}" for path, problem in damaged.items())
+        hint = (
+            "restore the damaged file(s) from a backup copy of the bundle (nothing was written); "
+            "medqwen never uses a version whose files do not match their checksums"
+        )
+        if INIT_FILE in damaged:
+            hint += f"; {INIT_FILE} cannot be rebuilt exactly"
+        return BundleIntegrityError(
+            f"{what}: {listed} (bundle {self.root})",
+            hint + "; `medqwen inspect` lists every problem",
+            damaged=damaged,
+        )
 
     def read_json(self, name: str, version: str | None = None) -> Any:
         info = self.read_version_info(version)
@@ -643,25 +692,21 @@ class Bundle:
         return self.root / "work"
 
     def verify(self) -> list[str]:
-        """Every problem found in the bundle (empty when all checksums and files agree)."""
-        problems = []
-        try:
-            self.read_init()
-        except BundleError as exc:
-            problems.append(exc.message)
-        for entry in self.manifest.versions:
-            try:
-                self.read_version_info(entry.id)
-            except BundleError as exc:
-                problems.append(exc.message)
+        """Every problem found in the bundle (empty when all checksums and files agree): each
+        damaged file (see `damaged_files`), then each unpublished version directory."""
+        damaged = [f"{path}: {problem}" for path, problem in self.damaged_files().items()]
+        return damaged + self.unpublished_notes()
+
+    def unpublished_notes(self) -> list[str]:
+        """Version directories no manifest entry names: left by an interrupted write, harmless
+        (never loaded, their ids never reused)."""
         published = {e.id for e in self.manifest.versions}
         vdir = self.root / "versions"
-        for path in sorted(vdir.iterdir()) if vdir.is_dir() else []:
-            if path.name not in published:
-                problems.append(
-                    f"unpublished directory {path} (left by an interrupted write; not loaded)"
-                )
-        return problems
+        return [
+            f"unpublished directory versions/{path.name} (left by an interrupted write; ignored)"
+            for path in (sorted(vdir.iterdir()) if vdir.is_dir() else [])
+            if path.name not in published
+        ]
 
     def check_base(self, fingerprint: str) -> None:
         expected = self.manifest.base.get("fingerprint")
@@ -715,16 +760,21 @@ def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
         "versions": len(m.versions),
         "head": m.head,
         "tasks_seen": m.tasks_seen,
-        "problems": bundle.verify(),
     }
+    damaged = bundle.damaged_files()
+    summary["damaged"] = damaged  # relative path -> problem; inspect exits 1 when not empty
+    summary["problems"] = [f"{k}: {v}" for k, v in damaged.items()] + bundle.unpublished_notes()
     if m.versions:
         vdir = bundle.version_dir(version)
-        adapter = tensor_shapes(vdir / ADAPTER_FILE)
         summary["version"] = vdir.name
-        summary["trainable_parameters"] = _count(adapter)
-        summary["adapted_layers"] = sum(1 for k in adapter if k.endswith(".lora_A"))
+        summary["trainable_parameters"] = summary["adapted_layers"] = None
+        with contextlib.suppress(BundleError):  # a damaged adapter is already in `damaged`
+            adapter = tensor_shapes(vdir / ADAPTER_FILE)
+            summary["trainable_parameters"] = _count(adapter)
+            summary["adapted_layers"] = sum(1 for k in adapter if k.endswith(".lora_A"))
     if (bundle.root / INIT_FILE).is_file():
-        summary["frozen_init_parameters"] = _count(tensor_shapes(bundle.root / INIT_FILE))
+        with contextlib.suppress(BundleError):
+            summary["frozen_init_parameters"] = _count(tensor_shapes(bundle.root / INIT_FILE))
     base_path = Path(str(m.base.get("path", "")))
     if base_path.is_dir():
         try:

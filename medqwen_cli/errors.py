@@ -41,6 +41,19 @@ class BundleLockedError(BundleError):
     """Another process holds the bundle's write lock."""
 
 
+class BundleIntegrityError(BundleError):
+    """Files of a bundle are missing or differ from their recorded sha256.
+
+    `damaged` maps each such file, as a path relative to the bundle, to what is wrong with it.
+    """
+
+    def __init__(
+        self, message: str, hint: str | None = None, damaged: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.damaged = damaged or {}
+
+
 class AdapterError(MedqwenError):
     """Adapter settings do not fit the model (rank too large, no target matched, ...)."""
 

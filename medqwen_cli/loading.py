@@ -3,7 +3,8 @@
 Steps: find the base the bundle was made on (preset, local directory or HF cache), check its
 fingerprint, load it, inject adapters with the bundle's method and exact frozen init
 (`init.safetensors`, never a fresh SVD), then load the version's trainable tensors. Missing or
-unexpected keys, a shape mismatch or a different base fingerprint are errors.
+unexpected keys, a shape mismatch or a different base fingerprint are errors; so is any file of
+the version's lineage that is missing or fails its checksum (checked before the base loads).
 """
 
 from __future__ import annotations
@@ -74,9 +75,13 @@ def load_adapted(
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
 
     vid = bundle.resolve_version(version)
+    # Both verified before the base loads: init.safetensors and every file of the lineage
+    # (Bundle.check_version), so a damaged bundle fails at once.
+    adapter = bundle.read_adapter(vid)
+    init = bundle.read_init()
     info = bundle_base(bundle)
     model, processor, info = load_base(info, dtype=dtype, device=device, max_pixels=max_pixels)
-    report = inject_adapters(model, adapter_config(bundle), bundle.read_init())
-    load_adapter_state(model, bundle.read_adapter(vid))
+    report = inject_adapters(model, adapter_config(bundle), init)
+    load_adapter_state(model, adapter)
     model.eval()
     return AdaptedModel(model, processor, info, vid, report)

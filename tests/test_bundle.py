@@ -13,7 +13,7 @@ import torch
 
 from medqwen_cli import bundle as bundle_mod
 from medqwen_cli.bundle import Bundle, bundle_lock, find_bundle
-from medqwen_cli.errors import BundleError, BundleLockedError
+from medqwen_cli.errors import BundleError, BundleIntegrityError, BundleLockedError
 
 
 def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -108,6 +108,37 @@ def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="checksum mismatch"):
         b.read_adapter()
     assert any("checksum mismatch" in p for p in b.verify())
+
+
+def test_a_damaged_ancestor_blocks_every_use_of_its_descendants(tmp_path: Path) -> None:
+    b = make(tmp_path, 3)
+    (b.root / "versions/v0001/metrics.json").unlink()
+    (b.root / "versions/v0002/version.json").write_text("{}")
+    assert b.read_version_info("v0003").id == "v0003"  # its own files are intact
+    for read in (b.read_adapter, b.check_version):
+        with pytest.raises(BundleIntegrityError) as err:
+            read("v0003")
+        assert err.value.damaged == {
+            "versions/v0001/metrics.json": "missing",
+            "versions/v0002/version.json": "checksum mismatch (the file changed after it was "
+            "written)",
+        }
+        assert err.value.message.startswith("cannot use v0003 (lineage v0001 -> v0002 -> v0003)")
+        assert str(b.root) in err.value.message and "backup" in (err.value.hint or "")
+    assert b.verify()[:2] == [
+        "versions/v0001/metrics.json: missing",
+        "versions/v0002/version.json: checksum mismatch (the file changed after it was written)",
+    ]
+
+
+def test_a_damaged_init_blocks_every_version(tmp_path: Path) -> None:
+    b = make(tmp_path, 1)
+    (b.root / "init.safetensors").unlink()
+    with pytest.raises(BundleIntegrityError, match="init.safetensors: missing") as err:
+        b.read_adapter()
+    assert "cannot be rebuilt exactly" in (err.value.hint or "")
+    with pytest.raises(BundleIntegrityError, match="init.safetensors: missing"):
+        b.read_init()
 
 
 def test_truncated_safetensors_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,4 +1,9 @@
-"""`medqwen inspect [BUNDLE]`: manifest, versions, parameter counts, integrity."""
+"""`medqwen inspect [BUNDLE]`: manifest, versions, parameter counts, integrity.
+
+The report always prints; when a file is missing or fails its checksum the command then exits 1
+with an `Error:` naming the damaged files (unpublished directories left by a crash are listed
+but harmless).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ def inspect(
 ) -> None:
     """Show a bundle's base, method, versions, parameter counts and integrity check."""
     from medqwen_cli.bundle import Bundle, summarize
+    from medqwen_cli.errors import BundleIntegrityError
 
     fmt = resolve_format(fmt)
     summary = summarize(Bundle.open(bundle), version)
@@ -46,3 +52,12 @@ def inspect(
         {"field": "integrity", "value": "ok" if not summary["problems"] else summary["problems"]},
     ]
     _output.emit(fmt, rows, ["field", "value"], title="bundle", data=summary)
+    damaged = summary["damaged"]
+    if damaged:
+        raise BundleIntegrityError(
+            f"integrity check failed: {len(damaged)} damaged file(s) in {summary['path']}: "
+            + ", ".join(damaged),
+            "restore them from a backup copy of the bundle; until then every command that uses "
+            "an affected version refuses to run",
+            damaged=damaged,
+        )

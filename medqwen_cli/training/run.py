@@ -191,6 +191,7 @@ def train_bundle(
     from medqwen_cli.training.watch import Watch, headline_points
 
     bundle = Bundle.open(bundle_path)
+    bundle.check_version(bundle.head)  # a damaged lineage stops here: nothing read or written yet
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
     tasks = list(tasks or [])
     specs, regime = task_specs(recipe, tasks)
@@ -359,6 +360,7 @@ def continue_bundle(
     from medqwen_cli.evaluation.api import evaluate_bundle
 
     bundle = Bundle.open(bundle_path)
+    bundle.check_version(bundle.head)  # before the parent is scored (evals.jsonl) or trained
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
     recipe.task_datasets(task)  # an unknown task fails here, before any work
     check_watch(recipe, watch, eval_every)  # so does an unknown watched task
