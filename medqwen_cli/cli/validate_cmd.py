@@ -1,22 +1,31 @@
-"""`medqwen validate RECIPE`: report every problem of a recipe at once."""
+"""`medqwen validate RECIPE`: report every problem of a recipe and of its data at once."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from medqwen_cli.cli import _output
 from medqwen_cli.cli._common import FormatOpt, SetOpt, resolve_format
-from medqwen_cli.errors import RecipeError
+from medqwen_cli.errors import DataError, RecipeError
+
+SHOWN_PER_SPLIT = 50  # text output; JSON and CSV list every problem
 
 
 def validate(
     recipe: Path = typer.Argument(..., help="Recipe file (YAML or JSON)."),
     overrides: SetOpt = None,
+    no_data: bool = typer.Option(
+        False, "--no-data", help="Check the recipe only; do not read the datasets' records."
+    ),
     fmt: FormatOpt = "",
 ) -> None:
-    """Check a recipe: every unknown key, wrong type and missing dataset path, all at once."""
+    """Check a recipe (every unknown key, wrong type and missing dataset path), then read every
+    record of every dataset it names, training and eval splits (fields, JSON, images: existence
+    and header), and list every problem as file:line: problem."""
+    from medqwen_cli.data.check import check_datasets
     from medqwen_cli.recipe import load_recipe, recipe_to_dict
 
     fmt = resolve_format(fmt)
@@ -38,9 +47,16 @@ def validate(
                 f"{recipe}: {n} problem{'s' * (n > 1)} (listed above)", exc.hint
             ) from None
         raise
+    checks = [] if no_data else check_datasets(loaded)
+    splits = [c.to_dict() for c in checks]
+    problems = [p for c in splits for p in c["problems"]]
+    for warning in (w for c in checks for w in c.warnings):
+        _output.note(f"warning: {warning}")
+    if problems:
+        _data_problems(fmt, recipe, splits, problems)
     data = recipe_to_dict(loaded)
     if fmt == "json":
-        _output.emit(fmt, [], [], data={"valid": True, "recipe": data})
+        _output.emit(fmt, [], [], data={"valid": True, "recipe": data, "datasets": splits})
         return
     a = loaded.adapter
     tasks = {name: [d.display_name for d in t.datasets] for name, t in loaded.tasks.items()}
@@ -58,5 +74,40 @@ def validate(
             "value": f"lr={loaded.train.lr} batch={loaded.train.batch_size} "
             f"steps={loaded.train.max_steps or f'{loaded.train.epochs} epochs'}",
         },
+        {
+            "key": "records read",
+            "value": [f"{c.name}/{c.split} {c.records}" for c in checks] or "not read (--no-data)",
+        },
     ]
     _output.emit(fmt, rows, ["key", "value"], title=f"{recipe}: valid")
+
+
+def _data_problems(
+    fmt: str, recipe: Path, splits: list[dict[str, Any]], problems: list[dict[str, Any]]
+) -> None:
+    """Print every data problem (`file:line: problem` lines in text), then fail."""
+    columns = ["where", "problem", "dataset", "split", "hint"]
+    if fmt == "json":
+        _output.emit(fmt, problems, columns, data={"valid": False, "problems": problems,
+                                                   "datasets": splits})  # fmt: skip
+    elif fmt == "csv":
+        _output.emit(fmt, problems, columns)
+    else:
+        for split in (s for s in splits if s["problems"]):
+            shown = split["problems"][:SHOWN_PER_SPLIT]
+            for p in shown:
+                _output.stderr.print(f"{p['where']}: {p['problem']}", markup=False, highlight=False)
+            if len(split["problems"]) > len(shown):
+                _output.note(
+                    f"... and {len(split['problems']) - len(shown)} more in {split['path']} "
+                    "(--format json lists every one)"
+                )
+    n, files = len(problems), len({s["path"] for s in splits if s["problems"]})
+    hints = {p["hint"] for p in problems}
+    raise DataError(
+        f"{recipe}: {n} data problem{'s' * (n > 1)} in {files} file{'s' * (files > 1)} "
+        "(listed above; every record was read)",
+        hints.pop()
+        if len(hints) == 1 and None not in hints
+        else "fix each file:line above; `--format json` gives the hint for each problem",
+    )

@@ -17,8 +17,8 @@ Contract:
   for yes/no answers and vqa_open otherwise. Unknown keys are refused (put extras under
   `meta`).
 - A bad line is never skipped: the reader raises `DataError("<file>:<line>: <what>")` with a
-  hint. Messages name the file, line and field, never the record's text (it may be patient
-  data).
+  hint (or, in collect mode, lists it and reads on: see readers/base.py). Messages name the
+  file, line and field, never the record's text (it may be patient data).
 """
 
 from __future__ import annotations
@@ -241,8 +241,9 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line of a JSONL file."""
+def iter_jsonl(path: Path, problems: list[DataError] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line of a JSONL file. A line that is not
+    JSON raises, or when `problems` is a list is appended there and skipped (collect mode)."""
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -250,24 +251,29 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            text = raw.decode("utf-8")
+            obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            raise data_error(
-                f"{path}:{number}", "not valid UTF-8 text", "save the file as UTF-8"
-            ) from None
-        try:
-            yield number, json.loads(text)
+            error = data_error(f"{path}:{number}", "not valid UTF-8 text", "save the file as UTF-8")
         except json.JSONDecodeError as exc:
-            raise data_error(
+            error = data_error(
                 f"{path}:{number}",
                 f"malformed JSON at column {exc.colno}: {exc.msg}",
                 "each line must be one complete JSON object",
-            ) from None
+            )
+        else:
+            yield number, obj
+            continue
+        if problems is None:
+            raise error
+        problems.append(error)
 
 
-def iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
+def iter_json_items(
+    path: Path, problems: list[DataError] | None = None
+) -> Iterator[tuple[int, Any]]:
     """(line where the item starts, item) for each item of a JSON array file; a file of
-    JSON lines is read as JSONL."""
+    JSON lines is read as JSONL (with `problems` as in `iter_jsonl`). A syntax error in an
+    array always raises: the items after it cannot be told apart."""
     text = read_text(path)
     decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
@@ -276,7 +282,7 @@ def iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
             json.loads(text)
         except json.JSONDecodeError as exc:
             if exc.msg == "Extra data":  # several objects: JSON lines in a .json file
-                yield from iter_jsonl(path)
+                yield from iter_jsonl(path, problems)
                 return
             raise data_error(
                 f"{path}:{exc.lineno}", f"malformed JSON at column {exc.colno}: {exc.msg}"

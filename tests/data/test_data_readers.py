@@ -361,3 +361,33 @@ def test_missing_path_and_unknown_builtin(tmp_path: Path, cache: Path) -> None:
         load_records(spec(tmp_path / "nope"), "train", cache_dir=cache)
     with pytest.raises(DataError, match="unknown built-in task"):
         load_records(spec("builtin:nope"), "train", cache_dir=cache)
+
+
+# --------------------------------------------------------------------------- collect mode
+
+
+def test_collect_mode_lists_every_bad_record_of_each_reader(tmp_path: Path, cache: Path) -> None:
+    """`read_dataset(collect=True)` (medqwen validate) reads on past a bad record, in every
+    reader, and keeps the good ones; the default mode still raises the first."""
+    write_png(tmp_path / "csv" / "1.png")
+    (tmp_path / "csv" / "train.csv").write_text(
+        "image,report\n1.png,ok\nmissing.png,text\n1.png,\n1.png,fine\n", encoding="utf-8"
+    )
+    loaded = read_dataset(spec(tmp_path / "csv"), "train", cache_dir=cache, collect=True)
+    assert len(loaded.records) == 2
+    assert [str(e.message).split(": ", 1)[0][-5:] for e in loaded.problems] == ["csv:3", "csv:4"]
+    write_png(tmp_path / "vqa" / "images" / "a.png")
+    items = [
+        {"image": "a", "question": "Q?", "answer": "yes"},
+        {"image": "b", "question": "Q?", "answer": "yes"},
+        "not an object",
+        {"question": "Q?", "answer": "no"},
+    ]
+    (tmp_path / "vqa" / "train.json").write_text(json.dumps(items, indent=1), encoding="utf-8")
+    vqa = read_dataset(spec(tmp_path / "vqa", format="pathvqa"), "train", cache_dir=cache,
+                       collect=True)  # fmt: skip
+    assert len(vqa.records) == 1 and len(vqa.problems) == 3
+    with pytest.raises(DataError, match="not found"):
+        read_dataset(spec(tmp_path / "vqa", format="pathvqa"), "train", cache_dir=cache)
+    missing = read_dataset(spec(tmp_path / "nowhere"), "train", cache_dir=cache, collect=True)
+    assert missing.records == [] and "dataset path not found" in missing.problems[0].message

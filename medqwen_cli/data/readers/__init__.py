@@ -22,6 +22,11 @@ After reading: an empty split is an error; ids must be unique; classification re
 dataset's display name unless they carry one; `spec.max_samples` keeps the first N records.
 Warnings (large images, guessed class names) come back in `DatasetLoad.warnings` and are logged
 by `load_records`.
+
+`read_dataset(..., collect=True)` is the checking mode of `medqwen validate`: instead of raising
+at the first problem it reads on and returns every `DataError` in `DatasetLoad.problems` (each
+bad record, malformed line and duplicate id, or the one error that stops the whole file: a
+missing path, no file for the split, an unreadable file), with the good records.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class DatasetLoad:
     path: Path
     format: str
     warnings: list[str] = field(default_factory=list)
+    problems: list[DataError] = field(default_factory=list)  # collect mode only
 
 
 def load_records(spec: DatasetSpec, split: str, **options: Any) -> list[Record]:
@@ -88,30 +94,42 @@ def read_dataset(
     builtin_size: int | None = None,
     dicom_frames: Literal["middle", "all"] = "middle",
     dicom_window: tuple[float, float] | None = None,
+    collect: bool = False,
 ) -> DatasetLoad:
-    """Like `load_records`, returning the warnings as data (see the module docstring)."""
+    """Like `load_records`, returning the warnings as data (see the module docstring);
+    `collect=True` returns every problem in `.problems` instead of raising the first."""
     cache_dir = Path(cache_dir)
-    root = _dataset_root(spec, cache_dir, builtin_seed, builtin_size)
-    path, split_in_path = locate_split(root, split, spec.format)
-    fmt = detect_format(path) if spec.format == "auto" else spec.format
+    problems: list[DataError] | None = [] if collect else None
+    path, fmt, records = Path(spec.path), spec.format, []
     ctx = ReadContext(
         split=split,
         train_split=spec.split,
-        split_in_path=split_in_path,
+        split_in_path=False,
         cache_dir=cache_dir,
         default_type=spec.task_type,
         max_image_pixels=max_image_pixels,
         dicom_frames=dicom_frames,
         dicom_window=dicom_window,
+        problems=problems,
     )
-    records = _read(path, fmt, ctx)
-    if not records:
-        raise DataError(
-            f"{path}: dataset has no records for split {split!r}",
-            "add records (one JSON object per line for .jsonl), or check the split name",
-        )
-    records = _finish(records, spec)
-    return DatasetLoad(records=records, path=path, format=fmt, warnings=ctx.all_warnings())
+    with ctx.each():  # in collect mode, an error that stops the whole file is one problem
+        root = _dataset_root(spec, cache_dir, builtin_seed, builtin_size)
+        path, ctx.split_in_path = locate_split(root, split, spec.format)
+        fmt = detect_format(path) if spec.format == "auto" else spec.format
+        records = _read(path, fmt, ctx)
+        if not records and not problems:
+            raise DataError(
+                f"{path}: dataset has no records for split {split!r}",
+                "add records (one JSON object per line for .jsonl), or check the split name",
+            )
+    records = _finish(records, spec, problems)
+    return DatasetLoad(
+        records=records,
+        path=path,
+        format=fmt,
+        warnings=ctx.all_warnings(),
+        problems=problems or [],
+    )
 
 
 # --------------------------------------------------------------------------- locating
@@ -192,7 +210,8 @@ def detect_format(path: Path) -> str:
             f"{path}: cannot tell the dataset format from the name",
             "use .jsonl/.json/.csv/.npz, DICOM files, or set `format:` in the recipe",
         )
-    items = iter_jsonl(path) if suffix == ".jsonl" else iter_json_items(path)
+    skipped: list[DataError] = []  # a bad first line is reported by the reader, not here
+    items = iter_jsonl(path, skipped) if suffix == ".jsonl" else iter_json_items(path, skipped)
     first = next(items, None)
     if first is None:
         raise DataError(f"{path}: dataset has no records", "the file is empty")
@@ -223,7 +242,8 @@ def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
     if fmt in ("vqa_rad", "slake", "pathvqa"):
         return read_vqa(path, fmt, ctx)
     ctx.require_whole_file_split(path)
-    items = iter_jsonl(path) if path.suffix.lower() == ".jsonl" else iter_json_items(path)
+    reader = iter_jsonl if path.suffix.lower() == ".jsonl" else iter_json_items
+    items = reader(path, ctx.problems)
     resolve = ctx.resolver(path.parent)
     records: list[Record] = []
     for number, (line, obj) in enumerate(items, start=1):
@@ -236,25 +256,32 @@ def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
         )
         # native JSONL may mix in chat-style lines (DESIGN: "messages" or question/answer)
         chat = isinstance(obj, dict) and fmt == "jsonl"
-        if fmt == "llava" or (chat and "conversations" in obj):
-            records.extend(llava_item(obj, **kwargs))
-        elif fmt == "messages" or (chat and "messages" in obj):
-            records.extend(messages_item(obj, **kwargs))
-        else:
-            records.append(native_record(obj, **kwargs))
+        with ctx.each():
+            if fmt == "llava" or (chat and "conversations" in obj):
+                records.extend(llava_item(obj, **kwargs))
+            elif fmt == "messages" or (chat and "messages" in obj):
+                records.extend(messages_item(obj, **kwargs))
+            else:
+                records.append(native_record(obj, **kwargs))
     return records
 
 
-def _finish(records: list[Record], spec: DatasetSpec) -> list[Record]:
+def _finish(
+    records: list[Record], spec: DatasetSpec, problems: list[DataError] | None = None
+) -> list[Record]:
     seen: dict[str, Record] = {}
     for record in records:
         first = seen.setdefault(record.id, record)
         if first is not record:
-            raise data_error(
+            error = data_error(
                 record.where,
                 f"duplicate id (first used at line {first.line})",
                 "ids must be unique within a dataset; leave `id` out to number records by line",
             )
+            if problems is None:
+                raise error
+            problems.append(error)
+    records = list(seen.values())  # collect mode: a duplicate is left out like any bad record
     unlabelled = [r for r in records if r.type == "classification" and r.labels is None]
     if unlabelled:
         label_set = sorted({normalize(r.answer): r.answer for r in unlabelled}.values())

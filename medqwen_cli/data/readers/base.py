@@ -1,7 +1,9 @@
 """What every reader receives: the split asked for, the image resolver, the output cache.
 
 A reader is a function `read(path, ctx) -> list[Record]`. It raises `DataError` naming the
-file and line for any bad record; it never skips one. Formats that carry their own split
+file and line for any bad record; it never skips one. In collect mode (`ctx.problems` is a
+list: `medqwen validate`) each bad record's `DataError` is appended there instead and reading
+goes on, so one pass reports every bad record; readers wrap each record in `ctx.each()` for it. Formats that carry their own split
 information (MedMNIST `.npz`, VQA-RAD's `phrase_type`) select `ctx.split` themselves; for the
 others the locator has already picked the file of the split (or refuses, see
 `ReadContext.require_whole_file_split`).
@@ -9,7 +11,8 @@ others the locator has already picked the file of the split (or refuses, see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,7 +46,19 @@ class ReadContext:
     dicom_frames: Literal["middle", "all"] = "middle"
     dicom_window: tuple[float, float] | None = None
     warnings: list[str] = field(default_factory=list)
+    problems: list[DataError] | None = None  # a list: collect bad records instead of raising
     _resolvers: list[ImageResolver] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        """Around one record: its `DataError` propagates, or in collect mode is listed and the
+        reader goes on with the next record (the bad one is left out of the result)."""
+        try:
+            yield
+        except DataError as exc:
+            if self.problems is None:
+                raise
+            self.problems.append(exc)
 
     def resolver(
         self, root: Path, *, search_dirs: Sequence[str] = ("",), extensions: Sequence[str] = ()

@@ -56,29 +56,30 @@ def read_csv(path: Path, ctx: ReadContext) -> list[Record]:
         start = reader.line_num + 1
         if not any(cell.strip() for cell in row):
             continue  # a blank line is not a record
-        where = f"{path}:{line}"
-        if len(row) != len(columns):
-            raise data_error(
-                where,
-                f"row has {len(row)} cells, the header {len(columns)}",
-                "quote cells that contain the delimiter or a line break",
+        with ctx.each():  # collect mode: list a bad row, read on
+            where = f"{path}:{line}"
+            if len(row) != len(columns):
+                raise data_error(
+                    where,
+                    f"row has {len(row)} cells, the header {len(columns)}",
+                    "quote cells that contain the delimiter or a line break",
+                )
+            cells = [c.strip() for c in row[image_col].split(";") if c.strip()]
+            if not cells:
+                raise data_error(where, f"field {columns[image_col]!r} (image) is empty")
+            records.append(
+                make_record(
+                    where_file=str(path),
+                    line=line,
+                    record_id=row[id_col] if id_col is not None else None,
+                    task_type=(row[type_col].strip() or None) if type_col is not None else "report",
+                    question=(row[question_col] if question_col is not None else "")
+                    or DEFAULT_QUESTION,
+                    answer=row[report_col],
+                    images=resolve(cells, where, columns[image_col]),
+                    default_type=ctx.default_type,
+                )
             )
-        cells = [c.strip() for c in row[image_col].split(";") if c.strip()]
-        if not cells:
-            raise data_error(where, f"field {columns[image_col]!r} (image) is empty")
-        records.append(
-            make_record(
-                where_file=str(path),
-                line=line,
-                record_id=row[id_col] if id_col is not None else None,
-                task_type=(row[type_col].strip() or None) if type_col is not None else "report",
-                question=(row[question_col] if question_col is not None else "")
-                or DEFAULT_QUESTION,
-                answer=row[report_col],
-                images=resolve(cells, where, columns[image_col]),
-                default_type=ctx.default_type,
-            )
-        )
     return records
 
 

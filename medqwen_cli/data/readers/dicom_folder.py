@@ -61,14 +61,15 @@ def read_dicom_folder(folder: Path, ctx: ReadContext) -> list[Record]:
         )
     records = []
     for path in files:
-        pngs, info = convert_dicom(
-            path, ctx.cache_dir / "dicom", frames=ctx.dicom_frames, window=ctx.dicom_window
-        )
-        records.extend(
-            dicom_records(
-                path, pngs, info, default_type=ctx.default_type, id_prefix=_rel_id(path, folder)
+        with ctx.each():  # collect mode: list a bad file, read on
+            pngs, info = convert_dicom(
+                path, ctx.cache_dir / "dicom", frames=ctx.dicom_frames, window=ctx.dicom_window
             )
-        )
+            records.extend(
+                dicom_records(
+                    path, pngs, info, default_type=ctx.default_type, id_prefix=_rel_id(path, folder)
+                )
+            )
     return records
 
 

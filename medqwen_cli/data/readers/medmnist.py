@@ -97,43 +97,44 @@ def read_medmnist(path: Path, ctx: ReadContext) -> list[Record]:
     records = []
     stem = path.stem
     for i in range(images.shape[0]):
-        line = i + 1
-        image = str(out_dir / f"{i:06d}.png")
-        if multi_label:
-            present = [names[c] for c in np.flatnonzero(labels[i] > 0)]
+        with ctx.each():  # collect mode: list a bad row, read on
+            line = i + 1
+            image = str(out_dir / f"{i:06d}.png")
+            if multi_label:
+                present = [names[c] for c in np.flatnonzero(labels[i] > 0)]
+                records.append(
+                    make_record(
+                        where_file=str(path),
+                        line=line,
+                        record_id=f"{stem}-{alias}-{i}",
+                        task_type="vqa_open",
+                        question="Which findings does this image show?",
+                        answer=", ".join(present) or "no finding",
+                        images=[image],
+                        default_type=ctx.default_type,
+                    )
+                )
+                continue
+            cls = int(labels[i, 0])
+            if not 0 <= cls < len(names):
+                raise data_error(
+                    f"{path}:{line}",
+                    f"{alias}_labels holds class {cls} outside the {len(names)} class names",
+                    "give one class name per label value",
+                )
             records.append(
                 make_record(
                     where_file=str(path),
                     line=line,
                     record_id=f"{stem}-{alias}-{i}",
-                    task_type="vqa_open",
-                    question="Which findings does this image show?",
-                    answer=", ".join(present) or "no finding",
+                    task_type="classification",
+                    question="Which class does this image show? Options: " + ", ".join(names) + ".",
+                    answer=names[cls],
+                    labels=names,
                     images=[image],
                     default_type=ctx.default_type,
                 )
             )
-            continue
-        cls = int(labels[i, 0])
-        if not 0 <= cls < len(names):
-            raise data_error(
-                f"{path}:{line}",
-                f"{alias}_labels holds class {cls} outside the {len(names)} class names",
-                "give one class name per label value",
-            )
-        records.append(
-            make_record(
-                where_file=str(path),
-                line=line,
-                record_id=f"{stem}-{alias}-{i}",
-                task_type="classification",
-                question="Which class does this image show? Options: " + ", ".join(names) + ".",
-                answer=names[cls],
-                labels=names,
-                images=[image],
-                default_type=ctx.default_type,
-            )
-        )
     return records
 
 

@@ -62,44 +62,49 @@ def read_vqa(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
     resolve = ctx.resolver(path.parent, search_dirs=search, extensions=(".jpg", ".png", ".jpeg"))
     records = []
     for number, (line, item) in enumerate(items, start=1):
-        where = f"{path}:{line}"
-        if not isinstance(item, dict):
-            raise data_error(where, f"expected a JSON object, found {type(item).__name__}")
-        if split_field:
-            phrase = str(item.get("phrase_type") or "")
-            if ("test" if phrase.startswith("test") else "train") != wanted:
-                continue  # the other split of the same file, not a skipped record
-        image_key = next((key for key in IMAGE_KEYS if key in item), None)
-        if image_key is None:
-            raise data_error(where, "missing image field (image, image_name or img_name)")
-        raw_image = item[image_key]
-        if isinstance(raw_image, int | float) and not isinstance(raw_image, bool):
-            raw_image = str(raw_image)
-        images = resolve(raw_image, where, image_key)
-        answer = item.get("answer")
-        kind = None
-        if answer is not None and str(answer).strip():
-            closed = str(item.get("answer_type") or "").strip().upper() == "CLOSED"
-            kind = "vqa_closed" if closed or is_yes_no(str(answer)) else "vqa_open"
-        meta = {}
-        for key, name in (("q_lang", "lang"), ("modality", "modality"), ("image_organ", "organ")):
-            if isinstance(item.get(key), str):
-                meta[name] = item[key]
-        record_id = next((item[key] for key in ID_KEYS if item.get(key) is not None), None)
-        records.append(
-            make_record(
-                where_file=str(path),
-                line=line,
-                record_id=f"{fmt}-{record_id}" if record_id is not None else None,
-                task_type=kind,
-                question=item.get("question"),
-                answer=answer,
-                images=images,
-                meta=meta,
-                default_type=ctx.default_type,
-                default_id=f"{fmt}-{path.stem}-{number}",
+        with ctx.each():  # collect mode: list a bad item, read on
+            where = f"{path}:{line}"
+            if not isinstance(item, dict):
+                raise data_error(where, f"expected a JSON object, found {type(item).__name__}")
+            if split_field:
+                phrase = str(item.get("phrase_type") or "")
+                if ("test" if phrase.startswith("test") else "train") != wanted:
+                    continue  # the other split of the same file, not a skipped record
+            image_key = next((key for key in IMAGE_KEYS if key in item), None)
+            if image_key is None:
+                raise data_error(where, "missing image field (image, image_name or img_name)")
+            raw_image = item[image_key]
+            if isinstance(raw_image, int | float) and not isinstance(raw_image, bool):
+                raw_image = str(raw_image)
+            images = resolve(raw_image, where, image_key)
+            answer = item.get("answer")
+            kind = None
+            if answer is not None and str(answer).strip():
+                closed = str(item.get("answer_type") or "").strip().upper() == "CLOSED"
+                kind = "vqa_closed" if closed or is_yes_no(str(answer)) else "vqa_open"
+            meta = {}
+            for key, name in (
+                ("q_lang", "lang"),
+                ("modality", "modality"),
+                ("image_organ", "organ"),
+            ):
+                if isinstance(item.get(key), str):
+                    meta[name] = item[key]
+            record_id = next((item[key] for key in ID_KEYS if item.get(key) is not None), None)
+            records.append(
+                make_record(
+                    where_file=str(path),
+                    line=line,
+                    record_id=f"{fmt}-{record_id}" if record_id is not None else None,
+                    task_type=kind,
+                    question=item.get("question"),
+                    answer=answer,
+                    images=images,
+                    meta=meta,
+                    default_type=ctx.default_type,
+                    default_id=f"{fmt}-{path.stem}-{number}",
+                )
             )
-        )
     return records
 
 
