@@ -24,6 +24,7 @@ from medqwen_cli.cli import (
     inspect_cmd,
     log_cmd,
     merge_cmd,
+    predict_cmd,
     train_cmd,
     validate_cmd,
 )
@@ -67,6 +68,7 @@ app.command("init-experts")(init_experts_cmd.init_experts)
 app.command("train")(train_cmd.train)
 app.command("continue")(train_cmd.continue_)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("predict")(predict_cmd.predict)
 app.command("forgetting-report")(forgetting_cmd.forgetting_report)
 app.command("merge")(merge_cmd.merge)
 app.command("demo")(demo_cmd.demo)
