@@ -21,7 +21,8 @@ Answers come from `Runner` (runner.py), exactly as `medqwen evaluate` answers:
   at most `max_new_tokens` tokens (default: the recipe's eval.max_new_tokens).
 
 Contract: the bundle is only read: no version, no evals.jsonl line, no lock. The version's
-files are checked against their checksums before the model loads (and again by the loader).
+files, its lineage's and init.safetensors are checked against their checksums
+(`Bundle.check_version`) before the data is read or the model loads.
 Argument problems fail before the bundle is opened and before torch is imported. Nothing here
 logs question or answer text; the caller renders the answers.
 """
@@ -103,7 +104,7 @@ def predict(
         base_only, version = True, None
     vid = BASE_VERSION if base_only else bundle.resolve_version(version)
     if vid != BASE_VERSION:
-        bundle.read_version_info(vid)  # every file of the version against its checksum
+        bundle.check_version(vid)  # init and every file of the lineage, before any work
     if data is not None:
         records = _data_records(data, split, recipe.train.max_image_pixels)
     else:
