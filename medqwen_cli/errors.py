@@ -68,3 +68,16 @@ class TrainingError(MedqwenError):
 
 class EvaluationError(MedqwenError):
     """An evaluation cannot be run or a report cannot be built."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C stopped a command mid-way: `message` says where, `hint` how to go on (exit 130).
+
+    A BaseException like KeyboardInterrupt, not a MedqwenError, so no handler of errors swallows
+    it; and not a KeyboardInterrupt, which typer turns into a silent exit 130.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint

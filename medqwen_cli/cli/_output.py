@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,8 +82,13 @@ def note(message: str) -> None:
     stderr.print(escape(message), highlight=False)
 
 
+def quiet() -> bool:
+    """`medqwen -q`: only warnings and errors on stderr (no bars, no progress lines)."""
+    return not logging.getLogger().isEnabledFor(logging.INFO)
+
+
 class _Progress:
-    """A rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
+    """A rich progress bar on stderr when it is a terminal (and not -q); a no-op otherwise."""
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -89,7 +96,7 @@ class _Progress:
         self._task = None
 
     def __enter__(self) -> _Progress:
-        if stderr.is_terminal:
+        if stderr.is_terminal and not quiet():
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -117,6 +124,53 @@ class _Progress:
 
 def progress(description: str) -> _Progress:
     return _Progress(description)
+
+
+class TrainProgress:
+    """Training progress on stderr: the bar on a terminal; otherwise (a log file, CI) one plain
+    line per logging step (`train.log_every`, and the last):
+
+        train step 20/200  loss 1.2345  lr 9.8e-04  0.41 s/step  ETA 1:14
+
+    s/step is wall time per step since the previous line (the --watch scoring included, so the
+    ETA is honest); the lines go through logging at INFO, so `medqwen -q` drops them.
+    Called as a `training.loop.ProgressFn`.
+    """
+
+    def __init__(self) -> None:
+        self._bar = _Progress("train")
+        self._plain = not stderr.is_terminal
+        self._mark: tuple[float, int] | None = None  # (time, step) of the previous line
+
+    def __enter__(self) -> TrainProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int, stats: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        self._bar(done, total, f"loss {stats['loss']:.4f}" if "loss" in stats else "")
+        if self._mark is None or not stats:  # the first call: where training starts or resumes
+            self._mark = (now, done)
+            return
+        if not (self._plain and stats.get("logged")):
+            return
+        since, from_step = self._mark
+        per_step = (now - since) / max(done - from_step, 1)
+        self._mark = (now, done)
+        logging.getLogger("medqwen_cli.train").info(
+            "train step %d/%d  loss %.4f  lr %.1e  %.2f s/step  ETA %s",
+            done, total, stats["loss"], stats["lr"], per_step, _clock(per_step * (total - done)),
+        )  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def redirect_stdout_to_stderr():

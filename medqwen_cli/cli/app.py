@@ -1,6 +1,7 @@
 """The `medqwen` Typer app and its error policy.
 
-Exit codes: 0 success, 1 a known error (`Error: ...` + `Hint: ...` on stderr), 2 bad usage.
+Exit codes: 0 success, 1 a known error (`Error: ...` + `Hint: ...` on stderr), 2 bad usage,
+130 interrupted (Ctrl-C; training says the step it stopped after and what a rerun resumes from).
 `MEDQWEN_DEBUG=1` prints the traceback (never with local variables, which may hold patient data).
 Commands import torch/transformers inside their bodies so `medqwen --help` stays instant.
 """
@@ -28,7 +29,7 @@ from medqwen_cli.cli import (
     train_cmd,
     validate_cmd,
 )
-from medqwen_cli.errors import MedqwenError
+from medqwen_cli.errors import Interrupted, MedqwenError
 
 app = typer.Typer(
     name="medqwen",
@@ -93,9 +94,18 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             sys.stderr.write(f"Hint: {exc.hint}\n")
         sys.exit(1)
+    except Interrupted as exc:  # Ctrl-C in training: where it stopped, what a rerun resumes
+        sys.stderr.write(f"Error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"Hint: {exc.hint}\n")
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.stderr.write("Error: interrupted\n")
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns a Ctrl-C elsewhere into exit 130 without a word
+            sys.stderr.write("Error: interrupted\n")
+        raise
     except Exception as exc:  # a bug: say so plainly; the traceback only on request
         if _debug():
             traceback.print_exc()

@@ -81,6 +81,7 @@ def _render(fmt: str, result: Any) -> None:
         {"field": "final loss", "value": r["final_loss"]},
         {"field": "mean loss", "value": r["mean_loss"]},
         {"field": "time", "value": f"{r['seconds']:.1f} s"},
+        {"field": "precision", "value": f"{r['precision']} (base weights {r['dtype']})"},
     ]
     for kind, load in r["router_load"].items():
         rows.append(
@@ -102,7 +103,7 @@ def _render(fmt: str, result: Any) -> None:
 
 
 def _train_progress() -> Any:
-    return _output.progress("train")
+    return _output.TrainProgress()
 
 
 def train(

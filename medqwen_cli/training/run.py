@@ -59,6 +59,8 @@ class TrainResult:
     mean_loss: float | None
     seconds: float
     resumed_from: int
+    precision: str = "fp32"  # mixed precision of the loop: fp32 (none), bf16 or fp16 autocast
+    dtype: str = "float32"  # dtype of the frozen base's weights (adapters stay float32)
     router_load: dict[str, list[float]] = field(default_factory=dict)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     # The watch's curve: headline points {version, step, steps, task, metric, value, n}
@@ -89,6 +91,43 @@ def resolve_recipe(bundle: Bundle, recipe_path: str | Path | None, overrides: li
             "may change; start a new bundle with `medqwen init-experts` for another structure",
         )
     return recipe
+
+
+def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
+    """(train.precision, model.dtype) a run uses on `device`, refusing what cannot train there.
+
+    precision auto: fp32 on CPU; on CUDA bf16 autocast, or fp16 when the base is float16.
+    model.dtype is the frozen base's weight dtype, honoured as `evaluate` and `merge` honour it;
+    auto: float32 under fp32 (full precision), else the device's default (bfloat16 on CUDA).
+    fp16 mixed precision needs CUDA: float16 autocast and its loss scaling are GPU features
+    (accelerate would run such a run in fp32 on CPU without a word). float16 base weights train
+    only under fp16: without loss scaling their small gradients underflow to zero. bf16 works on
+    both devices. Adapters and routers stay float32 whatever these say (adapters/layer.py).
+    """
+    precision, dtype = recipe.train.precision, recipe.model.dtype
+    if precision == "auto":
+        precision = "fp32" if device != "cuda" else ("fp16" if dtype == "float16" else "bf16")
+    problems, fixes = [], []
+    if precision == "fp16" and device != "cuda":
+        problems.append(
+            f"train.precision=fp16 (float16 mixed precision) needs a CUDA device; this run is on "
+            f"{device}"
+        )
+        fixes.append("use --set train.precision=fp32 (or bf16: bfloat16 autocast works on CPU)")
+    if dtype == "float16" and precision != "fp16":
+        problems.append(
+            f"model.dtype=float16 trains only under train.precision=fp16 (loss scaling, CUDA); "
+            f"this run would use {precision} on {device}"
+        )
+        fixes.append(
+            "train with --set model.dtype=float32 (or bfloat16), or on a GPU with "
+            "train.precision=fp16 or auto"
+        )
+    if problems:
+        raise RecipeError("; ".join(problems), "; ".join(fixes))
+    if dtype == "auto":
+        dtype = "float32" if precision == "fp32" else "auto"
+    return precision, dtype
 
 
 def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any]:
@@ -200,9 +239,7 @@ def train_bundle(
     watch_tasks = load_eval_tasks(recipe, watch) if watch else {}  # no eval split: fails here
     cfg = recipe.train
     device = select_device(recipe.model.device)
-    precision = (
-        cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
-    )
+    precision, dtype = training_precision(recipe, device)  # before any model loads
     _check_trackers(cfg.trackers)
     accelerator = Accelerator(
         cpu=device == "cpu",
@@ -235,12 +272,7 @@ def train_bundle(
     )
     total_steps = _steps(cfg, sum(len(r) for r in records), accelerator.num_processes)
 
-    loaded = load_adapted(
-        bundle,
-        parent,
-        dtype="float32" if precision == "fp32" else "auto",
-        device=str(accelerator.device),
-    )
+    loaded = load_adapted(bundle, parent, dtype=dtype, device=str(accelerator.device))
     model = loaded.model
     _set_dropout(model, recipe.adapter.dropout, recipe.adapter.dropout_masks)
     if cfg.gradient_checkpointing:
@@ -287,6 +319,8 @@ def train_bundle(
         mean_loss=p.loss_sum / p.step if p.step else None,
         seconds=round(result.seconds, 3),
         resumed_from=result.resumed_from,
+        precision=precision,
+        dtype=str(next(p for p in model.parameters() if not p.requires_grad).dtype)[6:],
         router_load=router_load(model),
     )
     accelerator.wait_for_everyone()
@@ -358,12 +392,14 @@ def continue_bundle(
     (independent of `evaluate`).
     """
     from medqwen_cli.evaluation.api import evaluate_bundle
+    from medqwen_cli.modeling import select_device
 
     bundle = Bundle.open(bundle_path)
     bundle.check_version(bundle.head)  # before the parent is scored (evals.jsonl) or trained
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
     recipe.task_datasets(task)  # an unknown task fails here, before any work
     check_watch(recipe, watch, eval_every)  # so does an unknown watched task
+    training_precision(recipe, select_device(recipe.model.device))  # and a dtype it cannot train
     evaluations: list[dict[str, Any]] = []
     parent = bundle.head
     evaluate = evaluate and _is_main_process()  # one process scores; the others only train

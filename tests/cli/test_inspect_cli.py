@@ -109,3 +109,14 @@ def test_every_command_refuses_a_damaged_lineage_before_any_write(
         )
     assert snapshot(bundle) == before  # nothing deleted, rewritten or added
     assert not out.exists()
+
+
+def test_ctrl_c_outside_training_says_interrupted(cli, bundle: Path, monkeypatch) -> None:
+    from medqwen_cli import bundle as bundle_mod
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_mod, "summarize", ctrl_c)
+    result = cli("inspect", bundle)
+    assert result.code == 130 and result.err == "Error: interrupted\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,57 @@ def test_watch_usage_errors(cli, bundle: Path) -> None:
     assert unknown.code == 1 and "cannot watch 'xary'" in unknown.err
     assert "did you mean 'xray'" in unknown.err
     assert not (bundle / "work").exists()  # failed before any training
+
+
+def test_ctrl_c_says_what_a_rerun_resumes_from_and_the_rerun_says_it_resumed(
+    cli, bundle: Path, monkeypatch
+) -> None:
+    from medqwen_cli.training import loop as loop_mod
+
+    real, calls = loop_mod.token_loss_sum, {"n": 0}
+
+    def ctrl_c_in_step_4(*args, **kwargs):
+        calls["n"] += 1  # one call per step here (grad_accum 1)
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "token_loss_sum", ctrl_c_in_step_4)
+    args = ["train", bundle, "--task", "xray", "--set", "train.max_steps=4"]
+    args += ["--set", "train.checkpoint_every=2", "-f", "json"]
+    stopped = cli(*args)
+    assert stopped.code == 130 and stopped.err.splitlines()[-2:] == [
+        "Error: interrupted after step 3 of 4; the last checkpoint is step 2",
+        "Hint: rerun the same command to resume from step 2 (or add --restart to start over)",
+    ]
+    assert not (bundle / "versions/v0002").exists()
+    monkeypatch.setattr(loop_mod, "token_loss_sum", real)
+    resumed = cli(*args)
+    assert resumed.code == 0, resumed.err
+    assert "resumed from step 2 of 4" in resumed.err
+    assert json.loads(resumed.out)["resumed_from"] == 2
+
+
+def test_ctrl_c_before_any_checkpoint() -> None:
+    from medqwen_cli.training.loop import interrupted
+
+    stopped = interrupted(Path("/nonexistent"), 3, 20, 10)
+    assert (
+        stopped.message == "interrupted after step 3 of 20; no checkpoint yet (one every 10 steps)"
+    )
+    assert stopped.hint and stopped.hint.startswith("rerun the same command to start again")
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(cli, bundle: Path) -> None:
+    steps = ["--set", "train.max_steps=4", "--set", "train.log_every=2"]
+    result = cli("train", bundle, "--task", "xray", *QUICK, *steps, "-f", "json")
+    assert result.code == 0, result.err
+    lines = [line for line in result.err.splitlines() if line.startswith("train step")]
+    assert len(lines) == 2, result.err
+    number = r"\d+\.\d+(e[-+]\d+)?"
+    pattern = rf"train step (2/4|4/4)  loss {number}  lr {number}  {number} s/step  ETA \d+:\d\d"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert lines[1].startswith("train step 4/4") and lines[1].endswith("ETA 0:00")
+    assert "\x1b" not in result.err  # no terminal codes in a log file
+    quiet = cli("-q", "train", bundle, "--task", "ct", *QUICK, *steps, "-f", "json")
+    assert quiet.code == 0 and "train step" not in quiet.err

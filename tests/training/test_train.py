@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,55 @@ def test_refuses_a_change_of_adapter_structure(bundle_dir: Path) -> None:
     with pytest.raises(RecipeError, match="rank"):
         train_bundle(bundle_dir, tasks=["xray"], overrides=["adapter.rank=8"])
     assert Bundle.open(bundle_dir).head == "v0001"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.precision=fp16", "train.precision=fp16 (float16 mixed precision) needs a CUDA"),
+        ("model.dtype=float16", "model.dtype=float16 trains only under train.precision=fp16"),
+    ],
+)
+def test_half_precision_that_cannot_train_on_cpu_is_refused_before_any_work(
+    bundle_dir: Path, override: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medqwen_cli import loading
+
+    monkeypatch.setattr(loading, "load_adapted", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(RecipeError, match=re.escape(expected)) as err:
+        train_bundle(bundle_dir, tasks=["xray"], overrides=[*FAST, override])
+    assert "--set " in (err.value.hint or "")
+    assert not (bundle_dir / "work").exists() and Bundle.open(bundle_dir).head == "v0001"
+
+
+@pytest.fixture
+def reset_accelerate():
+    """accelerate keeps one mixed-precision setting per process: reset it around a test that
+    changes it, so the tests after it start from a clean state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield AcceleratorState._reset_state
+    AcceleratorState._reset_state()
+
+
+def test_model_dtype_and_precision_are_honoured_on_cpu(bundle_dir: Path, reset_accelerate) -> None:
+    """bfloat16 base weights (model.dtype) and bf16 autocast both train on CPU; adapters stay
+    float32; the default stays float32 throughout."""
+    runs = {
+        ("fp32", "float32"): [],
+        ("fp32", "bfloat16"): ["model.dtype=bfloat16"],
+        ("bf16", "float32"): ["train.precision=bf16"],
+    }
+    for expected, overrides in runs.items():
+        reset_accelerate()
+        result = train_bundle(
+            bundle_dir, tasks=["xray"], overrides=[*FAST, "train.max_steps=2", *overrides]
+        )
+        assert (result.precision, result.dtype) == expected
+        assert result.final_loss is not None and result.final_loss == result.final_loss
+        adapter = Bundle.open(bundle_dir).read_adapter(result.version)
+        assert {t.dtype for t in adapter.values()} == {torch.float32}
 
 
 def test_dropout_and_its_masks_are_training_fields_applied_to_loaded_layers(
