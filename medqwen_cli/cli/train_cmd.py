@@ -90,9 +90,10 @@ def _render(fmt: str, result: Any) -> None:
                 "value": " ".join(f"{x:.2f}" for x in load),
             }
         )
-    for e in r["evaluations"]:
+    for e in r["evaluations"]:  # continue scores the parent on the new task, then the version
         if e.get("headline"):
-            rows.append({"field": f"eval {e['task']} {e['metric']}", "value": e["value"]})
+            who = e["version"] if e["version"] == r["version"] else f"{e['version']} (parent)"
+            rows.append({"field": f"eval {who} {e['task']} {e['metric']}", "value": e["value"]})
     _output.emit(fmt, rows, ["field", "value"], title=r["bundle"], data=r)
     if r["curves"] and fmt == "table":  # CSV keeps one table: the curve is in --format json
         curve_rows, columns = _curve_table(r["curves"])

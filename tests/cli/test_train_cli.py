@@ -156,3 +156,20 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(cli, bundle: Path) -
     assert "\x1b" not in result.err  # no terminal codes in a log file
     quiet = cli("-q", "train", bundle, "--task", "ct", *QUICK, *steps, "-f", "json")
     assert quiet.code == 0 and "train step" not in quiet.err
+
+
+def test_continue_table_names_the_version_of_each_evaluation(cli, bundle: Path) -> None:
+    """continue scores the parent on the new task (before training) and the new version on every
+    task seen: the same task and metric twice, told apart by the version."""
+    few = [*QUICK, "--set", "eval.max_samples=2"]
+    assert cli("train", bundle, "--task", "xray", *few, "-f", "json").code == 0
+    result = cli("continue", bundle, "--task", "ct", *few, "-f", "csv")
+    assert result.code == 0, result.err
+    fields = [row.split(",", 1)[0] for row in result.out.splitlines()[1:]]
+    evals = [f for f in fields if f.startswith("eval ")]
+    assert evals == [
+        "eval v0002 (parent) ct headline_mean",
+        "eval v0003 xray headline_mean",
+        "eval v0003 ct headline_mean",
+    ]
+    assert len(set(fields)) == len(fields)
