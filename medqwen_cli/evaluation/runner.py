@@ -102,6 +102,9 @@ class Runner:
         from medqwen_cli.data.collate import Collator
 
         self.model = model.eval()
+        # the KV-cache argument was renamed `cache` (the old name warns on every call)
+        forward = inspect.signature(type(model).forward).parameters
+        self._cache_kw = "cache" if "cache" in forward else "past_key_values"
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.prompts = Collator(
@@ -203,7 +206,9 @@ class Runner:
             cont_mask[r, : len(seq)] = 1
         cont, cont_mask = cont.to(ids.device), cont_mask.to(ids.device)
 
-        cache = prefill.past_key_values
+        cache = getattr(prefill, "cache", None)  # transformers >= 5.2x; `past_key_values` before
+        if cache is None:
+            cache = prefill.past_key_values
         cache.reorder_cache(rows)  # (R, ...) one copy of the prompt's cache per candidate
         start = positions[:, :, -1].amax(0)[rows] + 1  # (R,) next text position after the prompt
         cont_pos = (start[:, None] + torch.arange(width, device=ids.device)).expand(3, -1, -1)
@@ -211,8 +216,8 @@ class Runner:
             input_ids=cont,
             attention_mask=torch.cat([mask[rows], cont_mask], dim=1),  # (R, P + W)
             position_ids=cont_pos,  # (3, R, W)
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_kw: cache},
         ).logits.float()  # (R, W, V): position t predicts token t + 1
 
         ll = first[rows, cont[:, 0]]  # (R,)
