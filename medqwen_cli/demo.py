@@ -4,7 +4,9 @@ For each method (lora, moelora, sslora at the same total rank) the demo creates 
 the base zero-shot, then `continue`s through a 3-task sequence (radiograph -> CT -> pathology),
 each step evaluating every task seen; finally one forgetting report puts the methods side by side
 with a plot. The plan is plain data (argv lists) so the CLI can print each command before running
-it: a user can copy any line and run it by hand.
+it: a user can copy any line and run it by hand. Each step's JSON result is kept off the terminal
+and summed up in one line (`step_summary`); the scores in those lines and in the report are each
+task's headline metric, `headline_mean` (`HEADLINE_NOTE`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("xray", "ct", "pathology")
+HEADLINE_NOTE = (
+    "scores are headline_mean: the unweighted mean over a task's record types of each type's "
+    "headline metric (closed VQA accuracy, open VQA token F1, report ROUGE-L, classification "
+    "accuracy, POPE F1), 0 to 1, higher is better"
+)
 METHODS = ("lora", "moelora", "sslora")
 
 
@@ -49,7 +56,7 @@ def demo_recipe(base: str, quick: bool) -> dict[str, Any]:
             "batch_size": s.batch_size,
             "warmup_ratio": 0.1,
             "checkpoint_every": max(10, s.steps // 2),
-            "log_every": max(1, s.steps // 10),
+            "log_every": max(1, s.steps // 3),  # three progress lines per task
             "max_image_pixels": 112 * 112,
             "max_length": 512,
         },
@@ -93,6 +100,34 @@ def demo_plan(
         ]
     )
     return plan
+
+
+def step_summary(argv: list[str], result: dict[str, Any]) -> str:
+    """One line for a step's JSON result (init-experts, evaluate or continue)."""
+
+    def scores(pairs: list[tuple[str, Any]]) -> str:
+        return ", ".join(f"{t} {'n/a' if v is None else f'{v:.3f}'}" for t, v in pairs)
+
+    name = Path(argv[1] if argv[0] != "init-experts" else argv[argv.index("--out") + 1]).name
+    if argv[0] == "init-experts":
+        return (
+            f"{name}: {result['adapted_layers']} layers adapted, {result['trainable_params']:,} "
+            f"trainable parameters ({result['ratio_to_full_moe']:.1f}x fewer than a full-rank "
+            f"MoE), {result['seconds']:.1f} s"
+        )
+    if argv[0] == "evaluate":
+        heads = [(t, h["value"]) for t, h in result["headlines"].items()]
+        return f"{name} {result['version']}: {scores(heads)} ({result['seconds']:.1f} s)"
+    heads = [
+        (e["task"], e["value"])
+        for e in result.get("evaluations", [])
+        if e.get("headline") and e["version"] == result["version"]
+    ]
+    return (
+        f"{name} {result['version']} (trained on {', '.join(result['tasks'])}: "
+        f"{result['steps']} steps, loss {result['final_loss']:.3f}, {result['seconds']:.1f} s): "
+        f"{scores(heads)}"
+    )
 
 
 def check_demo(base: str, out: Path) -> None:

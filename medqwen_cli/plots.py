@@ -7,6 +7,11 @@ right, each task's score across versions, with a star where it was trained and g
 score is missing. The run's ACC / BWT / FWT / forgetting head its panels, and their definitions
 are printed at the bottom.
 
+The colour map and every y axis span the data's own range (min to max over all runs, shared so
+runs compare by eye; `colour_range`), not 0-1: scores of a short run may sit in 0.13-0.32, where a
+0-1 scale paints every cell alike. The colour bar's label gives the range and says so, and every
+cell is annotated with its value.
+
 When the runs have forgetting curves (evaluations with a `step`, from `--watch`), one more row
 (or rows, three panels each) of the same height follows: one panel per (watched task A, trained
 task(s) B), one line per run, A's score against the optimizer step of the version training B,
@@ -35,6 +40,17 @@ MISSING_COLOR = "#d9d9d9"
 
 
 CURVES_PER_ROW = 3
+
+
+def colour_range(values: Sequence[float]) -> tuple[float, float]:
+    """(low, high) of the colour map and y axes: the data's min and max; a single value gets
+    +-0.05 around it, no value at all 0-1."""
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    if high - low < 1e-9:
+        return low - 0.05, high + 0.05
+    return low, high
 
 
 def figure_size_px(n_runs: int, curve_rows: int = 0) -> tuple[int, int]:
@@ -183,8 +199,7 @@ def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike
     values += [
         p.value for _, lines in panels for _, c in lines for p in c.points if p.value is not None
     ]
-    vmin = min([0.0, *values])
-    vmax = max([1.0, *values])
+    vmin, vmax = colour_range(values)
     curve_rows = -(-len(panels) // CURVES_PER_ROW)
 
     width, height = figure_size_px(len(reports), curve_rows)
@@ -205,7 +220,10 @@ def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike
     )
     for i, report in enumerate(reports):
         image = _heatmap(fig.add_subplot(grid[i, 0]), report, vmin, vmax)
-        fig.colorbar(image, cax=fig.add_subplot(grid[i, 1]))
+        bar = fig.colorbar(image, cax=fig.add_subplot(grid[i, 1]))
+        bar.set_label(
+            f"score (colour spans the data, {vmin:.2f} to {vmax:.2f}; not 0-1)", fontsize=8
+        )
         _curves(fig.add_subplot(grid[i, 3]), report, vmin, vmax)
     for row in range(curve_rows):
         cells = grid[len(reports) + row, :].subgridspec(1, CURVES_PER_ROW, wspace=0.3)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shlex
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -33,7 +38,7 @@ def demo(
 
     from medqwen_cli.bundle import atomic_write_bytes
     from medqwen_cli.cli.app import main
-    from medqwen_cli.demo import check_demo, demo_plan, demo_recipe
+    from medqwen_cli.demo import HEADLINE_NOTE, check_demo, demo_plan, demo_recipe, step_summary
     from medqwen_cli.errors import MedqwenError
     from medqwen_cli.recipe import apply_overrides, build_recipe
 
@@ -48,22 +53,51 @@ def demo(
     _output.note(f"demo recipe: {recipe_file}")
     start = time.perf_counter()
     plan = demo_plan(out, recipe_file, base)
-    for i, argv in enumerate(plan, 1):
-        is_report = argv[0] == "forgetting-report"
-        args = [*argv, "--format", "table"] if is_report else [*argv, "--format", "json"]
-        _output.note(f"[{i}/{len(plan)}] $ medqwen {shlex.join(args)}")
-        try:
-            if is_report:
-                main(args)
-            else:  # intermediate results: keep stdout for the report; JSON lands on stderr
-                with _output.redirect_stdout_to_stderr():
+    _output.note(HEADLINE_NOTE)
+    with _each_warning_once():
+        for i, argv in enumerate(plan, 1):
+            is_report = argv[0] == "forgetting-report"
+            args = [*argv, "--format", "table" if is_report else "json"]
+            _output.note(f"[{i}/{len(plan)}] $ medqwen {shlex.join(args)}")
+            captured = io.StringIO()
+            try:
+                if is_report:
                     main(args)
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                raise MedqwenError(
-                    f"demo step {i} failed: medqwen {shlex.join(args)}",
-                    "the error is printed above; rerun that command by hand to investigate",
-                ) from None
+                else:  # the JSON result is summed up in one line; stdout keeps the report
+                    with contextlib.redirect_stdout(captured):
+                        main(args)
+            except SystemExit as exc:
+                if exc.code not in (0, None):
+                    raise MedqwenError(
+                        f"demo step {i} failed: medqwen {shlex.join(args)}",
+                        "the error is printed above; rerun that command by hand to investigate",
+                    ) from None
+            if not is_report:
+                try:
+                    summary = step_summary(argv, json.loads(captured.getvalue()))
+                except (ValueError, KeyError, TypeError):  # never fail a finished step on a summary
+                    summary = "done (no summary: the result was not the expected JSON)"
+                _output.note("  " + summary)
+    _output.stdout.print(HEADLINE_NOTE, markup=False, highlight=False)
     _output.note(
         f"demo finished in {time.perf_counter() - start:.0f} s; bundles, recipe and plot in {out}"
     )
+
+
+@contextlib.contextmanager
+def _each_warning_once() -> Iterator[None]:
+    """Show each distinct warning once: every step loads the model again, and libraries reset
+    Python's once-per-location registry, so transformers' deprecation warnings would repeat."""
+    seen: set[tuple[type, str]] = set()
+    show = warnings.showwarning
+
+    def once(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if (category, str(message)) not in seen:
+            seen.add((category, str(message)))
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = once
+    try:
+        yield
+    finally:
+        warnings.showwarning = show

@@ -16,6 +16,10 @@ def test_demo_quick_fills_the_forgetting_matrix(cli, tmp_path: Path) -> None:
     )
     assert result.code == 0, result.err[-2000:]
     assert result.err.count("$ medqwen ") == 16  # every step printed as a command a user can type
+    # one line per command, its one-line summary and progress: no JSON dumps, no repeats
+    assert len(result.err.splitlines()) < 100, result.err[-3000:]
+    assert '"bundle"' not in result.err and "lora v0002 (trained on xray: 2 steps" in result.err
+    assert "headline_mean: the unweighted mean" in result.out  # the report's metric, defined
     assert "lora: R[i][j]" in result.out and "sslora: R[i][j]" in result.out  # the report on stdout
     report = json.loads(
         cli("forgetting-report", out / "lora", out / "moelora", out / "sslora", "-f", "json").out

@@ -81,6 +81,16 @@ def test_large_image_is_a_warning_not_an_error(tmp_path: Path, cache: Path) -> N
     assert "200x150" in warning and "train.jsonl:1" in warning
 
 
+def test_a_dataset_warning_is_logged_once_per_process(tmp_path: Path, cache: Path, caplog) -> None:
+    root = tmp_path / "ds"
+    write_png(root / "big.png", size=(200, 150))
+    write_jsonl(root / "train.jsonl", [{"images": ["big.png"], "question": "Q?", "answer": "a"}])
+    with caplog.at_level("WARNING", logger="medqwen_cli.data.readers"):
+        for _ in range(3):  # e.g. each step of a run reading the same dataset
+            load_records(spec(root), "train", cache_dir=cache, max_image_pixels=100 * 100)
+    assert [r.getMessage()[:30] for r in caplog.records] == ["1 image larger than max_image_"]
+
+
 def test_collator_downscales_large_images() -> None:
     from medqwen_cli.data.collate import fit_size
 

@@ -21,7 +21,8 @@ After reading: an empty split is an error; ids must be unique; classification re
 `labels` get the dataset's set of answers as their label set; records get `task` = the
 dataset's display name unless they carry one; `spec.max_samples` keeps the first N records.
 Warnings (large images, guessed class names) come back in `DatasetLoad.warnings` and are logged
-by `load_records`.
+by `load_records`, each distinct message once per process (a dataset read again by the next
+step of a run, or by every evaluation, does not repeat it).
 
 `read_dataset(..., collect=True)` is the checking mode of `medqwen validate`: instead of raising
 at the first problem it reads on and returns every `DataError` in `DatasetLoad.problems` (each
@@ -55,6 +56,7 @@ from medqwen_cli.errors import DataError
 from medqwen_cli.recipe import BUILTIN_TASKS, DatasetSpec
 
 logger = logging.getLogger(__name__)
+_LOGGED: set[str] = set()  # warnings already logged by this process (see load_records)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".npz")
 NOT_DATA = ("dataset.json",)  # the manifest of a built-in dataset
@@ -80,7 +82,9 @@ def load_records(spec: DatasetSpec, split: str, **options: Any) -> list[Record]:
     """
     loaded = read_dataset(spec, split, **options)
     for warning in loaded.warnings:
-        logger.warning(warning)
+        if warning not in _LOGGED:
+            _LOGGED.add(warning)
+            logger.warning(warning)
     return loaded.records
 
 
