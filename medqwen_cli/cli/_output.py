@@ -77,9 +77,10 @@ def key_values(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> No
     stdout.print(t)
 
 
-def note(message: str) -> None:
-    """A human message on stderr (never mixed into results)."""
-    stderr.print(escape(message), highlight=False)
+def note(message: str, *, warning: bool = False) -> None:
+    """A human message on stderr (never mixed into results); `medqwen -q` keeps only warnings."""
+    if warning or not quiet():
+        stderr.print(escape(message), highlight=False)
 
 
 def quiet() -> bool:

@@ -67,6 +67,8 @@ def demo(
                     with contextlib.redirect_stdout(captured):
                         main(args)
             except SystemExit as exc:
+                if exc.code == 130:  # Ctrl-C: the step said where it stopped; stop as it did
+                    raise
                 if exc.code not in (0, None):
                     raise MedqwenError(
                         f"demo step {i} failed: medqwen {shlex.join(args)}",

@@ -69,14 +69,18 @@ def merge(
     """Export a bundle version for deployment. routed is exact; dense and peft fold the mean
     routing weights measured on calibration data into one update and report how close they stay
     (relative logit error, top-1 agreement, task metric before/after) in merge_report.json."""
-    from medqwen_cli.merge import merge_bundle
+    from medqwen_cli.bundle import Bundle
 
     fmt = resolve_format(fmt)
     if mode not in MODES:
         raise typer.BadParameter(f"{mode!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    opened = Bundle.open(bundle)  # a wrong path or version fails before torch loads
+    opened.resolve_version(version)
+    from medqwen_cli.merge import merge_bundle
+
     with _output.progress(f"merge ({mode})") as bar:
         result = merge_bundle(
-            bundle, out, version=version, mode=mode, calibration=calibration or None,
+            opened, out, version=version, mode=mode, calibration=calibration or None,
             calibration_samples=calibration_samples, copy_base=copy_base, overwrite=overwrite,
             rank=rank, evaluate=not no_eval, command=command_line(), progress=bar,
         )  # fmt: skip

@@ -51,7 +51,7 @@ def validate(
     splits = [c.to_dict() for c in checks]
     problems = [p for c in splits for p in c["problems"]]
     for warning in (w for c in checks for w in c.warnings):
-        _output.note(f"warning: {warning}")
+        _output.note(f"warning: {warning}", warning=True)
     if problems:
         _data_problems(fmt, recipe, splits, problems)
     data = recipe_to_dict(loaded)
@@ -100,7 +100,8 @@ def _data_problems(
             if len(split["problems"]) > len(shown):
                 _output.note(
                     f"... and {len(split['problems']) - len(shown)} more in {split['path']} "
-                    "(--format json lists every one)"
+                    "(--format json lists every one)",
+                    warning=True,
                 )
     n, files = len(problems), len({s["path"] for s in splits if s["problems"]})
     hints = {p["hint"] for p in problems}

@@ -20,14 +20,17 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.errors import RecipeError, TrainingError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
-from medqwen_cli.training.checkpoint import run_key
-from medqwen_cli.training.loop import ProgressFn, fit
-from medqwen_cli.training.watch import DEFAULT_EVERY, CurveFn
+
+if TYPE_CHECKING:  # torch loads inside the drivers, after the bundle, recipe and task checks
+    from medqwen_cli.training.loop import ProgressFn
+    from medqwen_cli.training.watch import CurveFn
+
+DEFAULT_EVERY = 10  # steps between two points of a --watch curve
 
 # Adapter fields fixed at init: changing them would not match init.safetensors.
 STRUCTURAL = (
@@ -219,15 +222,7 @@ def train_bundle(
     `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
     `curve_fn` gets each step's headline points as they come (main process).
     """
-    from accelerate import Accelerator
-
-    from medqwen_cli.adapters import adapter_state_dict, reset_router_stats, router_load
-    from medqwen_cli.data.collate import Collator
-    from medqwen_cli.data.readers import load_records
     from medqwen_cli.evaluation.api import load_eval_tasks
-    from medqwen_cli.loading import load_adapted
-    from medqwen_cli.modeling import data_cache_dir, select_device
-    from medqwen_cli.training.watch import Watch, headline_points
 
     bundle = Bundle.open(bundle_path)
     bundle.check_version(bundle.head)  # a damaged lineage stops here: nothing read or written yet
@@ -237,6 +232,18 @@ def train_bundle(
     names = task_names(recipe, tasks)
     watch, eval_every = check_watch(recipe, watch, eval_every)
     watch_tasks = load_eval_tasks(recipe, watch) if watch else {}  # no eval split: fails here
+
+    from accelerate import Accelerator  # heavy imports only once the arguments are known good
+
+    from medqwen_cli.adapters import adapter_state_dict, reset_router_stats, router_load
+    from medqwen_cli.data.collate import Collator
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.loading import load_adapted
+    from medqwen_cli.modeling import data_cache_dir, select_device
+    from medqwen_cli.training.checkpoint import run_key
+    from medqwen_cli.training.loop import fit
+    from medqwen_cli.training.watch import Watch, headline_points
+
     cfg = recipe.train
     device = select_device(recipe.model.device)
     precision, dtype = training_precision(recipe, device)  # before any model loads
@@ -391,14 +398,15 @@ def continue_bundle(
     fills itself. `watch` / `eval_every` / `curve_fn`: a forgetting curve, as in `train_bundle`
     (independent of `evaluate`).
     """
-    from medqwen_cli.evaluation.api import evaluate_bundle
-    from medqwen_cli.modeling import select_device
-
     bundle = Bundle.open(bundle_path)
     bundle.check_version(bundle.head)  # before the parent is scored (evals.jsonl) or trained
     recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
     recipe.task_datasets(task)  # an unknown task fails here, before any work
     check_watch(recipe, watch, eval_every)  # so does an unknown watched task
+
+    from medqwen_cli.evaluation.api import evaluate_bundle
+    from medqwen_cli.modeling import select_device  # torch from here on
+
     training_precision(recipe, select_device(recipe.model.device))  # and a dtype it cannot train
     evaluations: list[dict[str, Any]] = []
     parent = bundle.head

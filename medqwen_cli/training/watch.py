@@ -38,7 +38,6 @@ from medqwen_cli.bundle import atomic_write_bytes
 from medqwen_cli.evaluation.api import TaskData, eval_lines, score_model
 
 CURVE_FILE = "curve.jsonl"
-DEFAULT_EVERY = 10
 CurveFn = Callable[[list[dict[str, Any]]], None]  # the headline rows of one scored step
 
 

@@ -44,3 +44,15 @@ def test_demo_refuses_a_non_empty_directory_and_bad_settings(cli, tmp_path: Path
     assert cli("demo", "--base", "Qwen2-VL", "--out", tmp_path / "y").code == 1
     bad = cli("demo", "--quick", "--out", tmp_path / "z", "--set", "train.lr=fast")
     assert bad.code == 1 and "train.lr" in bad.err and not (tmp_path / "z" / "recipe.yaml").exists()
+
+
+def test_demo_stops_with_130_when_a_step_is_interrupted(cli, tmp_path: Path, monkeypatch) -> None:
+    import medqwen_cli.init_experts
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medqwen_cli.init_experts, "init_experts", interrupted)
+    result = cli("demo", "--quick", "--out", tmp_path / "d")
+    assert result.code == 130, result.err
+    assert "interrupted" in result.err and "demo step 1 failed" not in result.err

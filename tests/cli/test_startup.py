@@ -47,8 +47,9 @@ def _run(*args: str) -> tuple[int, set[str], str]:
         (["init-experts", "--base", "tiny-qwen2-vl", "--out", "{tmp}/full"], 1, True),
         (["validate", "{tmp}/missing.yaml"], 1, True),
         (["train", "--bad-flag"], 2, True),
-        (["train", "{tmp}/missing"], 1, False),  # training/run.py imports torch at module level
-        (["continue", "{tmp}/missing", "--task", "x"], 1, False),
+        (["train", "{tmp}/missing"], 1, True),
+        (["continue", "{tmp}/missing", "--task", "x"], 1, True),
+        (["merge", "{tmp}/missing", "--out", "{tmp}/export"], 1, True),
     ],
 )
 def test_errors_before_heavy_imports(
@@ -60,3 +61,27 @@ def test_errors_before_heavy_imports(
     assert got == code, err
     loaded = [m for m in HEAVY + ("torch",) * no_torch if m in modules]
     assert not loaded, f"medqwen {' '.join(args)} imported {loaded} before failing"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["continue", "{b}", "--task", "no-such-task"],
+        ["train", "{b}", "--task", "no-such-task"],
+        ["continue", "{b}", "--task", "builtin:cxr-rules", "--set", "train.nope=1"],
+        ["merge", "{b}", "--version", "v9", "--out", "{b}/../export"],
+        ["evaluate", "{b}", "--version", "v9"],
+    ],
+)
+def test_bad_task_or_version_of_a_real_bundle_before_torch(
+    tmp_path: Path, cli, args: list[str]
+) -> None:
+    bundle = tmp_path / "b"
+    assert cli("init-experts", "--base", "tiny-qwen2-vl", "--out", bundle).code == 0
+    before = sorted(p.name for p in bundle.rglob("*"))
+    got, modules, err = _run(*(a.replace("{b}", str(bundle)) for a in args))
+    assert got == 1, err
+    assert err.startswith("Error:"), err
+    loaded = [m for m in HEAVY + ("torch",) if m in modules]
+    assert not loaded, f"medqwen {' '.join(args)} imported {loaded} before failing"
+    assert sorted(p.name for p in bundle.rglob("*")) == before  # nothing written

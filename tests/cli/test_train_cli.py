@@ -154,8 +154,10 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(cli, bundle: Path) -
     assert all(re.fullmatch(pattern, line) for line in lines), lines
     assert lines[1].startswith("train step 4/4") and lines[1].endswith("ETA 0:00")
     assert "\x1b" not in result.err  # no terminal codes in a log file
-    quiet = cli("-q", "train", bundle, "--task", "ct", *QUICK, *steps, "-f", "json")
-    assert quiet.code == 0 and "train step" not in quiet.err
+    watch = ["--watch", "xray", "--eval-every", "2", "--set", "eval.max_samples=2"]
+    quiet = cli("-q", "train", bundle, "--task", "ct", *QUICK, *steps, *watch, "-f", "json")
+    assert quiet.code == 0, quiet.err
+    assert "train step" not in quiet.err and "watch step" not in quiet.err
 
 
 def test_continue_table_names_the_version_of_each_evaluation(cli, bundle: Path) -> None:
