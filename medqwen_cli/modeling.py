@@ -22,12 +22,12 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medqwen_cli._io import checkpoint_files, read_header
 from medqwen_cli.errors import BaseModelError
 
 if TYPE_CHECKING:
@@ -173,26 +173,6 @@ def _read_config(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def checkpoint_files(path: str | Path) -> list[Path]:
-    """The safetensors files of a model directory (sharded or not)."""
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [path / n for n in names]
-    else:
-        files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise BaseModelError(
-            f"no .safetensors weights in {path}",
-            "medqwen reads safetensors only (no pickle); convert with save_pretrained(safe_serialization=True)",
-        )
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise BaseModelError(f"weight shard missing: {missing[0]}", "re-copy the model directory")
-    return files
-
-
 def fingerprint(path: str | Path, sample_bytes: int = 4096) -> str:
     """sha256 over the canonical config and, per tensor, its name, dtype, shape and a byte sample.
 
@@ -207,10 +187,7 @@ def fingerprint(path: str | Path, sample_bytes: int = 4096) -> str:
     digest.update(json.dumps(config, sort_keys=True).encode())
     for file in checkpoint_files(path):
         with open(file, "rb") as fh:
-            header_len = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(header_len))
-            header.pop("__metadata__", None)
-            start = 8 + header_len
+            header, start = read_header(fh)
             for key in sorted(header):
                 meta = header[key]
                 begin, end = meta["data_offsets"]

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from medqwen_cli import bundle as bundle_mod
-from medqwen_cli.bundle import Bundle, bundle_lock, find_bundle
+from medqwen_cli.bundle import Bundle, bundle_lock, find_bundle, store
 from medqwen_cli.errors import BundleError, BundleIntegrityError, BundleLockedError
+from medqwen_cli.settings import Settings
 
 
 def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -175,7 +176,7 @@ def test_crash_before_rename_leaves_head_intact(
     def boom(*_a, **_k):
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(bundle_mod.os, "rename", boom)
+    monkeypatch.setattr(store.os, "rename", boom)
     with pytest.raises(OSError, match="injected"):
         b.append_version(tensors(5), command="crash", tasks=["x"], recipe={})
     monkeypatch.undo()
@@ -194,7 +195,7 @@ def test_crash_between_rename_and_publish(tmp_path: Path, monkeypatch: pytest.Mo
             raise KeyboardInterrupt("killed (injected)")
         real(path, data)
 
-    monkeypatch.setattr(bundle_mod, "atomic_write_json", fail_on_manifest)
+    monkeypatch.setattr(store, "atomic_write_json", fail_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         b.append_version(tensors(5), command="crash", tasks=["x"], recipe={})
     monkeypatch.undo()
@@ -302,3 +303,44 @@ def test_tensor_writer_leaves_nothing_on_error_and_refuses_bad_names(tmp_path: P
         writer.add("a", torch.ones(3))
         raise RuntimeError("stop")
     assert target.read_bytes() == b"old"  # an existing file is only replaced by a finished one
+
+
+def test_find_bundle_takes_its_settings_from_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = make(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDQWEN_BUNDLE", raising=False)
+    given = Settings(bundle=b.root, cache_dir=tmp_path / "cache")
+    assert find_bundle(settings=given) == b.root == Bundle.open(settings=given).root
+    monkeypatch.setenv("MEDQWEN_BUNDLE", str(b.root))
+    with pytest.raises(BundleError, match="no bundle in"):  # the caller's settings win
+        find_bundle(settings=Settings(bundle=None, cache_dir=tmp_path / "cache"))
+    assert Settings.from_env().bundle == b.root
+    assert Settings.from_env({"MEDQWEN_CACHE_DIR": str(tmp_path)}).data_cache_dir == (
+        tmp_path / "data"
+    )
+
+
+def test_bundle_names_of_every_importer_still_resolve() -> None:
+    names = (
+        "Bundle TensorWriter atomic_write_bytes atomic_write_json bundle_lock find_bundle "
+        "load_tensors save_tensors sha256_file summarize tensor_shapes"
+    )
+    assert all(hasattr(bundle_mod, name) for name in names.split())
+
+
+def test_bundle_and_io_import_no_model_code() -> None:
+    """The store imports neither the base models, the presets nor torch; _io only errors."""
+    probe = (
+        "import json, sys, importlib; importlib.import_module(sys.argv[1]); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('medqwen_cli', 'torch')))))"
+    )
+    run = [sys.executable, "-c", probe]
+    loaded = json.loads(subprocess.run([*run, "medqwen_cli.bundle"], capture_output=True,
+                                       text=True, check=True).stdout)  # fmt: skip
+    assert not [m for m in loaded if m.startswith(("medqwen_cli.modeling", "medqwen_cli.presets",
+                                                    "torch"))], loaded  # fmt: skip
+    loaded = json.loads(subprocess.run([*run, "medqwen_cli._io"], capture_output=True, text=True,
+                                       check=True).stdout)  # fmt: skip
+    assert loaded == ["medqwen_cli", "medqwen_cli._io", "medqwen_cli.errors"]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medqwen_cli.bundle import sha256_file
+from medqwen_cli._io import sha256_file
 from medqwen_cli.errors import BaseModelError
 
 logger = logging.getLogger(__name__)

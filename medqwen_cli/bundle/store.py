@@ -1,15 +1,15 @@
-"""Versioned bundle store: every version of one adapter lineage, immutable, checksummed.
+"""The bundle store: open, verify and grow a bundle (layout and guarantees: docs/bundle-format.md).
 
     <bundle>/
       bundle.json            Manifest: format, base (id, fingerprint), method, recipe, versions, head
       init.safetensors       frozen spectral factors A_j0 / B_j0 (exact residual, never re-SVD)
       versions/v0001/        one immutable directory per version:
-        adapter.safetensors    trainable tensors; keys relative to the target module path
+        adapter.safetensors    trainable tensors; keys `<canonical module name>.<tensor>`
         version.json           parent, command, tasks, recipe, time, sha256 of every file
         metrics.json           training summary (and any other files the writer adds)
       evals.jsonl            one line per (version, task, metric, value)
       work/                  resumable training state (not part of any version)
-      .lock                  held by the one process writing
+      .lock                  held by the one process writing (`bundle.lock`)
 
 Crash safety: a version is written into `versions/.tmp-*`, fsynced, renamed into place, and only
 then published by an atomic rewrite of `bundle.json`. A crash at any point leaves the previous
@@ -19,257 +19,52 @@ never rewritten or deleted. Only safetensors and JSON are written; nothing is pi
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from medqwen_cli import __version__
-from medqwen_cli.errors import BundleError, BundleIntegrityError, BundleLockedError
+from medqwen_cli._io import (
+    TensorWriter,
+    atomic_write_json,
+    fsync_dir,
+    load_tensors,
+    save_tensors,
+    sha256_file,
+)
+from medqwen_cli.bundle.lock import bundle_lock
+from medqwen_cli.bundle.manifest import (
+    ADAPTER_FILE,
+    EVALS_FILE,
+    FORMAT_VERSION,
+    INIT_FILE,
+    MANIFEST,
+    VERSION_FILE,
+    VERSION_RE,
+    Manifest,
+    VersionEntry,
+    VersionInfo,
+    now,
+)
+from medqwen_cli.errors import BundleError, BundleIntegrityError
+from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     import torch
-
-FORMAT_VERSION = 1
-MANIFEST = "bundle.json"
-INIT_FILE = "init.safetensors"
-ADAPTER_FILE = "adapter.safetensors"
-VERSION_FILE = "version.json"
-EVALS_FILE = "evals.jsonl"
-LOCK_FILE = ".lock"
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class VersionEntry(_Model):
-    id: str
-    parent: str | None
-    command: str
-    tasks: list[str] = Field(default_factory=list, description="tasks trained in this version")
-    created: str
-    sha256: str = Field(..., description="sha256 of the version's version.json")
-
-
-class Manifest(_Model):
-    format_version: int = FORMAT_VERSION
-    medqwen_version: str = __version__
-    created: str
-    base: dict[str, Any] = Field(..., description="BaseInfo: name, id, revision, fingerprint, ...")
-    method: dict[str, Any] = Field(..., description="adapter config used at init")
-    recipe: dict[str, Any] = Field(..., description="resolved recipe given at init")
-    init_sha256: str | None = None
-    versions: list[VersionEntry] = Field(default_factory=list)
-    head: str | None = None
-
-    @property
-    def tasks_seen(self) -> list[str]:
-        seen: list[str] = []
-        for entry in self.versions:
-            seen += [t for t in entry.tasks if t not in seen]
-        return seen
-
-
-class VersionInfo(_Model):
-    """Contents of versions/vNNNN/version.json."""
-
-    id: str
-    parent: str | None
-    command: str
-    tasks: list[str]
-    lineage_tasks: list[str] = Field(..., description="every task trained from v0001 to this one")
-    created: str
-    medqwen_version: str
-    recipe: dict[str, Any]
-    files: dict[str, str] = Field(..., description="file name -> sha256")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Any]:
-    """A binary file handle whose content replaces `path` only if the block finishes.
-
-    Written to a temporary file in the same directory, fsynced, then `os.replace`d; on an error the
-    temporary file is removed and `path` is untouched.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
-    with atomic_file(path) as fh:
-        fh.write(data)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-
-
-_SAFETENSORS_DTYPES = {
-    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16",
-    "torch.bfloat16": "BF16", "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16",
-    "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL",
-}  # fmt: skip
-
-
-class TensorWriter:
-    """A safetensors file written tensor by tensor, so a large set never sits in memory at once.
-
-    `add` appends each tensor's bytes to a spool file in `spool_dir` and keeps only its header
-    entry; `commit(path)` writes the header, copies the spool behind it into a temporary file next
-    to `path`, fsyncs, and renames it into place. The spool is removed on commit, on `discard`, and
-    when a `with` block exits with an error, which leaves nothing at `path`.
-    """
-
-    def __init__(self, spool_dir: Path) -> None:
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".tensors-", suffix=".spool", dir=spool_dir)
-        self._spool_path = Path(name)
-        self._spool = os.fdopen(fd, "wb")
-        self._header: dict[str, dict[str, Any]] = {}
-        self._end = 0
-
-    def __enter__(self) -> TensorWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is not None:
-            self.discard()
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._header
-
-    def numel(self) -> int:
-        total = 0
-        for entry in self._header.values():
-            count = 1
-            for dim in entry["shape"]:
-                count *= dim
-            total += count
-        return total
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        import torch
-
-        if name in self._header or name == "__metadata__":
-            raise ValueError(f"tensor name {name!r} is already used or reserved")
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        dtype = _SAFETENSORS_DTYPES.get(str(flat.dtype))
-        if dtype is None:
-            raise ValueError(f"{name}: dtype {flat.dtype} cannot be stored in safetensors here")
-        data = flat.view(torch.uint8).numpy()  # little-endian on every platform torch supports
-        self._spool.write(memoryview(data))
-        start, self._end = self._end, self._end + data.nbytes
-        self._header[name] = {
-            "dtype": dtype, "shape": list(tensor.shape), "data_offsets": [start, self._end]
-        }  # fmt: skip
-
-    def commit(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        """Write the finished file at `path` (atomically) and remove the spool."""
-        import struct
-
-        try:
-            self._spool.close()
-            header: dict[str, Any] = dict(self._header)
-            if metadata:
-                header["__metadata__"] = dict(metadata)
-            blob = json.dumps(header, separators=(",", ":")).encode()
-            blob += b" " * (-len(blob) % 8)  # the format lets the header be padded with spaces
-            with atomic_file(path) as out, open(self._spool_path, "rb") as spool:
-                out.write(struct.pack("<Q", len(blob)))
-                out.write(blob)
-                shutil.copyfileobj(spool, out, 1 << 24)
-        finally:
-            self.discard()
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self._spool.close()
-        with contextlib.suppress(OSError):
-            self._spool_path.unlink()
-
-
-def save_tensors(
-    path: Path,
-    tensors: dict[str, torch.Tensor] | TensorWriter,
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """safetensors file written atomically, one tensor at a time (no whole-file copy in memory)."""
-    if isinstance(tensors, TensorWriter):
-        tensors.commit(path, metadata)
-        return
-    with TensorWriter(path.parent) as writer:
-        for name, tensor in tensors.items():
-            writer.add(name, tensor)
-        writer.commit(path, metadata)
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(
-            f"cannot read tensors from {path}: {str(exc)[:160]}",
-            "the file is truncated or corrupt; restore it from a backup copy of the bundle",
-        ) from None
 
 
 def is_bundle(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
-def find_bundle(path: str | Path | None = None) -> Path:
-    """The bundle at `path`, else $MEDQWEN_BUNDLE, else the cwd or its nearest parent holding one."""
+def find_bundle(path: str | Path | None = None, settings: Settings | None = None) -> Path:
+    """The bundle at `path`, else `settings.bundle` ($MEDQWEN_BUNDLE), else the current directory
+    or its nearest parent holding one, like git. `settings` default: read from the environment."""
     if path is not None:
         p = Path(path).expanduser()
         if not p.exists():
@@ -283,9 +78,9 @@ def find_bundle(path: str | Path | None = None) -> Path:
                 "pass the directory made by `medqwen init-experts`",
             )
         return p.resolve()
-    env = os.environ.get("MEDQWEN_BUNDLE")
-    if env:
-        return find_bundle(env)
+    default = (settings if settings is not None else Settings.from_env()).bundle
+    if default is not None:
+        return find_bundle(default)
     here = Path.cwd().resolve()
     for candidate in (here, *here.parents):
         if is_bundle(candidate):
@@ -295,57 +90,6 @@ def find_bundle(path: str | Path | None = None) -> Path:
         "cd into a bundle, pass its path, or set MEDQWEN_BUNDLE; create one with "
         "`medqwen init-experts --base tiny-qwen2-vl --out DIR`",
     )
-
-
-# --------------------------------------------------------------------------- lock
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def bundle_lock(root: Path, command: str = "") -> Iterator[None]:
-    """Exclusive write lock: a second writer gets BundleLockedError; a dead holder's lock is taken over."""
-    lock = root / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": _now()}
-    for _attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}
-            stale = holder.get("host") == me["host"] and not _pid_alive(
-                int(holder.get("pid", 0) or 0)
-            )
-            if stale or not holder:
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            raise BundleLockedError(
-                f"bundle {root} is locked by process {holder.get('pid')} on {holder.get('host')} "
-                f"({holder.get('command') or 'unknown command'}, since {holder.get('since')})",
-                "wait for that command to finish; if it is gone on another host, delete "
-                f"{lock} by hand",
-            ) from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        break
-    else:  # pragma: no cover - two stale takeovers in a row
-        raise BundleLockedError(f"could not take the lock of {root}", "retry the command")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
 
 
 # --------------------------------------------------------------------------- bundle
@@ -361,8 +105,9 @@ class Bundle:
     # ----- opening and creating
 
     @classmethod
-    def open(cls, path: str | Path | None = None) -> Bundle:
-        root = find_bundle(path)
+    def open(cls, path: str | Path | None = None, settings: Settings | None = None) -> Bundle:
+        """The bundle `find_bundle(path, settings)` finds, its manifest read and validated."""
+        root = find_bundle(path, settings)
         return cls(root, cls._read_manifest(root))
 
     @staticmethod
@@ -420,7 +165,7 @@ class Bundle:
                 save_tensors(root / INIT_FILE, init_tensors, {"format": "medqwen-init"})
                 init_sha = sha256_file(root / INIT_FILE)
             manifest = Manifest(
-                created=_now(), base=base, method=method, recipe=recipe, init_sha256=init_sha
+                created=now(), base=base, method=method, recipe=recipe, init_sha256=init_sha
             )
             atomic_write_json(root / MANIFEST, manifest.model_dump(mode="json"))
         return cls(root, manifest)
@@ -611,7 +356,7 @@ class Bundle:
                     command=command,
                     tasks=tasks,
                     lineage_tasks=lineage_tasks,
-                    created=_now(),
+                    created=now(),
                     medqwen_version=__version__,
                     recipe=recipe,
                     files=digests,
@@ -626,7 +371,7 @@ class Bundle:
                     sha256=sha256_file(tmp / VERSION_FILE),
                 )
                 os.rename(tmp, versions / vid)  # refuses to replace an existing directory
-                _fsync_dir(versions)
+                fsync_dir(versions)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -647,10 +392,10 @@ class Bundle:
 
     def _next_id(self) -> str:
         """Next id after every published version and every directory on disk (even orphans)."""
-        used = [int(m.group(1)) for e in self.manifest.versions if (m := _VERSION_RE.match(e.id))]
+        used = [int(m.group(1)) for e in self.manifest.versions if (m := VERSION_RE.match(e.id))]
         vdir = self.root / "versions"
         if vdir.is_dir():
-            used += [int(m.group(1)) for p in vdir.iterdir() if (m := _VERSION_RE.match(p.name))]
+            used += [int(m.group(1)) for p in vdir.iterdir() if (m := VERSION_RE.match(p.name))]
         return f"v{max(used, default=0) + 1:04d}"
 
     # ----- evaluations
@@ -659,7 +404,7 @@ class Bundle:
         """Append evaluation lines {version, task, metric, value, ...} to evals.jsonl."""
         if not records:
             return
-        lines = "".join(json.dumps({"time": _now(), **r}, sort_keys=True) + "\n" for r in records)
+        lines = "".join(json.dumps({"time": now(), **r}, sort_keys=True) + "\n" for r in records)
         with (
             bundle_lock(self.root, "evaluate"),
             open(self.root / EVALS_FILE, "a", encoding="utf-8") as fh,
@@ -716,77 +461,3 @@ class Bundle:
                 f"(made on {self.manifest.base.get('model_id')})",
                 "apply the bundle to the base it was made on (see `medqwen inspect`)",
             )
-
-
-# --------------------------------------------------------------------------- summaries (no torch)
-
-
-def tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Shapes of the tensors in a safetensors file, read from its header only."""
-    import struct
-
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(
-            f"cannot read the header of {path}: {exc}", "the file is truncated or corrupt"
-        ) from None
-    header.pop("__metadata__", None)
-    return {k: v["shape"] for k, v in header.items()}
-
-
-def _count(shapes: dict[str, list[int]]) -> int:
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for dim in shape:
-            n *= dim
-        total += n
-    return total
-
-
-def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
-    """What `medqwen inspect` shows: manifest, head, parameter counts, integrity problems."""
-    m = bundle.manifest
-    summary: dict[str, Any] = {
-        "path": str(bundle.root),
-        "format_version": m.format_version,
-        "medqwen_version": m.medqwen_version,
-        "created": m.created,
-        "base": m.base,
-        "method": m.method,
-        "versions": len(m.versions),
-        "head": m.head,
-        "tasks_seen": m.tasks_seen,
-    }
-    damaged = bundle.damaged_files()
-    summary["damaged"] = damaged  # relative path -> problem; inspect exits 1 when not empty
-    summary["problems"] = [f"{k}: {v}" for k, v in damaged.items()] + bundle.unpublished_notes()
-    if m.versions:
-        vdir = bundle.version_dir(version)
-        summary["version"] = vdir.name
-        summary["trainable_parameters"] = summary["adapted_layers"] = None
-        with contextlib.suppress(BundleError):  # a damaged adapter is already in `damaged`
-            adapter = tensor_shapes(vdir / ADAPTER_FILE)
-            summary["trainable_parameters"] = _count(adapter)
-            summary["adapted_layers"] = sum(1 for k in adapter if k.endswith(".lora_A"))
-    if (bundle.root / INIT_FILE).is_file():
-        with contextlib.suppress(BundleError):
-            summary["frozen_init_parameters"] = _count(tensor_shapes(bundle.root / INIT_FILE))
-    base_path = Path(str(m.base.get("path", "")))
-    if base_path.is_dir():
-        try:
-            from medqwen_cli.modeling import checkpoint_files
-
-            summary["base_parameters"] = sum(
-                _count(tensor_shapes(f)) for f in checkpoint_files(base_path)
-            )
-        except Exception:  # the base may have moved; counts are informative only
-            summary["base_parameters"] = None
-    if summary.get("base_parameters") and summary.get("trainable_parameters"):
-        summary["trainable_percent"] = (
-            100.0 * summary["trainable_parameters"] / summary["base_parameters"]
-        )
-    return summary
