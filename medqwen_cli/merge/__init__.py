@@ -8,9 +8,9 @@ rank d, total rank r = E d, scale s)
 so no single dense weight reproduces it. The modes:
 
 routed  (exact)   base weights (hard-linked, or copied) + every adapter tensor (experts, routers,
-                  the W_res factors) + config.json + a self-contained modeling file
-                  (`merge_remote.py`). Loads with `load_merged(DIR)` (a transformers class with
-                  medqwen's routed layers) or with transformers alone
+                  the W_res factors) + config.json + a self-contained modeling file (`remote.py`,
+                  written as `modeling_medqwen_routed.py`). Loads with `load_merged(DIR)` (a
+                  transformers class with medqwen's routed layers) or with transformers alone
                   (`AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)`);
                   outputs equal the bundle applied to the base.
 dense   (approx.) W = W0 - W_res + s * sum_i wbar_i B_i A_i written into the base's own shards:
@@ -38,12 +38,17 @@ directory) is replaced. Library code: returns data, never prints.
 
 Modules: `export` (merge_bundle: options, staging, publishing), `calibration` (records, mean
 gates), `writers` (the folded update and the three writers), `loading` (load_merged and each
-mode's loader), `fidelity` (logits and task metrics), `core` (file names, errors, results).
+mode's loader), `fidelity` (logits and task metrics), `core` (file names, modes, errors,
+results; no torch), `remote` (the modeling file of routed exports: torch and transformers only).
+The names below are imported on first use, so `medqwen_cli.merge.core` (the modes the CLI offers)
+loads without torch.
 """
 
 from __future__ import annotations
 
-from medqwen_cli.merge.calibration import calibration_records, calibration_tasks, mean_gates
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from medqwen_cli.merge.core import (
     DEFAULT_CALIBRATION_SAMPLES,
     MANIFEST_FILE,
@@ -53,10 +58,33 @@ from medqwen_cli.merge.core import (
     MergeError,
     MergeResult,
 )
-from medqwen_cli.merge.export import merge_bundle
-from medqwen_cli.merge.fidelity import logit_fidelity, task_metrics
-from medqwen_cli.merge.loading import load_merged, read_manifest
-from medqwen_cli.merge.writers import lowrank_svd, update_factors
+
+if TYPE_CHECKING:
+    from medqwen_cli.merge.calibration import calibration_records, calibration_tasks, mean_gates
+    from medqwen_cli.merge.export import merge_bundle
+    from medqwen_cli.merge.fidelity import logit_fidelity, task_metrics
+    from medqwen_cli.merge.loading import load_merged, read_manifest
+    from medqwen_cli.merge.writers import lowrank_svd, update_factors
+
+_LAZY = {  # name -> module that defines it (these modules import torch)
+    "calibration_records": "calibration",
+    "calibration_tasks": "calibration",
+    "mean_gates": "calibration",
+    "merge_bundle": "export",
+    "logit_fidelity": "fidelity",
+    "task_metrics": "fidelity",
+    "load_merged": "loading",
+    "read_manifest": "loading",
+    "lowrank_svd": "writers",
+    "update_factors": "writers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"medqwen_cli.merge.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_CALIBRATION_SAMPLES",

@@ -13,12 +13,12 @@ FORMAT = 1
 MANIFEST_FILE = "merge_manifest.json"
 REPORT_FILE = "merge_report.json"
 ADAPTER_FILE = "medqwen_adapter.safetensors"  # routed: adapter tensors, checkpoint key layout
-REMOTE_FILE = "modeling_medqwen_routed.py"  # routed: a copy of merge_remote.py
+REMOTE_FILE = "modeling_medqwen_routed.py"  # routed: a copy of merge/remote.py
 INDEX_FILE = "model.safetensors.index.json"
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 DEFAULT_CALIBRATION_SAMPLES = 256
 HELD_OUT_SHARE = 0.2
-REMOTE_CLASSES = {  # base model_type -> (config class, model class) in merge_remote.py
+REMOTE_CLASSES = {  # base model_type -> (config class, model class) in remote.py
     "qwen2_vl": ("MedqwenRoutedQwen2VLConfig", "MedqwenRoutedQwen2VLForConditionalGeneration"),
     "qwen2_5_vl": (
         "MedqwenRoutedQwen2_5_VLConfig",

@@ -80,7 +80,7 @@ def _missing_in_checkpoint(names: Sequence[str], prefixes: dict[str, str], base:
 
 def write_routed(adapted: AdaptedModel, staging: Path, copy_base: bool) -> str:
     """Base shards linked/copied as base-*.safetensors, adapter file, index, config, code."""
-    from medqwen_cli import merge_remote
+    from medqwen_cli.merge import remote
 
     base = adapted.base
     files = checkpoint_files(base.path)
@@ -109,7 +109,7 @@ def write_routed(adapted: AdaptedModel, staging: Path, copy_base: bool) -> str:
     config_class, model_class = REMOTE_CLASSES[base.model_type]
     module = Path(REMOTE_FILE).stem
     config["medqwen_routed"] = {
-        "format": merge_remote.FORMAT,
+        "format": remote.FORMAT,
         "base_model_type": config["model_type"],
         "base_architectures": config.get("architectures") or [SUPPORTED_TYPES[base.model_type]],
         "adapter_file": ADAPTER_FILE,
@@ -119,7 +119,7 @@ def write_routed(adapted: AdaptedModel, staging: Path, copy_base: bool) -> str:
         "spectral": first.init_A is not None,
         "layers": sorted(layers),
     }
-    config["model_type"] = merge_remote.routed_model_type(base.model_type)
+    config["model_type"] = remote.routed_model_type(base.model_type)
     config["architectures"] = [model_class]
     config["auto_map"] = {
         "AutoConfig": f"{module}.{config_class}",
@@ -127,7 +127,7 @@ def write_routed(adapted: AdaptedModel, staging: Path, copy_base: bool) -> str:
         "AutoModelForVision2Seq": f"{module}.{model_class}",  # the name in transformers 4.x
     }
     atomic_write_json(staging / "config.json", config)
-    shutil.copyfile(merge_remote.__file__, staging / REMOTE_FILE)
+    shutil.copyfile(remote.__file__, staging / REMOTE_FILE)  # same bytes, export's own name
     _copy_support_files(Path(base.path), staging)
     return "copy" if how == {"copy"} else "hardlink" if how == {"hardlink"} else "hardlink+copy"
 
