@@ -3,7 +3,7 @@
 The base model is never loaded whole for the SVD pass: the checkpoint headers give every tensor's
 name and shape, the targets are selected on canonical module names, and each target weight is read
 alone (`safe_open(...).get_tensor`), decomposed, and dropped; its factors are appended to spool
-files on disk at once (`bundle.TensorWriter`). Peak memory is about one weight and its factors,
+files on disk at once (`_io.TensorWriter`). Peak memory is about one weight and its factors,
 whatever the model's size.
 
 The result is a new bundle: `init.safetensors` (frozen A_j0, B_j0 and the scale of every adapted
@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medqwen_cli.adapters.config import AdapterConfig
 from medqwen_cli.bundle import Bundle, TensorWriter
 from medqwen_cli.errors import AdapterError, BundleError
 from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
-from medqwen_cli.recipe import AdapterConfig, Recipe, recipe_to_dict
+from medqwen_cli.recipe import Recipe, recipe_to_dict
 
 if TYPE_CHECKING:
     import torch
@@ -125,10 +126,10 @@ def router_start(name: str, in_features: int, cfg: AdapterConfig) -> torch.Tenso
     from medqwen_cli.adapters import layer_seed
     from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD, TopKRouter
 
-    if cfg.num_experts == 1:
+    if not cfg.is_routed:
         return None
     router = TopKRouter(
-        in_features, cfg.num_experts, min(cfg.top_k, cfg.num_experts),
+        in_features, cfg.num_experts, cfg.routed_top_k,
         init_std=DEFAULT_ROUTER_INIT_STD, seed=layer_seed(cfg.seed, name + ".router"),
     )  # fmt: skip
     return router.weight.detach()
@@ -206,7 +207,7 @@ def init_experts(
                 fingerprint=info.fingerprint,
                 method=cfg.method,
                 experts=cfg.num_experts,
-                top_k=min(cfg.top_k, cfg.num_experts),
+                top_k=cfg.routed_top_k,
                 rank=cfg.rank,
                 adapted_layers=len(selection.selected),
                 skipped=selection.skipped,

@@ -1,7 +1,8 @@
 """Apply a bundle version to its base model: the one loader train, evaluate and merge share.
 
 Steps: find the base the bundle was made on (preset, local directory or HF cache), check its
-fingerprint, load it, inject adapters with the bundle's method and exact frozen init
+fingerprint, load it, inject adapters with the bundle's adapter settings (`bundle.json`'s
+`method`, the one place they are read from) and exact frozen init
 (`init.safetensors`, never a fresh SVD), then load the version's trainable tensors. Missing or
 unexpected keys, a shape mismatch or a different base fingerprint are errors; so is any file of
 the version's lineage that is missing or fails its checksum (checked before the base loads).
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medqwen_cli.adapters.config import AdapterConfig
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.errors import BaseModelError, BundleError
+from medqwen_cli.errors import BaseModelError, BundleError, RecipeError
 from medqwen_cli.modeling import BaseInfo, load_base, resolve_base
-from medqwen_cli.recipe import AdapterConfig, Recipe
+from medqwen_cli.recipe import Recipe
 
 
 @dataclass
@@ -29,12 +31,27 @@ class AdaptedModel:
 
 
 def adapter_config(bundle: Bundle) -> AdapterConfig:
-    return AdapterConfig.model_validate(bundle.manifest.method)
+    """The bundle's adapter settings (fixed at init), from its manifest's `method`."""
+    return AdapterConfig.model_validate(bundle.manifest.adapter_settings)
 
 
 def bundle_recipe(bundle: Bundle) -> Recipe:
-    """The recipe stored at init (paths already resolved)."""
-    return Recipe.model_validate(bundle.manifest.recipe)
+    """The recipe stored at init (paths already resolved), its `adapter` = `adapter_config`."""
+    return Recipe.model_validate(bundle.manifest.stored_recipe())
+
+
+def check_adapter(bundle: Bundle, adapter: AdapterConfig) -> None:
+    """Refuse adapter settings that change a field fixed when the bundle was made."""
+    stored = bundle.manifest.adapter_settings
+    changed = adapter.fixed_changes(stored)
+    if changed:
+        raise RecipeError(
+            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
+            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
+            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
+            "train.*, data, tasks, eval) "
+            "may change; start a new bundle with `medqwen init-experts` for another structure",
+        )
 
 
 def bundle_base(bundle: Bundle) -> BaseInfo:
@@ -70,18 +87,27 @@ def load_adapted(
     dtype: str = "auto",
     device: str = "auto",
     max_pixels: int | None = None,
+    adapter: AdapterConfig | None = None,
 ) -> AdaptedModel:
-    """The base model with the adapters of `version` (default head) in place, in eval mode."""
+    """The base model with the adapters of `version` (default head) in place, in eval mode.
+
+    `adapter` (default: the bundle's) may change the training fields (dropout, dropout_masks,
+    balance_loss) of the bundle's settings, never a field fixed at init (see `check_adapter`).
+    """
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
 
+    if adapter is None:
+        adapter = adapter_config(bundle)
+    else:
+        check_adapter(bundle, adapter)
     vid = bundle.resolve_version(version)
     # Both verified before the base loads: init.safetensors and every file of the lineage
     # (Bundle.check_version), so a damaged bundle fails at once.
-    adapter = bundle.read_adapter(vid)
+    trained = bundle.read_adapter(vid)
     init = bundle.read_init()
     info = bundle_base(bundle)
     model, processor, info = load_base(info, dtype=dtype, device=device, max_pixels=max_pixels)
-    report = inject_adapters(model, adapter_config(bundle), init)
-    load_adapter_state(model, adapter)
+    report = inject_adapters(model, adapter, init)
+    load_adapter_state(model, trained)
     model.eval()
     return AdaptedModel(model, processor, info, vid, report)

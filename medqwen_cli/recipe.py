@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# The `adapter` section: defined with the method's facts, re-exported for recipe importers.
+from medqwen_cli.adapters.config import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
+from medqwen_cli.adapters.config import DEFAULT_TARGETS as DEFAULT_TARGETS
+from medqwen_cli.adapters.config import AdapterConfig
+from medqwen_cli.adapters.config import Method as Method
 from medqwen_cli.errors import RecipeError
 
 # Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
@@ -27,13 +31,6 @@ BUILTIN_TASKS = (
     "xray", "ct", "mri", "fundus", "pathology", "dicom", "cxr-rules", "ct-rules", "derm-rules",
 )  # fmt: skip
 
-DEFAULT_TARGETS = [
-    r"layers\.\d+\.self_attn\.(q|k|v|o)_proj$",
-    r"layers\.\d+\.mlp\.(gate|up|down)_proj$",
-]
-DEFAULT_EXCLUDE = [r"(^|\.)visual\.", r"(^|\.)lm_head$"]
-
-Method = Literal["sslora", "moelora", "lora", "pissa"]
 DatasetFormat = Literal[
     "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom"
 ]
@@ -58,91 +55,6 @@ class ModelConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Device: auto = cuda when available, else cpu."
     )
-
-
-class AdapterConfig(_Strict):
-    method: Method = Field(
-        "sslora",
-        description="sslora = routed experts from spectral segments (this method); moelora = "
-        "routed experts with random init; lora = one rank-r LoRA; pissa = principal-SVD LoRA.",
-    )
-    experts: int = Field(8, ge=1, le=256, description="Number of experts E (lora/pissa use 1).")
-    top_k: int = Field(2, ge=1, description="Experts routed per token (k <= E).")
-    rank: int = Field(32, ge=1, description="Total rank r over all experts; per-expert rank r/E.")
-    scaling: Literal["theory", "constant"] = Field(
-        "theory",
-        description="theory: s = sqrt(3 * fan_in * eta / d) per layer (GOAT's released `goat` "
-        "init: this rule with eta 1, rho 10); constant: s = alpha / d (16 at alpha 64, d 4). Every "
-        "method follows it with its own d (lora and pissa: d = r), so one learning rate means "
-        "matched step sizes.",
-    )
-    alpha: float = Field(64.0, gt=0, description="Constant-scaling numerator: s = alpha / d.")
-    eta: float = Field(
-        1.0,
-        gt=0,
-        description="LR ratio (full fine-tuning LR / adapter LR) of the theory rule; 1.0 as in "
-        "GOAT's scripts (ETA=1.0).",
-    )
-    rho: float = Field(
-        10.0, gt=0, description="Damping of the spectral init: s*B0*A0 = U S V^T / rho."
-    )
-    segments: Literal["spread", "principal", "minor", "random"] = Field(
-        "spread", description="Which singular indices each expert takes (sslora)."
-    )
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
-    dropout_masks: Literal["shared", "per_expert"] = Field(
-        "shared",
-        description="shared: one dropout mask of the layer input for every expert; per_expert: "
-        "each expert draws its own mask (GOAT's one Dropout per expert, p 0.05 there), at the "
-        "cost of E copies of the input in memory while training.",
-    )
-    balance_loss: float = Field(
-        1e-3,
-        ge=0,
-        description="Weight lambda of the load-balance loss, summed over routed layers with "
-        "GOAT's normalisation (k per layer when uniform); 0 turns it off.",
-    )
-    targets: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TARGETS),
-        description="Regexes searched in module names; a linear layer matching one is adapted.",
-    )
-    exclude: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_EXCLUDE),
-        description="Regexes of module names never adapted (vision tower, merger, lm_head).",
-    )
-    seed: int = Field(0, description="Seed for router init, random segments and random factors.")
-
-    @field_validator("targets", "exclude")
-    @classmethod
-    def _regexes_compile(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _shapes_fit(self) -> AdapterConfig:
-        experts = 1 if self.method in ("lora", "pissa") else self.experts
-        if self.method in ("sslora", "moelora"):
-            if self.top_k > experts:
-                raise ValueError(f"top_k ({self.top_k}) must be <= experts ({experts})")
-            if self.rank % experts:
-                raise ValueError(
-                    f"rank ({self.rank}) must be divisible by experts ({experts}) so every expert "
-                    f"gets the same rank; try rank={experts * max(1, round(self.rank / experts))}"
-                )
-        return self
-
-    @property
-    def num_experts(self) -> int:
-        """Experts actually used: lora and pissa are single-expert methods."""
-        return 1 if self.method in ("lora", "pissa") else self.experts
-
-    @property
-    def expert_rank(self) -> int:
-        return self.rank // self.num_experts
 
 
 class DatasetSpec(_Strict):

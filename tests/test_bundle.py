@@ -344,3 +344,36 @@ def test_bundle_and_io_import_no_model_code() -> None:
     loaded = json.loads(subprocess.run([*run, "medqwen_cli._io"], capture_output=True, text=True,
                                        check=True).stdout)  # fmt: skip
     assert loaded == ["medqwen_cli", "medqwen_cli._io", "medqwen_cli.errors"]
+
+
+def test_a_manifest_written_the_old_way_reads_its_adapter_from_method(tmp_path: Path) -> None:
+    """bundle.json as every format-1 writer has made it: the adapter settings in `method` and
+    again in `recipe.adapter`. Readers take them from `method` alone."""
+    from medqwen_cli.loading import adapter_config, bundle_recipe
+
+    adapter = {
+        "method": "moelora", "experts": 4, "top_k": 2, "rank": 8, "scaling": "theory",
+        "alpha": 64.0, "eta": 1.0, "rho": 10.0, "segments": "spread", "dropout": 0.0,
+        "dropout_masks": "shared", "balance_loss": 0.001, "targets": ["q_proj$"],
+        "exclude": ["(^|\\.)visual\\."], "seed": 3,
+    }  # fmt: skip
+    root = tmp_path / "old"
+    root.mkdir()
+    manifest = {
+        "format_version": 1,
+        "medqwen_version": "0.1.0",
+        "created": "2025-01-01T00:00:00+00:00",
+        "base": {"name": "tiny-qwen2-vl", "source": "preset", "fingerprint": "abc"},
+        "method": adapter,
+        "recipe": {"model": {"base": "tiny-qwen2-vl"}, "adapter": {**adapter, "dropout": 0.3}},
+        "init_sha256": None,
+        "versions": [],
+        "head": None,
+    }
+    (root / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    b = Bundle.open(root)
+    cfg = adapter_config(b)
+    assert cfg.model_dump(mode="json") == adapter and cfg.num_experts == 4 and cfg.is_routed
+    assert bundle_recipe(b).adapter == cfg  # the recipe's copy never overrides `method`
+    assert b.manifest.model_dump(mode="json") == manifest  # read as written, nothing rewritten
+    assert json.loads((root / "bundle.json").read_text()) == manifest

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medqwen_cli.adapters.config import AdapterConfig
 from medqwen_cli.adapters.layer import RoutedLoRALinear
 from medqwen_cli.adapters.naming import canonical_module_name, layer_kind
 from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD
 from medqwen_cli.adapters.spectral import init_layer, layer_seed
 from medqwen_cli.errors import AdapterError
-from medqwen_cli.recipe import AdapterConfig
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _layer_init(
 ) -> dict[str, Tensor]:
     if given is None:
         return init_tensors_for(base.weight, cfg, name)
-    keys = ("init_A", "init_B", "scale") if cfg.method in ("sslora", "pissa") else ("scale",)
+    keys = ("init_A", "init_B", "scale") if cfg.is_spectral else ("scale",)
     missing = [f"{name}.{k}" for k in keys if f"{name}.{k}" not in given]
     if missing:
         raise AdapterError(
@@ -142,7 +142,7 @@ def _layer_init(
             )
     if f"{name}.lora_A" in given and f"{name}.lora_B" in given:  # explicit trainable start
         init["lora_A"], init["lora_B"] = given[f"{name}.lora_A"], given[f"{name}.lora_B"]
-    elif cfg.method in ("sslora", "pissa"):  # trainable start = frozen factors
+    elif cfg.is_spectral:  # trainable start = frozen factors
         init["lora_A"], init["lora_B"] = init["init_A"], init["init_B"]
     else:  # random start, regenerated from the layer seed (no SVD)
         fresh = init_tensors_for(base.weight, cfg, name)
@@ -181,7 +181,7 @@ def inject_adapters(
         raw_name, base = modules[canon]
         init = _layer_init(canon, base, cfg, init_tensors)
         layer = RoutedLoRALinear(
-            base, init, experts=cfg.num_experts, top_k=min(cfg.top_k, cfg.num_experts),
+            base, init, experts=cfg.num_experts, top_k=cfg.routed_top_k,
             dropout=cfg.dropout, dropout_masks=cfg.dropout_masks, router_init_std=router_init_std,
             router_seed=layer_seed(cfg.seed, canon + ".router"),
         )  # fmt: skip

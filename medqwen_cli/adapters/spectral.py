@@ -43,13 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medqwen_cli.adapters.config import METHODS, Method, is_spectral, num_experts
 from medqwen_cli.errors import AdapterError
 
-MethodName = Literal["sslora", "pissa", "lora", "moelora"]
 SvdRoute = Literal["auto", "svd", "gram"]
 SegmentKind = Literal["spread", "principal", "minor", "random"]
-SPECTRAL_METHODS = ("sslora", "pissa")
-SINGLE_EXPERT_METHODS = ("lora", "pissa")
 GRAM_MIN_RATIO = 1e-5  # a chosen sigma below this * sigma_max: use a float64 SVD instead
 _GRAM_BLOCK_ROWS = 2048  # rows of W converted to float64 at a time
 _GRAM_PANEL = 512  # columns of the Gram's lower triangle per product
@@ -289,7 +287,7 @@ def kaiming_uniform(rows: int, fan_in: int, seed: int) -> Tensor:
 def init_layer(
     weight: Tensor,
     *,
-    method: MethodName = "sslora",
+    method: Method = "sslora",
     experts: int = 8,
     rank: int = 32,
     scaling: str = "theory",
@@ -309,12 +307,12 @@ def init_layer(
     (see `layer_seed`); the SVD is skipped for lora and moelora. `svd_route` picks how the chosen
     triplets are computed (see `spectral_triplets`).
     """
-    if method not in ("sslora", "pissa", "lora", "moelora"):
-        raise AdapterError(f"unknown method {method!r}", "use sslora, moelora, lora or pissa")
+    if method not in METHODS:
+        raise AdapterError(f"unknown method {method!r}", "use " + ", ".join(METHODS))
     if weight.dim() != 2:
         raise AdapterError(f"expected a 2-D weight (out x in), got shape {tuple(weight.shape)}")
     m, n = weight.shape
-    e = 1 if method in SINGLE_EXPERT_METHODS else experts
+    e = num_experts(method, experts)
     if e < 1 or rank % e:
         raise AdapterError(f"rank {rank} is not divisible by experts {e}", "use rank = E * d")
     d = rank // e
@@ -324,7 +322,7 @@ def init_layer(
     s = layer_scale(scaling, n, d, alpha, eta)
     device = weight.device
     out: dict[str, Tensor] = {"scale": torch.tensor(s, dtype=torch.float32, device=device)}
-    if method in SPECTRAL_METHODS:
+    if is_spectral(method):
         kind: SegmentKind = "principal" if method == "pissa" else segments
         indices = segment_indices(min(m, n), e, d, kind, seed)  # (E, d)
         u, sigma, vh = spectral_triplets(weight, indices, route=svd_route, dtype=svd_dtype)
