@@ -1,16 +1,18 @@
-"""`medqwen demo`: the whole continual loop on built-in medical tasks, as ordinary CLI calls.
+"""`medqwen demo`: the whole continual loop on built-in medical tasks, step by step.
 
 For each method (lora, moelora, sslora at the same total rank) the demo creates a bundle, scores
 the base zero-shot, then `continue`s through a 3-task sequence (radiograph -> CT -> pathology),
 each step evaluating every task seen; finally one forgetting report puts the methods side by side
-with a plot. The plan is plain data (argv lists) so the CLI can print each command before running
-it: a user can copy any line and run it by hand. Each step's JSON result is kept off the terminal
-and summed up in one line (`step_summary`); the scores in those lines and in the report are each
-task's headline metric, `headline_mean` (`HEADLINE_NOTE`).
+with a plot. The plan is plain data (`Step`s): the CLI prints each step as the command line it
+stands for, which a user can copy and run by hand, then calls the library function behind that
+command. Each step's result is summed up in one line (`step_summary`) instead of its JSON; the
+scores in those lines and in the report are each task's headline metric, `headline_mean`
+(`HEADLINE_NOTE`).
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ HEADLINE_NOTE = (
     "accuracy, POPE F1), 0 to 1, higher is better"
 )
 METHODS = ("lora", "moelora", "sslora")
+JSON = ("--format", "json")
 
 
 @dataclass(frozen=True)
@@ -69,53 +72,59 @@ def demo_recipe(base: str, quick: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of the demo: the CLI call it stands for (`argv`, without the program name:
+    printed before the step runs and recorded in the version it makes) and what the library call
+    behind it needs."""
+
+    argv: tuple[str, ...]
+    bundles: tuple[Path, ...]  # the bundle it works on; the forgetting report: all of them
+    method: str | None = None  # init-experts
+    task: str | None = None  # continue
+
+    @property
+    def command(self) -> str:
+        return self.argv[0]
+
+    @property
+    def line(self) -> str:
+        return "medqwen " + shlex.join(self.argv)
+
+
 def demo_plan(
     out: Path, recipe_file: Path, base: str, methods: tuple[str, ...] = METHODS
-) -> list[list[str]]:
-    """The CLI calls of the demo, in order (argv without the program name)."""
-    plan: list[list[str]] = []
+) -> list[Step]:
+    """The steps of the demo, in order. Each step's result is summed up on stderr (its CLI call
+    says --format json); the forgetting report is printed as the table it says."""
+    plan: list[Step] = []
     for method in methods:
-        bundle = str(out / method)
-        plan.append(
-            [
-                "init-experts",
-                "--base",
-                base,
-                "--recipe",
-                str(recipe_file),
-                "--out",
-                bundle,
-                "--method",
-                method,
-            ]
-        )
-        plan.append(["evaluate", bundle, "--base-only", *[a for t in TASKS for a in ("--task", t)]])
-        plan += [["continue", bundle, "--task", task] for task in TASKS]
-    plan.append(
-        [
-            "forgetting-report",
-            *(str(out / m) for m in methods),
-            "--plot",
-            str(out / "forgetting.png"),
-        ]
-    )
+        b = out / method
+        init = ("init-experts", "--base", base, "--recipe", str(recipe_file), "--out", str(b))
+        plan.append(Step((*init, "--method", method, *JSON), (b,), method=method))
+        tasks = tuple(a for t in TASKS for a in ("--task", t))
+        plan.append(Step(("evaluate", str(b), "--base-only", *tasks, *JSON), (b,)))
+        plan += [Step(("continue", str(b), "--task", t, *JSON), (b,), task=t) for t in TASKS]
+    bundles = tuple(out / m for m in methods)
+    report = ("forgetting-report", *map(str, bundles), "--plot", str(out / "forgetting.png"))
+    plan.append(Step((*report, "--format", "table"), bundles))
     return plan
 
 
-def step_summary(argv: list[str], result: dict[str, Any]) -> str:
-    """One line for a step's JSON result (init-experts, evaluate or continue)."""
+def step_summary(step: Step, result: dict[str, Any]) -> str:
+    """One line for a step's result (init-experts, evaluate or continue), as its JSON has it."""
 
     def scores(pairs: list[tuple[str, Any]]) -> str:
         return ", ".join(f"{t} {'n/a' if v is None else f'{v:.3f}'}" for t, v in pairs)
 
-    name = Path(argv[1] if argv[0] != "init-experts" else argv[argv.index("--out") + 1]).name
-    if argv[0] == "init-experts":
+    name = step.bundles[0].name
+    if step.command == "init-experts":
         return (
             f"{name}: {result['adapted_layers']} layers adapted, {result['trainable_params']:,} "
             f"trainable parameters ({result['ratio_to_full_moe']:.1f}x fewer than a full-rank "
             f"MoE), {result['seconds']:.1f} s"
         )
-    if argv[0] == "evaluate":
+    if step.command == "evaluate":
         heads = [(t, h["value"]) for t, h in result["headlines"].items()]
         return f"{name} {result['version']}: {scores(heads)} ({result['seconds']:.1f} s)"
     heads = [

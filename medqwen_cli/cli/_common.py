@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,16 +19,34 @@ BundleArg = Annotated[
     ),
 ]
 
-FORMATS = ("table", "json", "csv")
-FormatOpt = Annotated[
-    str,
-    typer.Option(
+FIELDS = ["field", "value"]  # the columns of a one-record result (init-experts, inspect, ...)
+FORMATS = ("table", "json", "csv")  # every command; forgetting-report adds markdown, predict jsonl
+
+
+def one_of(choices: Sequence[str]) -> str:
+    """'a or b', 'one of a, b, c': the choices in a message or a help text."""
+    return " or ".join(choices) if len(choices) == 2 else f"one of {', '.join(choices)}"
+
+
+def check_choice(value: str, choices: Sequence[str], param_hint: str) -> str:
+    """Bad usage (exit 2) unless `value` is one of `choices`."""
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r} is not {one_of(choices)}", param_hint=param_hint)
+    return value
+
+
+def format_option(formats: Sequence[str] = FORMATS) -> Any:
+    *first, last = formats
+    return typer.Option(
         "--format",
         "-f",
-        help="Output format: table, json or csv (default: table on a terminal, json otherwise).",
+        help=f"Output format: {', '.join(first)} or {last} (default: table on a terminal, json "
+        "otherwise).",
         show_default=False,
-    ),
-]
+    )
+
+
+FormatOpt = Annotated[str, format_option()]
 
 SetOpt = Annotated[
     list[str] | None,
@@ -35,10 +54,10 @@ SetOpt = Annotated[
 ]
 
 
-def resolve_format(value: str, allowed: tuple[str, ...] = FORMATS) -> str:
+def resolve_format(value: str, allowed: Sequence[str] = FORMATS) -> str:
     if value in ("", "auto"):
         return "table" if sys.stdout.isatty() else "json"
-    if value not in allowed:
+    if value not in allowed:  # always 'one of': there are three or more
         raise typer.BadParameter(
             f"{value!r} is not one of {', '.join(allowed)}", param_hint="--format"
         )

@@ -1,13 +1,14 @@
-"""All rendering: tables (rich), JSON and CSV on stdout; messages on stderr."""
+"""All rendering: tables (rich), Markdown, JSON and CSV on stdout (`emit`); messages on stderr."""
 
 from __future__ import annotations
 
-import csv
+import csv as _csv
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -40,24 +41,74 @@ def table(
     return t
 
 
+@dataclass(frozen=True)
+class Rows:
+    """One table of a result: rows (dicts) under named columns. `title` heads it in a terminal;
+    `caption` is the line above it in Markdown."""
+
+    rows: Sequence[Mapping[str, Any]]
+    columns: Sequence[str]
+    title: str | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    """Prose between tables, per format: `table` in a terminal, `markdown` in Markdown (None:
+    nothing in that format)."""
+
+    table: str | None = None
+    markdown: str | None = None
+
+
+Block = Rows | Text
+
+
 def emit(
-    fmt: str,
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str],
-    *,
-    title: str | None = None,
-    data: Any = None,
+    fmt: str, blocks: Rows | Sequence[Block], *, data: Any = None, csv: Rows | None = None
 ) -> None:
-    """Print `rows` as a table or CSV, or `data` (default: rows) as JSON."""
-    if fmt == "json":
-        sys.stdout.write(json.dumps(rows if data is None else data, indent=2, default=str) + "\n")
+    """Print a result on stdout; every command renders through here.
+
+    table     every block: rich tables with their titles, text as given
+    markdown  every block, a blank line apart: caption, pipe table; text as given
+    csv       `csv` (default: the first table): header, then rows (None -> "", lists joined by ;)
+    json      `data` (default: the first table's rows), indented
+    jsonl     one compact line per item of `data` (a list)
+    """
+    blocks = [blocks] if isinstance(blocks, Rows) else list(blocks)
+    tables = [b for b in blocks if isinstance(b, Rows)]
+    if fmt in ("json", "jsonl"):
+        data = list(tables[0].rows) if data is None else data
+        if fmt == "json":
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            sys.stdout.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in data)
     elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
+        view = csv or tables[0]
+        writer = _csv.DictWriter(sys.stdout, fieldnames=list(view.columns), extrasaction="ignore")
         writer.writeheader()
-        for row in rows:
-            writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
+        for row in view.rows:
+            writer.writerow({c: _csv_cell(row.get(c)) for c in view.columns})
+    elif fmt == "markdown":
+        pieces = (_markdown(b) for b in blocks)
+        sys.stdout.write("\n".join(p for p in pieces if p is not None))
     else:
-        stdout.print(table(rows, columns, title))
+        for b in blocks:
+            if isinstance(b, Rows):
+                stdout.print(table(b.rows, b.columns, b.title))
+            elif b.table is not None:
+                stdout.print(b.table, markup=False, highlight=False)
+
+
+def _markdown(block: Block) -> str | None:
+    if isinstance(block, Text):
+        return block.markdown
+    lines = [f"{block.caption}", ""] if block.caption else []
+    lines += ["| " + " | ".join(block.columns) + " |", "|" + "---|" * len(block.columns)]
+    for row in block.rows:
+        cells = ["" if row[c] is None else str(row[c]).replace("|", "\\|") for c in block.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _csv_cell(value: Any) -> Any:
@@ -68,13 +119,11 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def key_values(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> None:
-    t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    for key, value in pairs:
-        t.add_row(key, _cell(value))
-    stdout.print(t)
+def error(message: str, hint: str | None = None) -> None:
+    """A failure as `medqwen` reports it: `Error: ...`, then `Hint: ...`, on stderr."""
+    sys.stderr.write(f"Error: {message}\n")
+    if hint:
+        sys.stderr.write(f"Hint: {hint}\n")
 
 
 def note(message: str, *, warning: bool = False) -> None:
@@ -172,21 +221,3 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def redirect_stdout_to_stderr():
-    """Context: results printed inside go to stderr (used when one command drives others)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _swap():
-        global stdout
-        saved_console, saved_stream = stdout, sys.stdout
-        stdout = stderr
-        sys.stdout = sys.stderr
-        try:
-            yield
-        finally:
-            stdout, sys.stdout = saved_console, saved_stream
-
-    return _swap()

@@ -18,6 +18,7 @@ import typer
 from medqwen_cli import __version__
 from medqwen_cli.cli import (
     _common,
+    _output,
     demo_cmd,
     evaluate_cmd,
     forgetting_cmd,
@@ -90,17 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     except MedqwenError as exc:
         if _debug():
             traceback.print_exc()
-        sys.stderr.write(f"Error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"Hint: {exc.hint}\n")
+        _output.error(exc.message, exc.hint)
         sys.exit(1)
     except Interrupted as exc:  # Ctrl-C in training: where it stopped, what a rerun resumes
-        sys.stderr.write(f"Error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"Hint: {exc.hint}\n")
+        _output.error(exc.message, exc.hint)
         sys.exit(130)
     except KeyboardInterrupt:
-        sys.stderr.write("Error: interrupted\n")
+        _output.error("interrupted")
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130:  # typer turns a Ctrl-C elsewhere into exit 130 without a word

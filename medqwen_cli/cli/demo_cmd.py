@@ -1,26 +1,26 @@
-"""`medqwen demo`: the continual loop for lora, moelora and sslora, each step a printed CLI call."""
+"""`medqwen demo`: the continual loop for lora, moelora and sslora: each step printed as the CLI
+call it stands for, then run by the library function behind that command."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import shlex
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import SetOpt
+from medqwen_cli.cli import _output, evaluate_cmd, forgetting_cmd
+from medqwen_cli.cli._common import SetOpt, one_of
+from medqwen_cli.demo import SETTINGS, TASKS, Step
+
+BASES = sorted({b for b, _ in SETTINGS})
 
 
 def demo(
-    base: str = typer.Option(
-        "tiny-qwen2-vl", "--base", "-b", help="tiny-qwen2-vl, tiny-qwen2.5-vl or nano-qwen2-vl."
-    ),
+    base: str = typer.Option("tiny-qwen2-vl", "--base", "-b", help=f"Base: {one_of(BASES)}."),
     out: Path = typer.Option(
         Path("medqwen-demo"),
         "--out",
@@ -37,7 +37,6 @@ def demo(
     import yaml
 
     from medqwen_cli.bundle import atomic_write_bytes
-    from medqwen_cli.cli.app import main
     from medqwen_cli.demo import HEADLINE_NOTE, check_demo, demo_plan, demo_recipe, step_summary
     from medqwen_cli.errors import MedqwenError
     from medqwen_cli.recipe import apply_overrides, build_recipe
@@ -55,28 +54,19 @@ def demo(
     plan = demo_plan(out, recipe_file, base)
     _output.note(HEADLINE_NOTE)
     with _each_warning_once():
-        for i, argv in enumerate(plan, 1):
-            is_report = argv[0] == "forgetting-report"
-            args = [*argv, "--format", "table" if is_report else "json"]
-            _output.note(f"[{i}/{len(plan)}] $ medqwen {shlex.join(args)}")
-            captured = io.StringIO()
-            try:
-                if is_report:
-                    main(args)
-                else:  # the JSON result is summed up in one line; stdout keeps the report
-                    with contextlib.redirect_stdout(captured):
-                        main(args)
-            except SystemExit as exc:
-                if exc.code == 130:  # Ctrl-C: the step said where it stopped; stop as it did
-                    raise
-                if exc.code not in (0, None):
-                    raise MedqwenError(
-                        f"demo step {i} failed: medqwen {shlex.join(args)}",
-                        "the error is printed above; rerun that command by hand to investigate",
-                    ) from None
-            if not is_report:
+        for i, step in enumerate(plan, 1):
+            _output.note(f"[{i}/{len(plan)}] $ {step.line}")
+            try:  # a Ctrl-C passes through: main() says where training stopped, exit 130
+                result = _run(step, recipe_file, base)
+            except MedqwenError as exc:
+                _output.error(exc.message, exc.hint)
+                raise MedqwenError(
+                    f"demo step {i} failed: {step.line}",
+                    "the error is printed above; rerun that command by hand to investigate",
+                ) from None
+            if result is not None:
                 try:
-                    summary = step_summary(argv, json.loads(captured.getvalue()))
+                    summary = step_summary(step, result)
                 except (ValueError, KeyError, TypeError):  # never fail a finished step on a summary
                     summary = "done (no summary: the result was not the expected JSON)"
                 _output.note("  " + summary)
@@ -84,6 +74,37 @@ def demo(
     _output.note(
         f"demo finished in {time.perf_counter() - start:.0f} s; bundles, recipe and plot in {out}"
     )
+
+
+def _run(step: Step, recipe_file: Path, base: str) -> dict[str, Any] | None:
+    """Do what `step.argv` does through the CLI, by the library call behind it: the same stderr
+    (progress, notes), the result as its JSON would have it; the report goes to stdout."""
+    (bundle, *_) = step.bundles
+    if step.command == "init-experts":
+        from medqwen_cli.init_experts import init_experts
+        from medqwen_cli.recipe import load_recipe
+
+        recipe = load_recipe(recipe_file, [f"adapter.method={step.method}", f"model.base={base}"])
+        with _output.progress("SVD per layer") as bar:
+            return init_experts(recipe, bundle, command=step.line, progress=bar).to_dict()
+    if step.command == "evaluate":
+        from medqwen_cli.evaluation.api import evaluate_bundle
+
+        with _output.progress("evaluate") as bar:
+            result = evaluate_bundle(bundle, tasks=TASKS, base_only=True, progress=bar)
+        evaluate_cmd.note_result(result)
+        return result.to_dict()
+    if step.command == "continue":
+        from medqwen_cli.training.run import continue_bundle
+
+        with _output.TrainProgress() as bar, _output.progress("evaluate") as ebar:
+            result = continue_bundle(
+                bundle, task=step.task, command=step.line, progress_fn=bar, eval_progress=ebar
+            )
+        return result.to_dict()
+    plot = Path(step.argv[step.argv.index("--plot") + 1])
+    forgetting_cmd.report(list(step.bundles), metric=None, fmt="table", plot=plot)
+    return None
 
 
 @contextlib.contextmanager

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
+from medqwen_cli.cli._common import BundleArg, FormatOpt, check_choice, resolve_format
+
+if TYPE_CHECKING:
+    from medqwen_cli.evaluation.api import EvaluationResult
 
 COLUMNS = ["task", "type", "metric", "value", "n"]
 
@@ -51,13 +55,11 @@ def evaluate(
     """Answer each task's evaluation split, print the metrics per task and record type, and
     append them to the bundle's evals.jsonl (read by forgetting-report)."""
 
-    from medqwen_cli.evaluation.api import evaluate_bundle
+    from medqwen_cli.evaluation.api import SCORINGS, evaluate_bundle
 
     fmt = resolve_format(fmt)
-    if scoring is not None and scoring not in ("likelihood", "generate"):
-        raise typer.BadParameter(
-            f"{scoring!r} is not likelihood or generate", param_hint="--scoring"
-        )
+    if scoring is not None:
+        check_choice(scoring, SCORINGS, "--scoring")
     if base_only and version is not None:
         raise typer.BadParameter("give either --version or --base-only", param_hint="--version")
     with _output.progress("evaluate") as bar:
@@ -71,6 +73,19 @@ def evaluate(
             progress=bar,
             overrides=overrides,
         )
+    note_result(result)
+    rows = result.rows()
+    marked = [{**row, "metric": row["metric"] + " *" * bool(row["headline"])} for row in rows]
+    _output.emit(
+        fmt,
+        _output.Rows(marked, COLUMNS, title=f"{result.bundle} {result.version} (* headline)"),
+        csv=_output.Rows(rows, [*COLUMNS, "headline", "reason"]),
+        data=result.to_dict(),
+    )
+
+
+def note_result(result: EvaluationResult) -> None:
+    """The stderr lines of an evaluation: samples, time, rate, where the lines and predictions went."""
     rate = result.samples_per_second
     _output.stderr.print(
         f"{result.version}: {result.n} samples, {len(result.tasks)} task(s), "
@@ -85,10 +100,3 @@ def evaluate(
         _output.stderr.print(
             f"predictions written to {result.predictions_file}", markup=False, highlight=False
         )
-    rows = [
-        {**row, "metric": row["metric"] + (" *" if row["headline"] and fmt == "table" else "")}
-        for row in result.rows()
-    ]
-    title = f"{result.bundle} {result.version} (* headline)"
-    _output.emit(fmt, rows, COLUMNS + ([] if fmt == "table" else ["headline", "reason"]),
-                 title=title, data=result.to_dict())  # fmt: skip

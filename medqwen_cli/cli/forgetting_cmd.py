@@ -3,24 +3,23 @@ and the forgetting curves recorded by `train`/`continue --watch`."""
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import resolve_format
+from medqwen_cli.cli._common import FORMATS as _FORMATS
+from medqwen_cli.cli._common import format_option, resolve_format
 
-FORMATS = ("table", "json", "csv", "markdown")
+FORMATS = (*_FORMATS, "markdown")
 CSV_COLUMNS = ["run", "kind", "row", "task", "name", "value", "definition", "reason", "step"]
 FIGURE_COLUMNS = ["figure", "value", "definition", "reason"]
 TASK_COLUMNS = [
     "task", "metric", "trained in", "just trained", "final", "drop", "relative drop", "forgetting"
 ]  # fmt: skip
 CELL_DEF = "R[i][j] = score on task j after version i"
+MATRIX_DEF = f"{CELL_DEF} (* = just trained)"
 
 
 def _task_definitions() -> tuple[str, ...]:
@@ -39,13 +38,7 @@ def forgetting_report(
     metric: str | None = typer.Option(
         None, "--metric", "-m", help="Metric for every task (default: each task's headline)."
     ),
-    fmt: str = typer.Option(
-        "",
-        "--format",
-        "-f",
-        help="table, json, csv or markdown (default: table on a terminal, json otherwise).",
-        show_default=False,
-    ),
+    fmt: Annotated[str, format_option(FORMATS)] = "",
     plot: Path | None = typer.Option(
         None,
         "--plot",
@@ -62,10 +55,14 @@ def forgetting_report(
     curves, the score of a task while a version trained another, every N steps. They are listed
     per run ("curves" in JSON, kind=curve rows with a step column in CSV, a step x task table in
     table and markdown) and drawn by --plot."""
+    report(list(bundles or [None]), metric=metric, fmt=resolve_format(fmt, FORMATS), plot=plot)
+
+
+def report(bundles: list[Path | None], *, metric: str | None, fmt: str, plot: Path | None) -> None:
+    """The report of `bundles` on stdout, its notes on stderr, and the plot when asked."""
     from medqwen_cli.evaluation.bundle_report import forgetting_for_bundles
 
-    fmt = resolve_format(fmt, FORMATS)
-    runs = forgetting_for_bundles(list(bundles or [None]), metric=metric)
+    runs = forgetting_for_bundles(bundles, metric=metric)
     for run in runs:
         for line in run.notes:
             _output.stderr.print(f"note: {line}", markup=False, highlight=False)
@@ -74,23 +71,17 @@ def forgetting_report(
 
         path = plot_forgetting([run.report for run in runs], plot)
         _output.stderr.print(f"plot written to {path}", markup=False, highlight=False)
-    if fmt == "json":
-        sys.stdout.write(json.dumps({"runs": [r.to_dict() for r in runs]}, indent=2) + "\n")
-    elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(row for run in runs for row in csv_rows(run.report))
-    elif fmt == "markdown":
-        sys.stdout.write("\n".join(markdown(run.report) for run in runs))
-        if len(runs) > 1:
-            columns, rows = _comparison(runs)
-            sys.stdout.write("\n## side by side\n\n" + "\n".join(_md_table(rows, columns)) + "\n")
-    else:
-        for run in runs:
-            _tables(run.report)
-        if len(runs) > 1:
-            columns, rows = _comparison(runs)
-            _output.stdout.print(_output.table(rows, columns, title="side by side"))
+    blocks = [block for run in runs for block in _blocks(run.report)]
+    if len(runs) > 1:
+        columns, rows = _comparison(runs)
+        blocks += [_output.Text(markdown="## side by side\n"),
+                   _output.Rows(rows, columns, title="side by side")]  # fmt: skip
+    _output.emit(
+        fmt,
+        blocks,
+        csv=_output.Rows([row for run in runs for row in csv_rows(run.report)], CSV_COLUMNS),
+        data={"runs": [r.to_dict() for r in runs]},
+    )
 
 
 def _comparison(runs: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
@@ -175,42 +166,28 @@ def _per_task(report: Any) -> list[dict[str, str]]:
     ]
 
 
-def _tables(report: Any) -> None:
-    # _output.table escapes titles, headers and cells: "R[T][j]" is never read as rich markup
+def _blocks(report: Any) -> list[_output.Block]:
+    """One run, in table and Markdown output: the matrix, the figures with definitions, the
+    per-task table, then a step x task table per version with forgetting curves."""
     header, rows = _matrix(report)
-    title = f"{report.name}: R[i][j] = score on task j after version i (* = just trained)"
-    print_ = _output.stdout.print
-    print_(_output.table(rows, header, title=title))
-    print_(_output.table(_figures(report), FIGURE_COLUMNS))
-    print_(_output.table(_per_task(report), TASK_COLUMNS))
-    print_("\n".join(f"  {d}" for d in _task_definitions()) + "\n", markup=False, highlight=False)
-    for title, header, rows in _curve_tables(report):
-        print_(_output.table(rows, header, title=title))
-
-
-def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = ["" if row[c] is None else str(row[c]).replace("|", "\\|") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def markdown(report: Any) -> str:
-    """One run as Markdown: the matrix, the figures with definitions, the per-task table."""
-    header, rows = _matrix(report)
-    lines = [f"## {report.name}", "", "R[i][j] = score on task j after version i "
-             "(* = just trained)", ""]  # fmt: skip
-    lines += _md_table(rows, header) + [""]
-    lines += _md_table(_figures(report), FIGURE_COLUMNS) + [""]
-    lines += _md_table(_per_task(report), TASK_COLUMNS) + [""]
-    lines += [f"- {d}" for d in _task_definitions()]
+    definitions = _task_definitions()
+    blocks: list[_output.Block] = [
+        _output.Text(markdown=f"## {report.name}\n"),
+        _output.Rows(rows, header, title=f"{report.name}: {MATRIX_DEF}", caption=MATRIX_DEF),
+        _output.Rows(_figures(report), FIGURE_COLUMNS),
+        _output.Rows(_per_task(report), TASK_COLUMNS),
+        _output.Text(
+            table="".join(f"  {d}\n" for d in definitions),
+            markdown="".join(f"- {d}\n" for d in definitions),
+        ),
+    ]
     tables = _curve_tables(report)
     if tables:
-        lines += ["", f"### {report.name}: forgetting curves", ""]
-        for title, header, rows in tables:
-            lines += [f"{title}:", ""] + _md_table(rows, header) + [""]
-    return "\n".join(lines) + "\n"
+        blocks.append(_output.Text(markdown=f"### {report.name}: forgetting curves\n"))
+        blocks += [_output.Rows(rows, header, title=title, caption=f"{title}:")
+                   for title, header, rows in tables]  # fmt: skip
+        blocks.append(_output.Text(markdown=""))  # a blank line after the curves
+    return blocks
 
 
 def csv_rows(report: Any) -> list[dict[str, Any]]:

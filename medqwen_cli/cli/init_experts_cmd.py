@@ -7,7 +7,17 @@ from pathlib import Path
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import FormatOpt, SetOpt, command_line, resolve_format
+from medqwen_cli.cli._common import (
+    FIELDS,
+    FormatOpt,
+    SetOpt,
+    check_choice,
+    command_line,
+    one_of,
+    resolve_format,
+)
+
+DEVICES = ("cpu", "cuda")  # where the SVDs run
 
 
 def init_experts(
@@ -44,7 +54,7 @@ def init_experts(
     rank: int | None = typer.Option(
         None, "--rank", help="Total rank over all experts (= --set adapter.rank=...)."
     ),
-    device: str = typer.Option("cpu", "--device", help="Device for the SVDs: cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help=f"Device for the SVDs: {one_of(DEVICES)}."),
     fmt: FormatOpt = "",
 ) -> None:
     """Stream the base's weights tensor by tensor, initialise experts from SVD segments and
@@ -54,8 +64,7 @@ def init_experts(
     from medqwen_cli.recipe import load_recipe
 
     fmt = resolve_format(fmt)
-    if device not in ("cpu", "cuda"):
-        raise typer.BadParameter(f"{device!r} is not cpu or cuda", param_hint="--device")
+    check_choice(device, DEVICES, "--device")
     items = list(overrides or [])
     for key, value in (("method", method), ("experts", experts), ("top_k", top_k), ("rank", rank)):
         if value is not None:
@@ -94,4 +103,4 @@ def init_experts(
         ),
         {"field": "time", "value": f"{summary.seconds:.2f} s (SVD {summary.svd_seconds:.2f} s)"},
     ]
-    _output.emit(fmt, rows, ["field", "value"], title="init-experts", data=summary.to_dict())
+    _output.emit(fmt, _output.Rows(rows, FIELDS, title="init-experts"), data=summary.to_dict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
+from medqwen_cli.cli._common import FIELDS, BundleArg, FormatOpt, resolve_format
 
 
 def inspect(
@@ -51,7 +51,7 @@ def inspect(
         {"field": "trainable %", "value": summary.get("trainable_percent")},
         {"field": "integrity", "value": "ok" if not summary["problems"] else summary["problems"]},
     ]
-    _output.emit(fmt, rows, ["field", "value"], title="bundle", data=summary)
+    _output.emit(fmt, _output.Rows(rows, FIELDS, title="bundle"), data=summary)
     damaged = summary["damaged"]
     if damaged:
         raise BundleIntegrityError(

@@ -7,6 +7,8 @@ import typer
 from medqwen_cli.cli import _output
 from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
 
+COLUMNS = ["version", "parent", "tasks", "created", "command"]
+
 
 def log(
     bundle: BundleArg = None,
@@ -22,20 +24,15 @@ def log(
     b = Bundle.open(bundle)
     entries = b.manifest.versions if all_versions or not b.manifest.versions else b.lineage()
     rows = [
-        {
-            "version": e.id + (" (head)" if e.id == b.head and fmt == "table" else ""),
-            "parent": e.parent,
-            "tasks": e.tasks,
-            "created": e.created,
-            "command": e.command,
-        }
+        {"version": e.id, "parent": e.parent, "tasks": e.tasks, "created": e.created,
+         "command": e.command}
         for e in reversed(entries)
-    ]
-    data = [{**e.model_dump(), "head": e.id == b.head} for e in reversed(entries)]
+    ]  # fmt: skip
+    marked = [{**row, "version": row["version"] + " (head)" * (row["version"] == b.head)}
+              for row in rows]  # fmt: skip
     _output.emit(
         fmt,
-        rows,
-        ["version", "parent", "tasks", "created", "command"],
-        title=str(b.root),
-        data=data,
+        _output.Rows(marked, COLUMNS, title=str(b.root)),
+        csv=_output.Rows(rows, COLUMNS),
+        data=[{**e.model_dump(), "head": e.id == b.head} for e in reversed(entries)],
     )

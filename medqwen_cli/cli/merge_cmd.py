@@ -8,12 +8,18 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, command_line, resolve_format
+from medqwen_cli.cli._common import (
+    FIELDS,
+    BundleArg,
+    FormatOpt,
+    check_choice,
+    command_line,
+    resolve_format,
+)
+from medqwen_cli.merge.core import MODES  # torch-free: the merge package loads the rest lazily
 
 if TYPE_CHECKING:
     from medqwen_cli.merge import MergeResult
-
-MODES = ("routed", "dense", "peft")
 
 
 def merge(
@@ -72,8 +78,7 @@ def merge(
     from medqwen_cli.bundle import Bundle
 
     fmt = resolve_format(fmt)
-    if mode not in MODES:
-        raise typer.BadParameter(f"{mode!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    check_choice(mode, MODES, "--mode")
     opened = Bundle.open(bundle)  # a wrong path or version fails before torch loads
     opened.resolve_version(version)
     from medqwen_cli.merge import merge_bundle
@@ -84,7 +89,7 @@ def merge(
             calibration_samples=calibration_samples, copy_base=copy_base, overwrite=overwrite,
             rank=rank, evaluate=not no_eval, command=command_line(), progress=bar,
         )  # fmt: skip
-    _output.emit(fmt, _rows(result), ["field", "value"], title="merge", data=result.to_dict())
+    _output.emit(fmt, _output.Rows(_rows(result), FIELDS, title="merge"), data=result.to_dict())
 
 
 def _rows(r: MergeResult) -> list[dict[str, Any]]:

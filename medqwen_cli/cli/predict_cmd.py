@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
+from medqwen_cli.cli._common import FORMATS, BundleArg, FormatOpt, resolve_format
 
 COLUMNS = ["id", "images", "prediction", "scoring"]
 
@@ -62,7 +60,7 @@ def predict(
     (--data), with a version's adapted model. One row per question on stdout: JSON lines
     (id, images, prediction, scoring, scores), CSV or a table. The bundle is only read."""
 
-    fmt = resolve_format(fmt, ("table", "json", "jsonl", "csv"))
+    fmt = resolve_format(fmt, (*FORMATS, "jsonl"))
     from medqwen_cli.evaluation.predict import predict as run_predict
 
     with _output.progress("predict") as bar:
@@ -76,14 +74,13 @@ def predict(
         f"{result.version}: {n} answer{'s' * (n != 1)} in {result.answer_seconds:.1f} s "
         f"(model loaded in {result.load_seconds:.1f} s); nothing written to {result.bundle}"
     )
-    if fmt in ("json", "jsonl"):
-        for answer in result.answers:
-            sys.stdout.write(json.dumps(answer.to_json(), ensure_ascii=False) + "\n")
-        return
-    choices_seen = result.choices
+    answers = [answer.to_json() for answer in result.answers]
     rows = [
-        {**answer.to_json(), **{f"p({c})": (answer.scores or {}).get(c) for c in choices_seen}}
-        for answer in result.answers
+        {**a, **{f"p({c})": (a["scores"] or {}).get(c) for c in result.choices}} for a in answers
     ]
-    _output.emit(fmt, rows, COLUMNS + [f"p({c})" for c in choices_seen],
-                 title=f"{result.bundle} {result.version}")  # fmt: skip
+    _output.emit(
+        "jsonl" if fmt == "json" else fmt,  # one JSON line per question, as it is answered
+        _output.Rows(rows, COLUMNS + [f"p({c})" for c in result.choices],
+                     title=f"{result.bundle} {result.version}"),
+        data=answers,
+    )  # fmt: skip

@@ -8,7 +8,14 @@ from typing import Any
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, SetOpt, command_line, resolve_format
+from medqwen_cli.cli._common import (
+    FIELDS,
+    BundleArg,
+    FormatOpt,
+    SetOpt,
+    command_line,
+    resolve_format,
+)
 
 RecipeOpt = typer.Option(
     None, "--recipe", "-r", help="Recipe file (default: the recipe stored in the bundle at init)."
@@ -94,13 +101,12 @@ def _render(fmt: str, result: Any) -> None:
         if e.get("headline"):
             who = e["version"] if e["version"] == r["version"] else f"{e['version']} (parent)"
             rows.append({"field": f"eval {who} {e['task']} {e['metric']}", "value": e["value"]})
-    _output.emit(fmt, rows, ["field", "value"], title=r["bundle"], data=r)
-    if r["curves"] and fmt == "table":  # CSV keeps one table: the curve is in --format json
+    tables = [_output.Rows(rows, FIELDS, title=r["bundle"])]
+    if r["curves"]:  # CSV keeps the first table: the curve is in --format json
         curve_rows, columns = _curve_table(r["curves"])
-        title = f"forgetting curve: headline score while training {r['version']} on " + ", ".join(
-            r["tasks"]
-        )
-        _output.stdout.print(_output.table(curve_rows, columns, title=title))
+        title = f"forgetting curve: headline score while training {r['version']} on "
+        tables.append(_output.Rows(curve_rows, columns, title=title + ", ".join(r["tasks"])))
+    _output.emit(fmt, tables, data=r)
 
 
 def _train_progress() -> Any:

@@ -35,10 +35,8 @@ def validate(
         if exc.problems:
             rows = [{"field": p, "problem": m} for p, m in exc.problems]
             if fmt == "json":
-                _output.emit(
-                    fmt, rows, ["field", "problem"], data={"valid": False, "problems": rows}
-                )
-            else:
+                _output.emit(fmt, _output.Rows(rows, []), data={"valid": False, "problems": rows})
+            else:  # a failure: the table goes with the error, on stderr
                 _output.stderr.print(
                     _output.table(rows, ["field", "problem"], f"{recipe}: problems")
                 )
@@ -54,10 +52,6 @@ def validate(
         _output.note(f"warning: {warning}", warning=True)
     if problems:
         _data_problems(fmt, recipe, splits, problems)
-    data = recipe_to_dict(loaded)
-    if fmt == "json":
-        _output.emit(fmt, [], [], data={"valid": True, "recipe": data, "datasets": splits})
-        return
     a = loaded.adapter
     tasks = {name: [d.display_name for d in t.datasets] for name, t in loaded.tasks.items()}
     rows = [
@@ -79,20 +73,24 @@ def validate(
             "value": [f"{c.name}/{c.split} {c.records}" for c in checks] or "not read (--no-data)",
         },
     ]
-    _output.emit(fmt, rows, ["key", "value"], title=f"{recipe}: valid")
+    _output.emit(
+        fmt,
+        _output.Rows(rows, ["key", "value"], title=f"{recipe}: valid"),
+        data={"valid": True, "recipe": recipe_to_dict(loaded), "datasets": splits},
+    )
 
 
 def _data_problems(
     fmt: str, recipe: Path, splits: list[dict[str, Any]], problems: list[dict[str, Any]]
 ) -> None:
     """Print every data problem (`file:line: problem` lines in text), then fail."""
-    columns = ["where", "problem", "dataset", "split", "hint"]
-    if fmt == "json":
-        _output.emit(fmt, problems, columns, data={"valid": False, "problems": problems,
-                                                   "datasets": splits})  # fmt: skip
-    elif fmt == "csv":
-        _output.emit(fmt, problems, columns)
-    else:
+    if fmt != "table":
+        _output.emit(
+            fmt,
+            _output.Rows(problems, ["where", "problem", "dataset", "split", "hint"]),
+            data={"valid": False, "problems": problems, "datasets": splits},
+        )
+    else:  # file:line: problem, as compilers print them
         for split in (s for s in splits if s["problems"]):
             shown = split["problems"][:SHOWN_PER_SPLIT]
             for p in shown:
