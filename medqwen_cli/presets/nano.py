@@ -61,9 +61,9 @@ Progress = Callable[[str], None]
 
 
 def chat_template() -> str:
-    """modeling.CHAT_TEMPLATE with SmolLM2's default system prompt (its instruct tuning had
+    """presets.tiny.CHAT_TEMPLATE with SmolLM2's default system prompt (its instruct tuning had
     one in every conversation), as Qwen2-VL's own template adds its default."""
-    from medqwen_cli.modeling import CHAT_TEMPLATE
+    from medqwen_cli.presets.tiny import CHAT_TEMPLATE
 
     return (
         "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n"
@@ -120,7 +120,7 @@ def extend_tokenizer(tokenizer: Any) -> Any:
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from medqwen_cli.modeling import SPECIAL_TOKENS
+    from medqwen_cli.presets.tiny import SPECIAL_TOKENS
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     vocab = backend.get_vocab(with_added_tokens=True)
@@ -141,7 +141,7 @@ def qwen_config(llama_config: Any, tokenizer: Any) -> Any:
     """A Qwen2VLConfig whose language model has the Llama's shape and constants."""
     from transformers import Qwen2VLConfig
 
-    from medqwen_cli.modeling import SPECIAL_TOKENS
+    from medqwen_cli.presets.tiny import SPECIAL_TOKENS
 
     src = llama_config
     head_dim = getattr(src, "head_dim", None) or src.hidden_size // src.num_attention_heads
@@ -233,11 +233,14 @@ def build_nano(
     steps: int | None = None,
     source: tuple[Any, Any] | None = None,
     progress: Progress | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Build the preset into `out` (model, processor, `alignment.json`, `medqwen_preset.json`);
     return the preset manifest. `steps` defaults to DEFAULT_STEPS; `source` reuses an already
-    loaded (llama, tokenizer)."""
-    from medqwen_cli.modeling import PRESET_VERSIONS, fingerprint
+    loaded (llama, tokenizer); `cache_dir` is where the alignment data are generated (default:
+    from the environment)."""
+    from medqwen_cli.modeling import fingerprint
+    from medqwen_cli.presets import PRESET_VERSIONS
     from medqwen_cli.presets.align import align
 
     say = progress or logger.info
@@ -255,7 +258,7 @@ def build_nano(
             say(f"{NAME}: aligning the vision tower, step {step}/{total}, loss {loss:.3f}")
 
     say(f"{NAME}: aligning a fresh vision tower on the built-in report data (LM frozen)")
-    result = align(model, processor, steps=steps, seed=seed, on_step=on_step)
+    result = align(model, processor, steps=steps, seed=seed, on_step=on_step, cache_dir=cache_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
