@@ -6,15 +6,20 @@
         state.json            step, optimizer param groups, scheduler, sampler, loss sums, log size
       train_log.jsonl         one line per logging step (truncated back to a checkpoint on resume)
 
-The run key hashes everything that defines a run (parent version, tasks, resolved recipe), so
-rerunning the same command after a crash finds its checkpoints and a changed command starts fresh.
-`accelerator.save_state` is not used because it pickles the optimizer, scheduler and RNG states.
+The run key hashes everything that defines a run (parent version, tasks, resolved recipe, and
+whether it is a `train` or a `continue`), so rerunning the same command after a crash finds its
+checkpoints and a changed command starts fresh. `accelerator.save_state` is not used because it
+pickles the optimizer, scheduler and RNG states.
+
+`resume` restores the latest checkpoint before `accelerator.prepare`; a `Checkpointer` saves one
+every `checkpoint_every` steps (never at the last step: the version is written then).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,14 +30,18 @@ from typing import Any
 
 import torch
 
+from medqwen_cli.adapters import adapter_state_dict, load_adapter_state
 from medqwen_cli.bundle import atomic_write_json, load_tensors, save_tensors
 
 KEEP = 2  # checkpoints kept per run
+LOG_FILE = "train_log.jsonl"
+logger = logging.getLogger(__name__)
 
 
-def run_key(parent: str | None, tasks: list[str], recipe: dict[str, Any], command: str) -> str:
+def run_key(parent: str | None, tasks: list[str], recipe: dict[str, Any], kind: str) -> str:
+    """12 hex digits naming the run's work directory: the same run gets the same key."""
     blob = json.dumps(
-        {"parent": parent, "tasks": tasks, "recipe": recipe, "kind": command}, sort_keys=True
+        {"parent": parent, "tasks": tasks, "recipe": recipe, "kind": kind}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -42,7 +51,7 @@ class Progress:
     """Counters that travel with a checkpoint."""
 
     step: int = 0  # optimizer steps done
-    tokens: int = 0  # supervised (answer) tokens seen
+    tokens: int = 0  # input tokens seen (attention mask: prompt and answer), all processes
     samples: int = 0
     loss_sum: float = 0.0  # sum of per-step task losses (for the mean)
     last_loss: float | None = None
@@ -148,3 +157,72 @@ def truncate_log(path: Path, lines: int) -> None:
         return
     kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
     path.write_text("".join(kept), encoding="utf-8")
+
+
+def resume(
+    run_dir: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler: Any,
+    total: int,
+    main: bool,
+) -> Progress:
+    """The progress of `run_dir`'s latest checkpoint, with the adapters (into the unwrapped
+    `model`), optimizer, scheduler, RNG and sampler put back; a fresh Progress when there is none.
+    The main process cuts train_log.jsonl back to the checkpoint and says it resumed."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return Progress()
+    adapter, progress = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
+    load_adapter_state(model, adapter)
+    sampler.load_state_dict(progress.sampler)
+    if main:
+        truncate_log(run_dir / LOG_FILE, progress.log_lines)
+        logger.info(
+            "resumed from step %d of %d (checkpoint %s; add --restart to start over)",
+            progress.step, total, ckpt,
+        )  # fmt: skip
+    return progress
+
+
+class Checkpointer:
+    """Saves the run's state every `every` steps before the last (the main process writes, the
+    others wait). `model` is the unwrapped model, `optimizer` the prepared one."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        every: int,
+        total: int,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        sampler: Any,
+        accelerator: Any,
+    ) -> None:
+        self.run_dir, self.every, self.total = run_dir, every, total
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.sampler, self.accelerator = sampler, accelerator
+
+    def __call__(self, progress: Progress, seconds: float) -> None:
+        """Checkpoint `progress` if its step is due; `seconds`: training time of this (re)start,
+        added to the saved `progress.seconds` (the live counter keeps the time before it)."""
+        if progress.step % self.every != 0 or progress.step >= self.total:
+            return
+        progress.sampler = self.sampler.state_dict()
+        if self.accelerator.is_main_process:
+            before = progress.seconds
+            progress.seconds = before + seconds
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+            save_checkpoint(
+                self.run_dir,
+                adapter=adapter_state_dict(self.model),
+                optimizer=inner,
+                scheduler=self.scheduler,
+                progress=progress,
+            )
+            progress.seconds = before
+        self.accelerator.wait_for_everyone()

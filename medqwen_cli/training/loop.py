@@ -10,16 +10,18 @@ tokens in the whole global batch:
 which makes a 2-process run equal a 1-process run with the same global batch (up to the balance
 term, which each process computes on its own tokens, and float summation order).
 
-With a `watch` (training/watch.py), the main process scores the watched tasks at step 0 (or the
-step resumed from), every `every` steps and at the last step, while the others wait at a
-barrier; the watch restores all it touches, and its time is left out of the run's timings.
+`fit` restores the latest checkpoint (`resume`), then per step: `train_step` (forwards and
+backwards), the optimizer and schedule, a `StepLogger` (train_log.jsonl, trackers, progress
+stats) and a `Checkpointer` (every `checkpoint_every` steps). With a `watch`
+(training/watch.py), the main process scores the watched tasks at step 0 (or the step resumed
+from), every `every` steps and at the last step, while the others wait at a barrier; the watch
+restores all it touches, and its time is left out of the run's timings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -31,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medqwen_cli.adapters import adapter_state_dict, balance_loss, load_adapter_state
+from medqwen_cli.adapters import balance_loss
 from medqwen_cli.errors import Interrupted, TrainingError
 from medqwen_cli.recipe import TrainConfig
 from medqwen_cli.training.checkpoint import (
+    LOG_FILE,
+    Checkpointer,
     Progress,
     latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    truncate_log,
+    resume,
 )
 from medqwen_cli.training.optim import build_optimizer, build_scheduler
 
@@ -50,7 +52,6 @@ IGNORE = -100
 # train_log.jsonl line (step, loss, balance_loss, lr, tokens, tokens_per_s, elapsed_s) plus
 # `logged: True`.
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +60,16 @@ class FitResult:
     resumed_from: int  # step of the checkpoint the run resumed from (0: fresh)
     total_steps: int
     seconds: float
+
+
+@dataclass
+class StepStats:
+    """One optimizer step, summed over all processes."""
+
+    loss: float  # the task loss (mean CE per answer token of the global batch)
+    balance: float  # the balance loss (this process's, mean over micro-batches)
+    tokens: int  # input tokens (attention mask), all processes
+    samples: int
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -115,25 +126,21 @@ def fit(
     unwrapped = model
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    progress, resumed_from = Progress(), 0
-    log_path = run_dir / "train_log.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        adapter, progress = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler)
-        load_adapter_state(unwrapped, adapter)
-        sampler.load_state_dict(progress.sampler)
-        resumed_from = progress.step
-        if accelerator.is_main_process:
-            truncate_log(log_path, progress.log_lines)
-            logger.info(
-                "resumed from step %d of %d (checkpoint %s; add --restart to start over)",
-                resumed_from, total_steps, ckpt,
-            )  # fmt: skip
+    # before prepare: the checkpoint holds the unwrapped adapters and the bare optimizer's state
+    progress = resume(
+        run_dir, model=unwrapped, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+        total=total_steps, main=accelerator.is_main_process,
+    )  # fmt: skip
+    resumed_from = progress.step
     if watch is not None and accelerator.is_main_process:
         watch.truncate(progress.step)  # points after the checkpoint are scored again
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    checkpoints = Checkpointer(
+        run_dir, every=cfg.checkpoint_every, total=total_steps, model=unwrapped,
+        optimizer=optimizer, scheduler=scheduler, sampler=sampler, accelerator=accelerator,
+    )  # fmt: skip
 
     def watch_at(step: int) -> float:
         """Score the watched tasks if `step` is due; the seconds it took."""
@@ -147,45 +154,22 @@ def fit(
 
     try:
         watch_at(progress.step)
-        start = time.perf_counter()
-        window_tokens, window_start = 0, time.perf_counter()
+        log = StepLogger(
+            run_dir / LOG_FILE, every=cfg.log_every, total=total_steps, scheduler=scheduler,
+            accelerator=accelerator,
+        )  # fmt: skip
         if progress_fn is not None:
             progress_fn(progress.step, total_steps, {})
 
         for step in range(progress.step, total_steps):
-            micro = next(batches)
-            n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
-            global_targets = accelerator.reduce(
-                torch.tensor(n_targets, device=accelerator.device), "sum"
-            )
-            global_targets = max(int(global_targets), 1)
-            task_sum, bal_sum, step_tokens = 0.0, 0.0, 0
-            for i, batch in enumerate(micro):
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                sync = i == len(micro) - 1
-                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                with ctx, accelerator.autocast():
-                    keep = answer_positions(labels)  # (K,)
-                    logits = model(**batch, logits_to_keep=keep).logits  # (b, K, V)
-                    # DDP averages gradients over processes: scale by world size to get the global mean
-                    share = accelerator.num_processes / global_targets
-                    task = token_loss_sum(logits, labels, keep) * share
-                    bal = balance_loss(unwrapped) if balance_weight > 0 else logits.new_zeros(())
-                    loss = task + balance_weight * bal / len(micro)
-                    accelerator.backward(loss)
-                task_sum += float(task.detach()) / accelerator.num_processes
-                bal_sum += float(bal.detach()) / len(micro)
-                step_tokens += int(batch["attention_mask"].sum())
-            if cfg.grad_clip is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            step_loss = float(
-                accelerator.reduce(torch.tensor(task_sum, device=accelerator.device), "sum")
-            )
-            if not math.isfinite(step_loss) or not math.isfinite(bal_sum):
+            stats = train_step(
+                model, unwrapped, next(batches), accelerator=accelerator,
+                balance_weight=balance_weight, grad_clip=cfg.grad_clip,
+            )  # fmt: skip
+            if not math.isfinite(stats.loss) or not math.isfinite(stats.balance):
                 last = latest_checkpoint(run_dir)
                 raise TrainingError(
-                    f"loss became {step_loss} at step {step + 1}; no version was written",
+                    f"loss became {stats.loss} at step {step + 1}; no version was written",
                     f"lower train.lr or check the data; the last good checkpoint ({last.name if last else 'none'}) "
                     "is kept and the same command resumes from it (add --restart to start over)",
                 )
@@ -194,58 +178,115 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
 
             progress.step = step + 1
-            progress.loss_sum += step_loss
-            progress.last_loss = step_loss
-            progress.tokens += step_tokens * accelerator.num_processes
-            progress.samples += (
-                sum(int(b["input_ids"].shape[0]) for b in micro) * accelerator.num_processes
-            )
-            window_tokens += step_tokens * accelerator.num_processes
-            stats: dict[str, Any] = {"loss": step_loss, "balance_loss": bal_sum}
-            if progress.step % cfg.log_every == 0 or progress.step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                line = {
-                    "step": progress.step,
-                    "loss": round(step_loss, 6),
-                    "balance_loss": round(bal_sum, 6),
-                    "lr": scheduler.get_last_lr()[0],
-                    "tokens": progress.tokens,
-                    "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1),
-                    "elapsed_s": round(progress.seconds + time.perf_counter() - start, 3),
-                }
-                if len(scheduler.get_last_lr()) > 1:
-                    line["router_lr"] = scheduler.get_last_lr()[1]
-                stats = {**line, "logged": True}
-                if accelerator.is_main_process:
-                    with open(log_path, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(line) + "\n")
-                accelerator.log({k: v for k, v in line.items() if k != "step"}, step=progress.step)
-                progress.log_lines += 1
-                window_tokens, window_start = 0, time.perf_counter()
-            if progress.step % cfg.checkpoint_every == 0 and progress.step < total_steps:
-                progress.sampler = sampler.state_dict()
-                if accelerator.is_main_process:
-                    seconds = progress.seconds
-                    progress.seconds = seconds + time.perf_counter() - start
-                    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
-                    save_checkpoint(
-                        run_dir,
-                        adapter=adapter_state_dict(unwrapped),
-                        optimizer=inner,
-                        scheduler=scheduler,
-                        progress=progress,
-                    )
-                    progress.seconds = seconds
-                accelerator.wait_for_everyone()
-            spent = watch_at(progress.step)
-            start, window_start = start + spent, window_start + spent  # timings count training only
+            progress.loss_sum += stats.loss
+            progress.last_loss = stats.loss
+            progress.tokens += stats.tokens
+            progress.samples += stats.samples
+            line = log(progress, stats)
+            checkpoints(progress, log.elapsed())
+            log.pause(watch_at(progress.step))  # timings count training only
             if progress_fn is not None:
-                progress_fn(progress.step, total_steps, stats)
+                progress_fn(progress.step, total_steps, line)
     except KeyboardInterrupt:  # Ctrl-C: say what the same command will resume from
         raise interrupted(run_dir, progress.step, total_steps, cfg.checkpoint_every) from None
-    seconds = progress.seconds + time.perf_counter() - start
+    seconds = progress.seconds + log.elapsed()
     model.eval()
     return FitResult(progress, resumed_from, total_steps, seconds)
+
+
+def train_step(
+    model: nn.Module,
+    unwrapped: nn.Module,
+    micro: list[dict[str, torch.Tensor]],
+    *,
+    accelerator: Any,
+    balance_weight: float,
+    grad_clip: float | None,
+) -> StepStats:
+    """Forwards and backwards of one step's micro-batches, gradients synchronised across
+    processes on the last one, then clipped; the optimizer is left to the caller.
+
+    `model` is the prepared (wrapped) model, `unwrapped` the same model unwrapped (the routed
+    layers' balance losses are read from it).
+    """
+    world = accelerator.num_processes
+    n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
+    global_targets = accelerator.reduce(torch.tensor(n_targets, device=accelerator.device), "sum")
+    global_targets = max(int(global_targets), 1)
+    task_sum, bal_sum, step_tokens = 0.0, 0.0, 0
+    for i, batch in enumerate(micro):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        sync = i == len(micro) - 1
+        ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+        with ctx, accelerator.autocast():
+            keep = answer_positions(labels)  # (K,)
+            logits = model(**batch, logits_to_keep=keep).logits  # (b, K, V)
+            # DDP averages gradients over processes: scale by world size to get the global mean
+            share = world / global_targets
+            task = token_loss_sum(logits, labels, keep) * share
+            bal = balance_loss(unwrapped) if balance_weight > 0 else logits.new_zeros(())
+            loss = task + balance_weight * bal / len(micro)
+            accelerator.backward(loss)
+        task_sum += float(task.detach()) / world
+        bal_sum += float(bal.detach()) / len(micro)
+        step_tokens += int(batch["attention_mask"].sum())
+    if grad_clip is not None:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    step_loss = float(accelerator.reduce(torch.tensor(task_sum, device=accelerator.device), "sum"))
+    samples = sum(int(b["input_ids"].shape[0]) for b in micro)
+    return StepStats(step_loss, bal_sum, step_tokens * world, samples * world)
+
+
+class StepLogger:
+    """A train_log.jsonl line and a tracker entry every `every` steps and at the last step.
+
+    Keeps the clock of this (re)start: `elapsed()` is training time, leaving out what `pause`
+    was told (the watch's scoring); tokens_per_s is over the steps since the previous line.
+    """
+
+    def __init__(
+        self, path: Path, *, every: int, total: int, scheduler: Any, accelerator: Any
+    ) -> None:
+        self.path, self.every, self.total = path, every, total
+        self.scheduler, self.accelerator = scheduler, accelerator
+        self.start = time.perf_counter()
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training since this (re)start."""
+        return time.perf_counter() - self.start
+
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` out of the timings."""
+        self.start, self.window_start = self.start + seconds, self.window_start + seconds
+
+    def __call__(self, progress: Progress, stats: StepStats) -> dict[str, Any]:
+        """The step's progress stats (see ProgressFn); on a logging step, also the line written
+        (main process) and logged, and `progress.log_lines` counts it."""
+        self.window_tokens += stats.tokens
+        if progress.step % self.every != 0 and progress.step != self.total:
+            return {"loss": stats.loss, "balance_loss": stats.balance}
+        window = time.perf_counter() - self.window_start
+        lrs = self.scheduler.get_last_lr()
+        line = {
+            "step": progress.step,
+            "loss": round(stats.loss, 6),
+            "balance_loss": round(stats.balance, 6),
+            "lr": lrs[0],
+            "tokens": progress.tokens,
+            "tokens_per_s": round(self.window_tokens / max(window, 1e-9), 1),
+            "elapsed_s": round(progress.seconds + self.elapsed(), 3),
+        }
+        if len(lrs) > 1:
+            line["router_lr"] = lrs[1]
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+        self.accelerator.log({k: v for k, v in line.items() if k != "step"}, step=progress.step)
+        progress.log_lines += 1
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        return {**line, "logged": True}
 
 
 def interrupted(run_dir: Path, done: int, total: int, every: int) -> Interrupted:

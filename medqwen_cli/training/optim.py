@@ -1,9 +1,13 @@
 """Optimizer and schedule: AdamW with separate learning rates for routers and experts.
 
-lr(step) = base_lr * warmup(step) * decay(step)
-warmup   = step / W for step < W (W = round(warmup_ratio * total)), else 1
-decay    = cosine: 0.5 * (1 + cos(pi * p)), linear: 1 - p, constant: 1, with p the share of
-           post-warmup steps done
+lr(step) = base_lr * factor(step), step = optimizer steps done (the first step uses factor(0))
+
+factor   = (step + 1) / (W + 1)                     for step < W, W = round(warmup_ratio * total)
+         = cosine: 0.5 * (1 + cos(pi * min(1, p)))   after the warmup, with
+           linear: max(0, 1 - p)                     p = (step - W) / max(1, total - W)
+           constant: 1                               the share of post-warmup steps done
+
+The warmup never starts at 0 (the first step would not move) and ends just below 1.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
+    """factor(step) of the module docstring."""
     warmup = round(warmup_ratio * total)
     if step < warmup:
         return (step + 1) / (warmup + 1)

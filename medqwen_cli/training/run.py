@@ -1,21 +1,27 @@
-"""`train` and `continue`: from a bundle's head to a new immutable version.
+"""`train` and `continue`: from a bundle's head to a new immutable version, in five phases.
 
-recipe   the bundle's stored recipe, or --recipe, then --set overrides; the adapter structure
-         (method, experts, rank, ...) must match the bundle's, training-only fields may change
-data     the datasets of the requested tasks (or data.datasets), mixed by the regime
-model    the parent version applied to its base (fingerprint checked)
-fit      the accelerate loop, resuming from <bundle>/work/<run key>/ after a crash; with
-         `watch`, the watched tasks are scored on the model in training at steps 0, every
-         `eval_every` and the last (training/watch.py), buffered in the work directory
-write    adapter + metrics.json + train_log.jsonl as a new version (main process only);
+plan     training/plan.py: the head checked, the recipe resolved (the adapter structure must
+         match the bundle's; training-only fields may change), the tasks' datasets, the watch,
+         precision and dtype for the device, the run key; all before a model loads
+data     the datasets' records and the regime sampler, sharded for this process
+model    the parent version applied to its base (fingerprint checked), with the recipe's
+         dropout and gradient checkpointing
+fit      training/loop.py: the accelerate loop, resuming from <bundle>/work/<run key>/ after a
+         crash; with a watch, the watched tasks are scored on the model in training at steps 0,
+         every `eval_every` and the last (training/watch.py), buffered in the work directory
+publish  adapter + metrics.json + train_log.jsonl as a new version (main process only);
          nothing is written to versions/ unless training finished; then the watch's rows go to
          evals.jsonl, stamped with the new version id (so they never name a missing version)
+
+`train_bundle` runs the five in a row; `continue_bundle` scores the parent on the new task
+between plan and data, and the new version on every task of its lineage after publish. Each
+opens the bundle once; the processes other than the main one open it again after publish, to
+read the version the main process wrote.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,30 +29,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.errors import RecipeError, TrainingError
-from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
-
-if TYPE_CHECKING:  # torch loads inside the drivers, after the bundle, recipe and task checks
-    from medqwen_cli.training.loop import ProgressFn
-    from medqwen_cli.training.watch import CurveFn
-
-DEFAULT_EVERY = 10  # steps between two points of a --watch curve
-
-# Adapter fields fixed at init: changing them would not match init.safetensors.
-STRUCTURAL = (
-    "method",
-    "experts",
-    "top_k",
-    "rank",
-    "scaling",
-    "alpha",
-    "eta",
-    "rho",
-    "segments",
-    "targets",
-    "exclude",
-    "seed",
+from medqwen_cli.errors import TrainingError
+from medqwen_cli.recipe import DatasetSpec
+from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported from here elsewhere)
+    DEFAULT_EVERY,
+    STRUCTURAL,
+    TrainPlan,
+    check_watch,
+    plan_run,
+    resolve_recipe,
+    task_names,
+    task_specs,
+    training_precision,
 )
+
+if TYPE_CHECKING:  # torch loads inside the phases, after the bundle, recipe and task checks
+    from medqwen_cli.loading import AdaptedModel
+    from medqwen_cli.training.loop import FitResult, ProgressFn
+    from medqwen_cli.training.watch import CurveFn, Watch
 
 
 @dataclass
@@ -73,107 +73,362 @@ class TrainResult:
         return asdict(self)
 
 
-def resolve_recipe(bundle: Bundle, recipe_path: str | Path | None, overrides: list[str]) -> Recipe:
-    """The recipe a run uses; refuses a change of the adapter's structure."""
-    if recipe_path is not None:
-        recipe = load_recipe(recipe_path, overrides)
-    else:
-        recipe = load_recipe(None, overrides, base=bundle.manifest.recipe)
-    stored = bundle.manifest.method
-    changed = [
-        k
-        for k in STRUCTURAL
-        if k in stored and recipe.adapter.model_dump(mode="json")[k] != stored[k]
-    ]
-    if changed:
-        raise RecipeError(
-            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
-            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
-            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
-            "train.*, data, tasks, eval) "
-            "may change; start a new bundle with `medqwen init-experts` for another structure",
-        )
-    return recipe
+# --------------------------------------------------------------------------- drivers
 
 
-def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
-    """(train.precision, model.dtype) a run uses on `device`, refusing what cannot train there.
+def train_bundle(
+    bundle_path: str | Path | None,
+    *,
+    tasks: list[str] | None = None,
+    recipe_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    command: str = "medqwen train",
+    restart: bool = False,
+    progress_fn: ProgressFn | None = None,
+    kind: str = "train",
+    watch: list[str] | None = None,
+    eval_every: int | None = None,
+    curve_fn: CurveFn | None = None,
+) -> TrainResult:
+    """Train the head on the tasks' datasets and append the result as a new version.
 
-    precision auto: fp32 on CPU; on CUDA bf16 autocast, or fp16 when the base is float16.
-    model.dtype is the frozen base's weight dtype, honoured as `evaluate` and `merge` honour it;
-    auto: float32 under fp32 (full precision), else the device's default (bfloat16 on CUDA).
-    fp16 mixed precision needs CUDA: float16 autocast and its loss scaling are GPU features
-    (accelerate would run such a run in fp32 on CPU without a word). float16 base weights train
-    only under fp16: without loss scaling their small gradients underflow to zero. bf16 works on
-    both devices. Adapters and routers stay float32 whatever these say (adapters/layer.py).
+    `watch` names tasks scored on the model in training at step 0, every `eval_every` steps
+    (default 10) and at the last step, as `medqwen evaluate` scores them; the points are
+    `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
+    `curve_fn` gets each step's headline points as they come (main process).
     """
-    precision, dtype = recipe.train.precision, recipe.model.dtype
-    if precision == "auto":
-        precision = "fp32" if device != "cuda" else ("fp16" if dtype == "float16" else "bf16")
-    problems, fixes = [], []
-    if precision == "fp16" and device != "cuda":
-        problems.append(
-            f"train.precision=fp16 (float16 mixed precision) needs a CUDA device; this run is on "
-            f"{device}"
-        )
-        fixes.append("use --set train.precision=fp32 (or bf16: bfloat16 autocast works on CPU)")
-    if dtype == "float16" and precision != "fp16":
-        problems.append(
-            f"model.dtype=float16 trains only under train.precision=fp16 (loss scaling, CUDA); "
-            f"this run would use {precision} on {device}"
-        )
-        fixes.append(
-            "train with --set model.dtype=float32 (or bfloat16), or on a GPU with "
-            "train.precision=fp16 or auto"
-        )
-    if problems:
-        raise RecipeError("; ".join(problems), "; ".join(fixes))
-    if dtype == "auto":
-        dtype = "float32" if precision == "fp32" else "auto"
-    return precision, dtype
+    bundle = Bundle.open(bundle_path)
+    plan = plan_run(
+        bundle, tasks=list(tasks or []), recipe_path=recipe_path, overrides=list(overrides or []),
+        watch=watch, eval_every=eval_every, kind=kind,
+    )  # fmt: skip
+    accelerator = make_accelerator(plan, bundle)
+    return run_plan(
+        plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
+        curve_fn=curve_fn,
+    )  # fmt: skip
 
 
-def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any]:
-    """Datasets (and regime) of the requested tasks, or of data.datasets when none is named."""
-    if not tasks:
-        if not recipe.data.datasets:
-            raise RecipeError(
-                "nothing to train on: the recipe has no data.datasets and no --task was given",
-                "pass --task NAME (a recipe task, a dataset path or builtin:NAME) or add data.datasets",
+def continue_bundle(
+    bundle_path: str | Path | None,
+    *,
+    task: str,
+    recipe_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    command: str = "medqwen continue",
+    restart: bool = False,
+    evaluate: bool = True,
+    progress_fn: ProgressFn | None = None,
+    eval_progress: Any = None,
+    watch: list[str] | None = None,
+    eval_every: int | None = None,
+    curve_fn: CurveFn | None = None,
+) -> TrainResult:
+    """The next task of a sequence: train the head on `task` only, then evaluate every task seen.
+
+    With evaluation on, the parent is first scored on the new task (once: the cell R[i-1][i] that
+    forward transfer needs) when the parent trained a task itself, and after training the new
+    version is scored on every task of its lineage (and `eval.tasks`), so the forgetting matrix
+    fills itself. `watch` / `eval_every` / `curve_fn`: a forgetting curve, as in `train_bundle`
+    (independent of `evaluate`). Only the main process scores; the others only train.
+    """
+    bundle = Bundle.open(bundle_path)
+    plan = plan_run(
+        bundle, tasks=[task], recipe_path=recipe_path, overrides=list(overrides or []),
+        watch=watch, eval_every=eval_every, kind="continue",
+    )  # fmt: skip
+    accelerator = make_accelerator(plan, bundle)
+    evaluate = evaluate and accelerator.is_main_process
+    evaluations = score_parent(plan, bundle, task, eval_progress) if evaluate else []
+    result = run_plan(
+        plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
+        curve_fn=curve_fn,
+    )  # fmt: skip
+    if evaluate and result.version:
+        evaluations += score_lineage(plan, bundle, result.version, eval_progress)
+    result.evaluations = evaluations
+    return result
+
+
+def run_plan(
+    plan: TrainPlan,
+    bundle: Bundle,
+    accelerator: Any,
+    *,
+    command: str,
+    restart: bool = False,
+    progress_fn: ProgressFn | None = None,
+    curve_fn: CurveFn | None = None,
+) -> TrainResult:
+    """The phases after the plan: work directory, data, model, fit, publish; the new version."""
+    start_run(plan, bundle, accelerator, restart=restart)
+    data = load_data(plan, accelerator)
+    loaded = load_model(plan, bundle, accelerator)
+    batches = data.batches(loaded.processor, plan.recipe.train)
+    watch = make_watch(plan, loaded.processor, curve_fn if accelerator.is_main_process else None)
+    result = fit_plan(
+        plan, loaded.model, batches, data, accelerator, watch=watch,
+        progress_fn=progress_fn if accelerator.is_main_process else None,
+    )  # fmt: skip
+    summary = summarize(plan, bundle, result, loaded.model)
+    publish(plan, bundle, accelerator, loaded.model, summary, watch, command=command)
+    if plan.recipe.train.trackers:  # flushes the trackers; it also ends the process group: last
+        accelerator.end_training()
+    return summary
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def make_accelerator(plan: TrainPlan, bundle: Bundle) -> Any:
+    """The run's Accelerator, with the plan's precision and trackers (logs in <bundle>/logs).
+
+    It knows this process's rank: only the main process writes the bundle and scores.
+    """
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(
+        cpu=plan.device == "cpu",
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[plan.precision],
+        log_with=list(plan.recipe.train.trackers) or None,
+        project_dir=str(bundle.root / "logs"),
+    )
+    if plan.watch:
+        _check_watch_engine(accelerator)
+    return accelerator
+
+
+def start_run(plan: TrainPlan, bundle: Bundle, accelerator: Any, *, restart: bool) -> None:
+    """Start the trackers; with `restart`, discard the run's checkpoints (main process)."""
+    if plan.recipe.train.trackers:
+        accelerator.init_trackers(
+            f"{plan.kind}-{plan.key}",
+            config={"parent": str(plan.parent), "tasks": ",".join(plan.tasks)},
+        )
+    if restart and accelerator.is_main_process and plan.run_dir.exists():
+        shutil.rmtree(plan.run_dir)
+    accelerator.wait_for_everyone()
+
+
+@dataclass
+class TrainData:
+    """The records of each dataset, the sampler over them and the run's length in steps."""
+
+    records: list[list[Any]]
+    sampler: Any
+    total_steps: int
+
+    def batches(self, processor: Any, cfg: Any) -> Iterator[list[dict]]:
+        """Per optimizer step: `grad_accum` micro-batches collated for `processor`."""
+        from medqwen_cli.data.collate import Collator
+
+        collator = Collator(
+            processor, max_image_pixels=cfg.max_image_pixels, max_length=cfg.max_length
+        )
+        return _batches(self.records, self.sampler, collator, cfg)
+
+
+def load_data(plan: TrainPlan, accelerator: Any) -> TrainData:
+    """Reads the plan's datasets (capped at max_samples) and shards the regime sampler for this
+    process (accelerator.process_index of num_processes); an empty dataset fails here."""
+    from medqwen_cli.data.readers import load_records
+    from medqwen_cli.modeling import data_cache_dir
+
+    cfg = plan.recipe.train
+    records = [
+        load_records(s, s.split, cache_dir=data_cache_dir(), max_image_pixels=cfg.max_image_pixels)[
+            : s.max_samples
+        ]
+        for s in plan.specs
+    ]
+    sampler = make_sampler(
+        records, plan.specs, plan.regime, cfg.seed, accelerator.process_index,
+        accelerator.num_processes,
+    )  # fmt: skip
+    total_steps = _steps(cfg, sum(len(r) for r in records), accelerator.num_processes)
+    return TrainData(records, sampler, total_steps)
+
+
+def load_model(plan: TrainPlan, bundle: Bundle, accelerator: Any) -> AdaptedModel:
+    """The parent version on its base in the plan's dtype on this process's device, with the
+    recipe's adapter dropout, gradient checkpointing if asked, and router statistics zeroed."""
+    from medqwen_cli.adapters import reset_router_stats
+    from medqwen_cli.loading import load_adapted
+
+    cfg = plan.recipe.train
+    loaded = load_adapted(bundle, plan.parent, dtype=plan.dtype, device=str(accelerator.device))
+    model = loaded.model
+    _set_dropout(model, plan.recipe.adapter.dropout, plan.recipe.adapter.dropout_masks)
+    if cfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
             )
-        return list(recipe.data.datasets), recipe.regime
-    specs: list[DatasetSpec] = []
-    for name in tasks:
-        specs += recipe.task_datasets(name)
-    regime = recipe.regime
-    if len(tasks) == 1 and tasks[0] in recipe.tasks and recipe.tasks[tasks[0]].regime is not None:
-        regime = recipe.tasks[tasks[0]].regime
-    return specs, regime
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+    reset_router_stats(model)
+    return loaded
 
 
-def task_names(recipe: Recipe, tasks: list[str]) -> list[str]:
-    return list(tasks) if tasks else [d.display_name for d in recipe.data.datasets]
+def make_watch(plan: TrainPlan, processor: Any, curve_fn: CurveFn | None) -> Watch | None:
+    """The plan's watch (None without watched tasks), buffering in the run's work directory."""
+    if not plan.watch:
+        return None
+    from medqwen_cli.training.watch import Watch
+
+    return Watch(
+        plan.recipe, processor, plan.watch, every=plan.eval_every, run_dir=plan.run_dir,
+        curve_fn=curve_fn,
+    )  # fmt: skip
 
 
-def check_watch(
-    recipe: Recipe, watch: list[str] | None, eval_every: int | None
-) -> tuple[list[str], int]:
-    """(watched task names, interval); an unknown task or a bad interval fails here."""
-    watch = list(dict.fromkeys(watch or []))
-    if eval_every is not None and not watch:
-        raise RecipeError(
-            f"eval_every={eval_every} was given without a task to watch",
-            "add --watch TASK (repeatable) to score TASK every N steps while training",
+def fit_plan(
+    plan: TrainPlan,
+    model: Any,
+    batches: Iterator[list[dict]],
+    data: TrainData,
+    accelerator: Any,
+    *,
+    watch: Watch | None,
+    progress_fn: ProgressFn | None,
+) -> FitResult:
+    """Trains `model` for the data's steps (training/loop.py), resuming from the plan's run
+    directory; returns the loop's counters and timings."""
+    from medqwen_cli.training.loop import fit
+
+    return fit(
+        model,
+        batches,
+        data.sampler,
+        cfg=plan.recipe.train,
+        balance_weight=plan.recipe.adapter.balance_loss,
+        total_steps=data.total_steps,
+        accelerator=accelerator,
+        run_dir=plan.run_dir,
+        progress_fn=progress_fn,
+        watch=watch,
+    )
+
+
+def summarize(plan: TrainPlan, bundle: Bundle, result: FitResult, model: Any) -> TrainResult:
+    """The run's result, before it has a version id: counters, losses, dtypes, router load."""
+    from medqwen_cli.adapters import router_load
+
+    p = result.progress
+    return TrainResult(
+        bundle=str(bundle.root),
+        version="",
+        parent=plan.parent,
+        tasks=plan.tasks,
+        steps=p.step,
+        samples=p.samples,
+        tokens=p.tokens,
+        final_loss=p.last_loss,
+        mean_loss=p.loss_sum / p.step if p.step else None,
+        seconds=round(result.seconds, 3),
+        resumed_from=result.resumed_from,
+        precision=plan.precision,
+        dtype=str(next(p for p in model.parameters() if not p.requires_grad).dtype)[6:],
+        router_load=router_load(model),
+    )
+
+
+def publish(
+    plan: TrainPlan,
+    bundle: Bundle,
+    accelerator: Any,
+    model: Any,
+    summary: TrainResult,
+    watch: Watch | None,
+    *,
+    command: str,
+) -> None:
+    """Append the trained adapters as a version, then the watch's rows to evals.jsonl, and
+    remove the work directory (main process); fills `summary.version` and `summary.curves`.
+
+    `bundle.append_version` keeps the main process's manifest current. The other processes
+    wrote nothing: they open the bundle again, after the barrier, for the version's id.
+    """
+    from medqwen_cli.adapters import adapter_state_dict
+    from medqwen_cli.training.watch import headline_points
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        curve = sorted(watch.rows(), key=lambda r: r["step"]) if watch is not None else []
+        summary.curves = headline_points(curve)
+        log = plan.run_dir / "train_log.jsonl"
+        entry = bundle.append_version(
+            adapter_state_dict(model),
+            command=command,
+            tasks=plan.tasks,
+            recipe=plan.recipe_data,
+            parent=plan.parent,
+            json_files={
+                "metrics.json": {
+                    "train": {k: v for k, v in summary.to_dict().items() if k != "evaluations"}
+                }
+            },
+            files={"train_log.jsonl": log} if log.is_file() else None,
         )
-    every = DEFAULT_EVERY if eval_every is None else eval_every
-    if every < 1:
-        raise RecipeError(f"eval_every must be at least 1, got {every}", "e.g. --eval-every 10")
-    for name in watch:
-        try:
-            recipe.task_datasets(name)
-        except RecipeError as exc:
-            raise RecipeError(f"cannot watch {name!r}: {exc.message}", exc.hint) from None
-    return watch, every
+        summary.version = entry.id
+        # only now that the version exists: evals.jsonl never names a version that does not
+        curve = [{**row, "version": entry.id} for row in curve]
+        bundle.append_evals(curve)
+        summary.curves = headline_points(curve)
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+        if bundle.work_dir.is_dir() and not any(bundle.work_dir.iterdir()):
+            bundle.work_dir.rmdir()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        published = Bundle.open(bundle.root)
+        summary.version = published.head or ""
+        if watch is not None:  # the curve the main process published
+            summary.curves = headline_points(
+                [r for r in published.read_evals() if r.get("step") is not None
+                 and r.get("version") == summary.version]
+            )  # fmt: skip
+
+
+def score_parent(
+    plan: TrainPlan, bundle: Bundle, task: str, progress: Any = None
+) -> list[dict[str, Any]]:
+    """The parent's evaluation rows on `task` (appended to evals.jsonl), or none when the
+    parent trained no task or its cell is already there."""
+    from medqwen_cli.evaluation.api import evaluate_bundle
+
+    if plan.parent is None or not bundle.entry(plan.parent).tasks:
+        return []
+    done = {
+        (r.get("version"), r.get("task"))
+        for r in bundle.read_evals()
+        if r.get("headline") and r.get("step") is None  # curve points are not cells
+    }
+    if (plan.parent, task) in done:
+        return []
+    before = evaluate_bundle(
+        bundle, version=plan.parent, tasks=[task], recipe=plan.recipe, progress=progress
+    )
+    return before.records
+
+
+def score_lineage(
+    plan: TrainPlan, bundle: Bundle, version: str, progress: Any = None
+) -> list[dict[str, Any]]:
+    """`version`'s evaluation rows on every task of its lineage and eval.tasks (appended to
+    evals.jsonl); `bundle` is the one `publish` appended the version to."""
+    from medqwen_cli.evaluation.api import evaluate_bundle
+
+    seen = bundle.read_version_info(version).lineage_tasks
+    seen = list(dict.fromkeys([*seen, *(plan.recipe.eval.tasks or [])]))
+    after = evaluate_bundle(
+        bundle, version=version, tasks=seen, recipe=plan.recipe, progress=progress
+    )
+    return after.records
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 def _steps(cfg: Any, total_records: int, world: int) -> int:
@@ -201,252 +456,6 @@ def _batches(
         yield micro
 
 
-def train_bundle(
-    bundle_path: str | Path | None,
-    *,
-    tasks: list[str] | None = None,
-    recipe_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    command: str = "medqwen train",
-    restart: bool = False,
-    progress_fn: ProgressFn | None = None,
-    kind: str = "train",
-    watch: list[str] | None = None,
-    eval_every: int | None = None,
-    curve_fn: CurveFn | None = None,
-) -> TrainResult:
-    """Train the head on the tasks' datasets and append the result as a new version.
-
-    `watch` names tasks scored on the model in training at step 0, every `eval_every` steps
-    (default 10) and at the last step, as `medqwen evaluate` scores them; the points are
-    `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
-    `curve_fn` gets each step's headline points as they come (main process).
-    """
-    from medqwen_cli.evaluation.api import load_eval_tasks
-
-    bundle = Bundle.open(bundle_path)
-    bundle.check_version(bundle.head)  # a damaged lineage stops here: nothing read or written yet
-    recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
-    tasks = list(tasks or [])
-    specs, regime = task_specs(recipe, tasks)
-    names = task_names(recipe, tasks)
-    watch, eval_every = check_watch(recipe, watch, eval_every)
-    watch_tasks = load_eval_tasks(recipe, watch) if watch else {}  # no eval split: fails here
-
-    from accelerate import Accelerator  # heavy imports only once the arguments are known good
-
-    from medqwen_cli.adapters import adapter_state_dict, reset_router_stats, router_load
-    from medqwen_cli.data.collate import Collator
-    from medqwen_cli.data.readers import load_records
-    from medqwen_cli.loading import load_adapted
-    from medqwen_cli.modeling import data_cache_dir, select_device
-    from medqwen_cli.training.checkpoint import run_key
-    from medqwen_cli.training.loop import fit
-    from medqwen_cli.training.watch import Watch, headline_points
-
-    cfg = recipe.train
-    device = select_device(recipe.model.device)
-    precision, dtype = training_precision(recipe, device)  # before any model loads
-    _check_trackers(cfg.trackers)
-    accelerator = Accelerator(
-        cpu=device == "cpu",
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
-        log_with=list(cfg.trackers) or None,
-        project_dir=str(bundle.root / "logs"),
-    )
-    if watch:
-        _check_watch_engine(accelerator)
-    parent = bundle.head
-    recipe_data = recipe_to_dict(recipe)
-    key = run_key(parent, names, recipe_data, kind)
-    run_dir = bundle.work_dir / key
-    if cfg.trackers:
-        accelerator.init_trackers(
-            f"{kind}-{key}", config={"parent": str(parent), "tasks": ",".join(names)}
-        )
-    if restart and accelerator.is_main_process and run_dir.exists():
-        shutil.rmtree(run_dir)
-    accelerator.wait_for_everyone()
-
-    records = [
-        load_records(s, s.split, cache_dir=data_cache_dir(), max_image_pixels=cfg.max_image_pixels)[
-            : s.max_samples
-        ]
-        for s in specs
-    ]
-    sampler = make_sampler(
-        records, specs, regime, cfg.seed, accelerator.process_index, accelerator.num_processes
-    )
-    total_steps = _steps(cfg, sum(len(r) for r in records), accelerator.num_processes)
-
-    loaded = load_adapted(bundle, parent, dtype=dtype, device=str(accelerator.device))
-    model = loaded.model
-    _set_dropout(model, recipe.adapter.dropout, recipe.adapter.dropout_masks)
-    if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-    reset_router_stats(model)
-    collator = Collator(
-        loaded.processor, max_image_pixels=cfg.max_image_pixels, max_length=cfg.max_length
-    )
-    watcher = None
-    if watch:
-        watcher = Watch(
-            recipe, loaded.processor, watch_tasks, every=eval_every, run_dir=run_dir,
-            curve_fn=curve_fn if accelerator.is_main_process else None,
-        )  # fmt: skip
-    result = fit(
-        model,
-        _batches(records, sampler, collator, cfg),
-        sampler,
-        cfg=cfg,
-        balance_weight=recipe.adapter.balance_loss,
-        total_steps=total_steps,
-        accelerator=accelerator,
-        run_dir=run_dir,
-        progress_fn=progress_fn if accelerator.is_main_process else None,
-        watch=watcher,
-    )
-    p = result.progress
-    summary = TrainResult(
-        bundle=str(bundle.root),
-        version="",
-        parent=parent,
-        tasks=names,
-        steps=p.step,
-        samples=p.samples,
-        tokens=p.tokens,
-        final_loss=p.last_loss,
-        mean_loss=p.loss_sum / p.step if p.step else None,
-        seconds=round(result.seconds, 3),
-        resumed_from=result.resumed_from,
-        precision=precision,
-        dtype=str(next(p for p in model.parameters() if not p.requires_grad).dtype)[6:],
-        router_load=router_load(model),
-    )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        curve = sorted(watcher.rows(), key=lambda r: r["step"]) if watcher is not None else []
-        summary.curves = headline_points(curve)
-        log = run_dir / "train_log.jsonl"
-        entry = bundle.append_version(
-            adapter_state_dict(model),
-            command=command,
-            tasks=names,
-            recipe=recipe_data,
-            parent=parent,
-            json_files={
-                "metrics.json": {
-                    "train": {k: v for k, v in summary.to_dict().items() if k != "evaluations"}
-                }
-            },
-            files={"train_log.jsonl": log} if log.is_file() else None,
-        )
-        summary.version = entry.id
-        # only now that the version exists: evals.jsonl never names a version that does not
-        curve = [{**row, "version": entry.id} for row in curve]
-        bundle.append_evals(curve)
-        summary.curves = headline_points(curve)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if bundle.work_dir.is_dir() and not any(bundle.work_dir.iterdir()):
-            bundle.work_dir.rmdir()
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        published = Bundle.open(bundle.root)
-        summary.version = published.head or ""
-        if watcher is not None:  # the curve the main process published
-            summary.curves = headline_points(
-                [r for r in published.read_evals() if r.get("step") is not None
-                 and r.get("version") == summary.version]
-            )  # fmt: skip
-    if cfg.trackers:  # flushes the trackers; it also ends the process group, so it comes last
-        accelerator.end_training()
-    return summary
-
-
-def _is_main_process() -> bool:
-    """Rank 0, or a single process (torchrun and accelerate launch set RANK)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def continue_bundle(
-    bundle_path: str | Path | None,
-    *,
-    task: str,
-    recipe_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    command: str = "medqwen continue",
-    restart: bool = False,
-    evaluate: bool = True,
-    progress_fn: ProgressFn | None = None,
-    eval_progress: Any = None,
-    watch: list[str] | None = None,
-    eval_every: int | None = None,
-    curve_fn: CurveFn | None = None,
-) -> TrainResult:
-    """The next task of a sequence: train the head on `task` only, then evaluate every task seen.
-
-    With evaluation on, the parent is first scored on the new task (once: the cell R[i-1][i] that
-    forward transfer needs) when the parent trained a task itself, and after training the new
-    version is scored on every task of its lineage (and `eval.tasks`), so the forgetting matrix
-    fills itself. `watch` / `eval_every` / `curve_fn`: a forgetting curve, as in `train_bundle`
-    (independent of `evaluate`).
-    """
-    bundle = Bundle.open(bundle_path)
-    bundle.check_version(bundle.head)  # before the parent is scored (evals.jsonl) or trained
-    recipe = resolve_recipe(bundle, recipe_path, list(overrides or []))
-    recipe.task_datasets(task)  # an unknown task fails here, before any work
-    check_watch(recipe, watch, eval_every)  # so does an unknown watched task
-
-    from medqwen_cli.evaluation.api import evaluate_bundle
-    from medqwen_cli.modeling import select_device  # torch from here on
-
-    training_precision(recipe, select_device(recipe.model.device))  # and a dtype it cannot train
-    evaluations: list[dict[str, Any]] = []
-    parent = bundle.head
-    evaluate = evaluate and _is_main_process()  # one process scores; the others only train
-    if evaluate and parent is not None and bundle.entry(parent).tasks:
-        done = {
-            (r.get("version"), r.get("task"))
-            for r in bundle.read_evals()
-            if r.get("headline") and r.get("step") is None  # curve points are not cells
-        }
-        if (parent, task) not in done:
-            before = evaluate_bundle(
-                bundle, version=parent, tasks=[task], recipe=recipe, progress=eval_progress
-            )
-            evaluations += before.records
-    result = train_bundle(
-        bundle.root,
-        tasks=[task],
-        recipe_path=recipe_path,
-        overrides=overrides,
-        command=command,
-        restart=restart,
-        progress_fn=progress_fn,
-        kind="continue",
-        watch=watch,
-        eval_every=eval_every,
-        curve_fn=curve_fn,
-    )
-    if evaluate and result.version:
-        bundle = Bundle.open(result.bundle)
-        seen = bundle.read_version_info(result.version).lineage_tasks
-        seen = list(dict.fromkeys([*seen, *(recipe.eval.tasks or [])]))
-        after = evaluate_bundle(
-            bundle, version=result.version, tasks=seen, recipe=recipe, progress=eval_progress
-        )
-        evaluations += after.records
-    result.evaluations = evaluations
-    return result
-
-
 def _check_watch_engine(accelerator: Any) -> None:
     """The watch scores on the main process alone: sharded parameters cannot do that."""
     from accelerate.utils import DistributedType
@@ -463,17 +472,6 @@ def _check_watch_engine(accelerator: Any) -> None:
             "run the curve with DDP (plain `accelerate launch`) or one process, or leave --watch "
             "out and evaluate the versions afterwards",
         )
-
-
-def _check_trackers(trackers: list[str]) -> None:
-    import importlib.util
-
-    for name in trackers:
-        if importlib.util.find_spec(name) is None:
-            raise RecipeError(
-                f"train.trackers asks for {name}, which is not installed",
-                f"pip install -c constraints.txt {name}, or remove it from train.trackers",
-            )
 
 
 def _set_dropout(model: Any, p: float, masks: str = "shared") -> None:

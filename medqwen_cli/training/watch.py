@@ -17,8 +17,8 @@ bit for bit, as the same run without one.
 
 Points are buffered in the run's work directory, `<bundle>/work/<run key>/curve.jsonl`, one
 line per (step, task, metric) without a version id (none exists yet). A resumed run keeps the
-points up to its checkpoint (`truncate`) and scores the rest; `train_bundle` appends the buffer
-to evals.jsonl, stamped with the new version id, only once the version is published.
+points up to its checkpoint (`truncate`) and scores the rest; `publish` (training/run.py)
+appends the buffer to evals.jsonl, stamped with the new version id, once the version exists.
 """
 
 from __future__ import annotations

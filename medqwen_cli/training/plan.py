@@ -1,0 +1,226 @@
+"""The plan of a `train` or `continue` run: everything decided before a model loads.
+
+plan_run checks, in this order, and fails on the first problem before any work is done:
+
+    head     the bundle's head version is intact (its files match the manifest)
+    recipe   the stored recipe or --recipe, with --set; the adapter's structure must not change
+    tasks    the datasets of the requested tasks (or data.datasets) and their regime
+    watch    the watched tasks exist and have an eval split (their records are read here)
+    device   train.precision and model.dtype can train on the device; trackers are installed
+    key      run_key(parent, tasks, resolved recipe, kind): the work directory a crash resumes from
+
+Everything up to `watch` runs without torch, so a typo fails at once; `device` imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medqwen_cli.bundle import Bundle
+from medqwen_cli.errors import RecipeError
+from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
+
+if TYPE_CHECKING:
+    from medqwen_cli.evaluation.api import TaskData
+
+DEFAULT_EVERY = 10  # steps between two points of a --watch curve
+
+# Adapter fields fixed at init: changing them would not match init.safetensors.
+STRUCTURAL = (
+    "method",
+    "experts",
+    "top_k",
+    "rank",
+    "scaling",
+    "alpha",
+    "eta",
+    "rho",
+    "segments",
+    "targets",
+    "exclude",
+    "seed",
+)
+
+
+@dataclass
+class TrainPlan:
+    """What one run trains, checked and resolved; the phases in training/run.py read it."""
+
+    recipe: Recipe
+    recipe_data: dict[str, Any]  # the resolved recipe as stored in the version (and keyed)
+    parent: str | None  # the head the run starts from
+    tasks: list[str]  # task names recorded in the version
+    specs: list[DatasetSpec]  # the datasets trained on
+    regime: Any  # how the datasets are mixed
+    watch: dict[str, TaskData]  # watched task -> its eval records (empty: no watch)
+    eval_every: int  # steps between two watch points
+    device: str  # cpu, cuda or mps
+    precision: str  # mixed precision of the loop: fp32, bf16 or fp16
+    dtype: str  # the frozen base's weight dtype ("auto": the device's default)
+    kind: str  # train or continue (part of the run key)
+    key: str  # run key
+    run_dir: Path  # <bundle>/work/<key>: checkpoints, train_log.jsonl, curve.jsonl
+
+
+def plan_run(
+    bundle: Bundle,
+    *,
+    tasks: list[str],
+    recipe_path: str | Path | None,
+    overrides: list[str],
+    watch: list[str] | None,
+    eval_every: int | None,
+    kind: str,
+) -> TrainPlan:
+    """Check and resolve a run on `bundle`'s head (see the module docstring); reads the bundle's
+    manifest, recipe and head files and the watched tasks' eval records, writes nothing."""
+    from medqwen_cli.evaluation.api import load_eval_tasks
+
+    bundle.check_version(bundle.head)  # a damaged lineage stops here: nothing read or written yet
+    recipe = resolve_recipe(bundle, recipe_path, overrides)
+    specs, regime = task_specs(recipe, tasks)
+    names = task_names(recipe, tasks)
+    watched, every = check_watch(recipe, watch, eval_every)
+    watch_tasks = load_eval_tasks(recipe, watched) if watched else {}  # no eval split: fails here
+
+    from medqwen_cli.modeling import select_device  # torch from here on
+    from medqwen_cli.training.checkpoint import run_key
+
+    device = select_device(recipe.model.device)
+    precision, dtype = training_precision(recipe, device)
+    check_trackers(recipe.train.trackers)
+    recipe_data = recipe_to_dict(recipe)
+    key = run_key(bundle.head, names, recipe_data, kind)
+    return TrainPlan(
+        recipe=recipe,
+        recipe_data=recipe_data,
+        parent=bundle.head,
+        tasks=names,
+        specs=specs,
+        regime=regime,
+        watch=watch_tasks,
+        eval_every=every,
+        device=device,
+        precision=precision,
+        dtype=dtype,
+        kind=kind,
+        key=key,
+        run_dir=bundle.work_dir / key,
+    )
+
+
+def resolve_recipe(bundle: Bundle, recipe_path: str | Path | None, overrides: list[str]) -> Recipe:
+    """The recipe a run uses; refuses a change of the adapter's structure."""
+    if recipe_path is not None:
+        recipe = load_recipe(recipe_path, overrides)
+    else:
+        recipe = load_recipe(None, overrides, base=bundle.manifest.recipe)
+    stored = bundle.manifest.method
+    changed = [
+        k
+        for k in STRUCTURAL
+        if k in stored and recipe.adapter.model_dump(mode="json")[k] != stored[k]
+    ]
+    if changed:
+        raise RecipeError(
+            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
+            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
+            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
+            "train.*, data, tasks, eval) "
+            "may change; start a new bundle with `medqwen init-experts` for another structure",
+        )
+    return recipe
+
+
+def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
+    """(train.precision, model.dtype) a run uses on `device`, refusing what cannot train there.
+
+    precision auto: fp32 on CPU; on CUDA bf16 autocast, or fp16 when the base is float16.
+    model.dtype is the frozen base's weight dtype, honoured as `evaluate` and `merge` honour it;
+    auto: float32 under fp32 (full precision), else the device's default (bfloat16 on CUDA).
+    fp16 mixed precision needs CUDA: float16 autocast and its loss scaling are GPU features
+    (accelerate would run such a run in fp32 on CPU without a word). float16 base weights train
+    only under fp16: without loss scaling their small gradients underflow to zero. bf16 works on
+    both devices. Adapters and routers stay float32 whatever these say (adapters/layer.py).
+    """
+    precision, dtype = recipe.train.precision, recipe.model.dtype
+    if precision == "auto":
+        precision = "fp32" if device != "cuda" else ("fp16" if dtype == "float16" else "bf16")
+    problems, fixes = [], []
+    if precision == "fp16" and device != "cuda":
+        problems.append(
+            f"train.precision=fp16 (float16 mixed precision) needs a CUDA device; this run is on "
+            f"{device}"
+        )
+        fixes.append("use --set train.precision=fp32 (or bf16: bfloat16 autocast works on CPU)")
+    if dtype == "float16" and precision != "fp16":
+        problems.append(
+            f"model.dtype=float16 trains only under train.precision=fp16 (loss scaling, CUDA); "
+            f"this run would use {precision} on {device}"
+        )
+        fixes.append(
+            "train with --set model.dtype=float32 (or bfloat16), or on a GPU with "
+            "train.precision=fp16 or auto"
+        )
+    if problems:
+        raise RecipeError("; ".join(problems), "; ".join(fixes))
+    if dtype == "auto":
+        dtype = "float32" if precision == "fp32" else "auto"
+    return precision, dtype
+
+
+def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any]:
+    """Datasets (and regime) of the requested tasks, or of data.datasets when none is named."""
+    if not tasks:
+        if not recipe.data.datasets:
+            raise RecipeError(
+                "nothing to train on: the recipe has no data.datasets and no --task was given",
+                "pass --task NAME (a recipe task, a dataset path or builtin:NAME) or add data.datasets",
+            )
+        return list(recipe.data.datasets), recipe.regime
+    specs: list[DatasetSpec] = []
+    for name in tasks:
+        specs += recipe.task_datasets(name)
+    regime = recipe.regime
+    if len(tasks) == 1 and tasks[0] in recipe.tasks and recipe.tasks[tasks[0]].regime is not None:
+        regime = recipe.tasks[tasks[0]].regime
+    return specs, regime
+
+
+def task_names(recipe: Recipe, tasks: list[str]) -> list[str]:
+    """The names a version records: the tasks given, else the display names of data.datasets."""
+    return list(tasks) if tasks else [d.display_name for d in recipe.data.datasets]
+
+
+def check_watch(
+    recipe: Recipe, watch: list[str] | None, eval_every: int | None
+) -> tuple[list[str], int]:
+    """(watched task names, interval); an unknown task or a bad interval fails here."""
+    watch = list(dict.fromkeys(watch or []))
+    if eval_every is not None and not watch:
+        raise RecipeError(
+            f"eval_every={eval_every} was given without a task to watch",
+            "add --watch TASK (repeatable) to score TASK every N steps while training",
+        )
+    every = DEFAULT_EVERY if eval_every is None else eval_every
+    if every < 1:
+        raise RecipeError(f"eval_every must be at least 1, got {every}", "e.g. --eval-every 10")
+    for name in watch:
+        try:
+            recipe.task_datasets(name)
+        except RecipeError as exc:
+            raise RecipeError(f"cannot watch {name!r}: {exc.message}", exc.hint) from None
+    return watch, every
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Every train.trackers entry is an installed package."""
+    for name in trackers:
+        if importlib.util.find_spec(name) is None:
+            raise RecipeError(
+                f"train.trackers asks for {name}, which is not installed",
+                f"pip install -c constraints.txt {name}, or remove it from train.trackers",
+            )
