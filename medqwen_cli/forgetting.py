@@ -44,6 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from medqwen_cli.bundle.manifest import BASE_VERSION
 from medqwen_cli.errors import EvaluationError
 
 ACC_DEF = "ACC = mean_j R[T][j]: mean final score over the tasks trained"
@@ -164,7 +165,7 @@ def accuracy_matrix(
     lineage: Lineage,
     *,
     metric: str | Mapping[str, str] | None = None,
-    base: str = "base",
+    base: str = BASE_VERSION,
 ) -> AccuracyMatrix:
     """Build R from evaluation records `{"version", "task", "metric", "value"}`.
 
@@ -319,7 +320,7 @@ def forgetting_report(
     *,
     name: str = "run",
     metric: str | Mapping[str, str] | None = None,
-    base: str = "base",
+    base: str = BASE_VERSION,
 ) -> ForgettingReport:
     """ACC, BWT, FWT, forgetting and per-task drops of one run (definitions in the docstring),
     and its forgetting curves (records with a `step`, which never fill R)."""
@@ -398,7 +399,7 @@ def compare_runs(
     runs: Sequence[tuple[str, Records, Lineage]],
     *,
     metric: str | Mapping[str, str] | None = None,
-    base: str = "base",
+    base: str = BASE_VERSION,
 ) -> list[ForgettingReport]:
     """One report per (name, records, lineage), in the given order (e.g. lora, moelora, sslora)."""
     names = [name for name, _, _ in runs]

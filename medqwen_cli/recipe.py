@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,7 +34,9 @@ BUILTIN_TASKS = (
 DatasetFormat = Literal[
     "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom"
 ]
+# Record types: each decides its prompt, scoring and headline metric (evaluation/tasks.py).
 TaskType = Literal["vqa_closed", "vqa_open", "report", "classification", "pope"]
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 
 
 class _Strict(BaseModel):

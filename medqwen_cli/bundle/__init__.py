@@ -22,6 +22,7 @@ from medqwen_cli._io import (
 from medqwen_cli.bundle.lock import bundle_lock
 from medqwen_cli.bundle.manifest import (
     ADAPTER_FILE,
+    BASE_VERSION,
     EVALS_FILE,
     FORMAT_VERSION,
     INIT_FILE,
@@ -37,6 +38,7 @@ from medqwen_cli.bundle.summary import summarize
 
 __all__ = [
     "ADAPTER_FILE",
+    "BASE_VERSION",
     "EVALS_FILE",
     "FORMAT_VERSION",
     "INIT_FILE",

@@ -26,6 +26,8 @@ ADAPTER_FILE = "adapter.safetensors"
 VERSION_FILE = "version.json"
 EVALS_FILE = "evals.jsonl"
 LOCK_FILE = ".lock"
+# The `version` of an evals.jsonl line scoring the base model alone (the zero-shot row).
+BASE_VERSION = "base"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 

@@ -27,14 +27,13 @@ import difflib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medqwen_cli.errors import DataError
+from medqwen_cli.recipe import TASK_TYPES, TaskType
 
-TaskType = Literal["vqa_closed", "vqa_open", "report", "classification", "pope"]
-TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 YES_NO = ("yes", "no")
 
 NATIVE_KEYS = (

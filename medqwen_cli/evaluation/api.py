@@ -41,11 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medqwen_cli.bundle import Bundle, atomic_write_bytes
+from medqwen_cli.bundle import BASE_VERSION, Bundle, atomic_write_bytes
 from medqwen_cli.errors import EvaluationError
 from medqwen_cli.evaluation.summary import TaskEvaluation, score_task_predictions
 
-BASE_VERSION = "base"
 SCORINGS = ("likelihood", "generate")
 # Facts of the bundle itself (its manifest), not settings of an evaluation: never overridden.
 FIXED_KEYS = ("adapter", "model.base", "model.revision")

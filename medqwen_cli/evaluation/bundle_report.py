@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medqwen_cli.bundle import Bundle
+from medqwen_cli.bundle import BASE_VERSION, Bundle
 from medqwen_cli.errors import EvaluationError
 from medqwen_cli.forgetting import ForgettingReport, forgetting_report
-
-BASE = "base"
 
 
 @dataclass
@@ -64,7 +62,7 @@ def forgetting_for_bundles(
         columns, notes = _column_metrics(cells, _tasks(lineage), metric)
         if metric is not None:  # --metric also picks the curves' metric, trained task or not
             columns |= {r["task"]: metric for r in records if r.get("step") is not None}
-        report = forgetting_report(records, lineage, name=name, metric=columns, base=BASE)
+        report = forgetting_report(records, lineage, name=name, metric=columns, base=BASE_VERSION)
         notes += _scoring_notes(cells, report) + _missing_notes(bundle, report)
         runs.append(BundleRun(name=name, path=str(bundle.root), report=report, notes=notes))
     return runs
@@ -169,7 +167,7 @@ def _missing_notes(bundle: Bundle, report: ForgettingReport) -> list[str]:
         missing = [t for t in m.tasks if m.cell(row, t) is None]
         if not missing:
             continue
-        target = "--base-only" if version == BASE else f"--version {version}"
+        target = "--base-only" if version == BASE_VERSION else f"--version {version}"
         tasks = " ".join(f"--task {t}" for t in missing)
         notes.append(
             f"{report.name}: missing R[{version}][{', '.join(missing)}]; fill with "

@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medqwen_cli.bundle import Bundle
+from medqwen_cli.bundle import BASE_VERSION, Bundle
 from medqwen_cli.errors import DataError, EvaluationError
 
-BASE_VERSION = "base"  # as in api.py, which imports torch and so is imported lazily here
 ProgressFn = Callable[[int, int, str], None]
 
 

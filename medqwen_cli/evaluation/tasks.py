@@ -17,15 +17,15 @@ Headline choices, one number per task for the accuracy matrix and the forgetting
 from __future__ import annotations
 
 from medqwen_cli.errors import EvaluationError
+from medqwen_cli.recipe import TASK_TYPES
 
-HEADLINE_METRICS: dict[str, str] = {
+HEADLINE_METRICS: dict[str, str] = {  # one per TASK_TYPES entry, in its order (tested)
     "vqa_closed": "accuracy",
     "vqa_open": "token_f1",
     "report": "rouge_l",
     "classification": "accuracy",
     "pope": "f1",
 }
-TASK_TYPES: tuple[str, ...] = tuple(HEADLINE_METRICS)
 
 
 def check_task_type(task_type: str) -> None:

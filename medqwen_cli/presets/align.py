@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medqwen_cli.data.synthetic.scenes import MODALITIES as SCENES
+
 DATA_SEED_OFFSET = 1000
-MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
+MODALITIES = tuple(SCENES)  # xray, ct, mri, fundus, pathology: the synthetic image tasks
 TRAIN_SIZE = 150  # records per task and split `train` (a fifth are reports)
 
 

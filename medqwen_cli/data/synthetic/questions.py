@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from medqwen_cli.data.synthetic.scenes import NUMBERS, Case, Finding, Modality, article, sample_case
+from medqwen_cli.recipe import TASK_TYPES
 
-TYPES = ("vqa_closed", "vqa_open", "report", "classification", "pope")
+TYPES = TASK_TYPES  # one record of each type in turn, in this order
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 REPORT_PROMPTS = {
