@@ -11,9 +11,17 @@ from medqwen_cli.training.run import continue_bundle
 QUICK = ["train.max_steps=2", "train.checkpoint_every=1000", "eval.max_samples=4"]
 
 
-def test_continue_twice_fills_every_cell(bundle_dir: Path) -> None:
+def test_continue_twice_fills_every_cell(bundle_dir: Path, monkeypatch) -> None:
     first = continue_bundle(bundle_dir, task="xray", overrides=QUICK)
+    opened = []
+    real_open = Bundle.open.__func__
+    monkeypatch.setattr(
+        Bundle, "open", classmethod(lambda cls, p=None: opened.append(p) or real_open(cls, p))
+    )
     second = continue_bundle(bundle_dir, task="ct", overrides=QUICK)
+    monkeypatch.undo()
+    # one open for plan, parent's score, training, publish and the new version's scores
+    assert opened == [bundle_dir]
     b = Bundle.open(bundle_dir)
     assert [(e.id, e.parent, e.tasks) for e in b.lineage()] == [
         ("v0001", None, []), ("v0002", "v0001", ["xray"]), ("v0003", "v0002", ["ct"]),

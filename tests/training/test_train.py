@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.errors import RecipeError, TrainingError
+from medqwen_cli.errors import TrainingError
 from medqwen_cli.training import loop as loop_mod
 from medqwen_cli.training.run import train_bundle
 
@@ -43,30 +37,6 @@ def eval_loss(bundle: Path, version: str) -> float:
     with torch.no_grad():
         total = loop_mod.token_loss_sum(loaded.model(**batch).logits, labels)
     return float(total) / int((labels[:, 1:] != -100).sum())
-
-
-def test_loss_on_answer_positions_equals_the_full_logits_loss(bundle_dir: Path) -> None:
-    from medqwen_cli.data.collate import Collator
-    from medqwen_cli.data.readers import load_records
-    from medqwen_cli.loading import load_adapted
-    from medqwen_cli.modeling import cache_dir
-    from medqwen_cli.recipe import DatasetSpec
-
-    loaded = load_adapted(Bundle.open(bundle_dir), "v0001")
-    records = load_records(
-        DatasetSpec(path="builtin:xray"), "train", cache_dir=cache_dir() / "data",
-        max_image_pixels=12544,
-    )[:6]  # fmt: skip
-    batch = Collator(loaded.processor, max_image_pixels=12544, max_length=512)(records)
-    labels = batch.pop("labels")
-    keep = loop_mod.answer_positions(labels)
-    assert 0 < len(keep) < labels.shape[1] - 1  # the prompt positions are left out
-    with torch.no_grad():
-        full = loop_mod.token_loss_sum(loaded.model(**batch).logits, labels)
-        kept = loop_mod.token_loss_sum(
-            loaded.model(**batch, logits_to_keep=keep).logits, labels, keep
-        )
-    torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-4)
 
 
 def test_loss_goes_down_and_a_loadable_version_is_written(bundle_dir: Path) -> None:
@@ -107,31 +77,6 @@ def test_max_steps_budget_and_epochs(bundle_dir: Path) -> None:
         overrides=[*FAST, "train.max_steps=null", "train.epochs=0.25", "train.batch_size=8"],
     )
     assert result.steps == -(-(n // 4) // 8) and result.samples == result.steps * 8
-
-
-def test_refuses_a_change_of_adapter_structure(bundle_dir: Path) -> None:
-    with pytest.raises(RecipeError, match="rank"):
-        train_bundle(bundle_dir, tasks=["xray"], overrides=["adapter.rank=8"])
-    assert Bundle.open(bundle_dir).head == "v0001"
-
-
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("train.precision=fp16", "train.precision=fp16 (float16 mixed precision) needs a CUDA"),
-        ("model.dtype=float16", "model.dtype=float16 trains only under train.precision=fp16"),
-    ],
-)
-def test_half_precision_that_cannot_train_on_cpu_is_refused_before_any_work(
-    bundle_dir: Path, override: str, expected: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from medqwen_cli import loading
-
-    monkeypatch.setattr(loading, "load_adapted", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(RecipeError, match=re.escape(expected)) as err:
-        train_bundle(bundle_dir, tasks=["xray"], overrides=[*FAST, override])
-    assert "--set " in (err.value.hint or "")
-    assert not (bundle_dir / "work").exists() and Bundle.open(bundle_dir).head == "v0001"
 
 
 @pytest.fixture
@@ -180,63 +125,6 @@ def test_dropout_and_its_masks_are_training_fields_applied_to_loaded_layers(
     layers = [layer for _, layer in adapter_layers(model)]
     assert layers and all(layer.dropout_masks == "per_expert" for layer in layers)
     assert all(float(layer.dropout.p) == 0.1 for layer in layers)
-
-
-def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(
-    bundle_dir: Path, monkeypatch, nan_loss_at
-) -> None:
-    nan_loss_at(5)  # the fixture patches through this test's monkeypatch: undo() restores
-    with pytest.raises(TrainingError, match="loss became nan at step 5") as err:
-        train_bundle(
-            bundle_dir, tasks=["xray"], overrides=["train.checkpoint_every=2", "train.max_steps=8"]
-        )
-    assert "ckpt-000004" in err.value.hint
-    b = Bundle.open(bundle_dir)
-    assert b.head == "v0001" and len(b.manifest.versions) == 1
-    assert sorted(p.name for p in next((b.root / "work").iterdir()).glob("ckpt-*")) == [
-        "ckpt-000002",
-        "ckpt-000004",
-    ]
-    monkeypatch.undo()
-    resumed = train_bundle(
-        bundle_dir, tasks=["xray"], overrides=["train.checkpoint_every=2", "train.max_steps=8"]
-    )
-    assert resumed.resumed_from == 4 and resumed.version == "v0002"
-
-
-def _train_cmd(bundle: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "medqwen_cli", "train", str(bundle), "--task", "xray", "--format", "json",
-            "--set", "train.max_steps=40", "--set", "train.checkpoint_every=5", *extra]  # fmt: skip
-
-
-def test_sigkill_then_rerun_resumes_to_the_same_weights(bundle_dir: Path, tmp_path: Path) -> None:
-    reference = tmp_path / "reference"
-    shutil.copytree(bundle_dir, reference)
-    subprocess.run(_train_cmd(reference), check=True, capture_output=True)
-
-    proc = subprocess.Popen(_train_cmd(bundle_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if list((bundle_dir / "work").glob("*/ckpt-000010/state.json")):
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    b = Bundle.open(bundle_dir)
-    assert b.head == "v0001" and b.verify() == []  # a killed run leaves no partial version
-
-    out = subprocess.run(_train_cmd(bundle_dir), check=True, capture_output=True, text=True)
-    result = json.loads(out.stdout)
-    assert result["resumed_from"] >= 10 and result["steps"] == 40
-    resumed = Bundle.open(bundle_dir).read_adapter("v0002")
-    uninterrupted = Bundle.open(reference).read_adapter("v0002")
-    for key, value in uninterrupted.items():
-        assert torch.equal(resumed[key], value), key
-    log = (bundle_dir / "versions/v0002/train_log.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in log] == list(
-        range(5, 41, 5)
-    )  # log_every = 5, no duplicate or lost line
 
 
 def test_restart_discards_checkpoints(bundle_dir: Path, monkeypatch) -> None:
