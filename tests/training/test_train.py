@@ -1,4 +1,5 @@
-"""Training: loss goes down, versions are written only when a run finishes, resume is exact."""
+"""Training end to end: loss goes down, a version is written once a run finishes, --restart,
+precision, dropout, trackers and gradient checkpointing."""
 
 from __future__ import annotations
 
