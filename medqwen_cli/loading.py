@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medqwen_cli.adapters.config import AdapterConfig
+from medqwen_cli.adapters.config import AdapterConfig, refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.errors import BaseModelError, BundleError, RecipeError
+from medqwen_cli.errors import BaseModelError, BundleError
 from medqwen_cli.modeling import BaseInfo, load_base, resolve_base
 from medqwen_cli.recipe import Recipe
 
@@ -42,16 +42,7 @@ def bundle_recipe(bundle: Bundle) -> Recipe:
 
 def check_adapter(bundle: Bundle, adapter: AdapterConfig) -> None:
     """Refuse adapter settings that change a field fixed when the bundle was made."""
-    stored = bundle.manifest.adapter_settings
-    changed = adapter.fixed_changes(stored)
-    if changed:
-        raise RecipeError(
-            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
-            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
-            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
-            "train.*, data, tasks, eval) "
-            "may change; start a new bundle with `medqwen init-experts` for another structure",
-        )
+    refuse_fixed_changes(adapter, bundle.manifest.adapter_settings)
 
 
 def bundle_base(bundle: Bundle) -> BaseInfo:

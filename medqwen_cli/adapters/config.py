@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medqwen_cli.errors import RecipeError
+
 Method = Literal["sslora", "moelora", "lora", "pissa"]
 METHODS: tuple[str, ...] = ("sslora", "moelora", "lora", "pissa")
 SPECTRAL_METHODS = ("sslora", "pissa")  # frozen factors from the SVD of W0 (init_A, init_B)
@@ -155,3 +157,17 @@ class AdapterConfig(BaseModel):
         fields `stored` lacks are not compared."""
         mine = self.model_dump(mode="json")
         return [k for k in FIXED_AT_INIT if k in stored and mine[k] != stored[k]]
+
+
+def refuse_fixed_changes(adapter: AdapterConfig, stored: dict[str, object]) -> None:
+    """Raise RecipeError when `adapter` changes a field of FIXED_AT_INIT that `stored` (a
+    bundle's adapter settings) holds."""
+    changed = adapter.fixed_changes(stored)
+    if changed:
+        raise RecipeError(
+            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
+            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
+            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
+            "train.*, data, tasks, eval) "
+            "may change; start a new bundle with `medqwen init-experts` for another structure",
+        )

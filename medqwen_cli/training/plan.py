@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.errors import RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
@@ -27,22 +28,6 @@ if TYPE_CHECKING:
     from medqwen_cli.evaluation.api import TaskData
 
 DEFAULT_EVERY = 10  # steps between two points of a --watch curve
-
-# Adapter fields fixed at init: changing them would not match init.safetensors.
-STRUCTURAL = (
-    "method",
-    "experts",
-    "top_k",
-    "rank",
-    "scaling",
-    "alpha",
-    "eta",
-    "rho",
-    "segments",
-    "targets",
-    "exclude",
-    "seed",
-)
 
 
 @dataclass
@@ -117,21 +102,8 @@ def resolve_recipe(bundle: Bundle, recipe_path: str | Path | None, overrides: li
     if recipe_path is not None:
         recipe = load_recipe(recipe_path, overrides)
     else:
-        recipe = load_recipe(None, overrides, base=bundle.manifest.recipe)
-    stored = bundle.manifest.method
-    changed = [
-        k
-        for k in STRUCTURAL
-        if k in stored and recipe.adapter.model_dump(mode="json")[k] != stored[k]
-    ]
-    if changed:
-        raise RecipeError(
-            f"the recipe changes adapter fields fixed when the bundle was made: {', '.join(changed)} "
-            f"(bundle: {', '.join(f'{k}={stored[k]}' for k in changed)})",
-            "only training fields (adapter.dropout, adapter.dropout_masks, adapter.balance_loss, "
-            "train.*, data, tasks, eval) "
-            "may change; start a new bundle with `medqwen init-experts` for another structure",
-        )
+        recipe = load_recipe(None, overrides, base=bundle.manifest.stored_recipe())
+    refuse_fixed_changes(recipe.adapter, bundle.manifest.adapter_settings)
     return recipe
 
 

@@ -33,7 +33,6 @@ from medqwen_cli.errors import TrainingError
 from medqwen_cli.recipe import DatasetSpec
 from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported from here elsewhere)
     DEFAULT_EVERY,
-    STRUCTURAL,
     TrainPlan,
     check_watch,
     plan_run,
@@ -256,9 +255,11 @@ def load_model(plan: TrainPlan, bundle: Bundle, accelerator: Any) -> AdaptedMode
     from medqwen_cli.loading import load_adapted
 
     cfg = plan.recipe.train
-    loaded = load_adapted(bundle, plan.parent, dtype=plan.dtype, device=str(accelerator.device))
+    loaded = load_adapted(  # the recipe's training fields (dropout, its masks) on the layers
+        bundle, plan.parent, dtype=plan.dtype, device=str(accelerator.device),
+        adapter=plan.recipe.adapter,
+    )  # fmt: skip
     model = loaded.model
-    _set_dropout(model, plan.recipe.adapter.dropout, plan.recipe.adapter.dropout_masks)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
             model.activation_checkpointing_enable(
@@ -472,17 +473,6 @@ def _check_watch_engine(accelerator: Any) -> None:
             "run the curve with DDP (plain `accelerate launch`) or one process, or leave --watch "
             "out and evaluate the versions afterwards",
         )
-
-
-def _set_dropout(model: Any, p: float, masks: str = "shared") -> None:
-    """The recipe's adapter dropout (a training field: it may change between versions)."""
-    from torch import nn
-
-    from medqwen_cli.adapters import adapter_layers
-
-    for _, layer in adapter_layers(model):
-        layer.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
-        layer.dropout_masks = masks
 
 
 def make_sampler(

@@ -115,14 +115,13 @@ def test_dropout_and_its_masks_are_training_fields_applied_to_loaded_layers(
 ) -> None:
     from medqwen_cli.adapters import adapter_layers
     from medqwen_cli.loading import load_adapted
-    from medqwen_cli.training.run import _set_dropout, resolve_recipe
+    from medqwen_cli.training.run import resolve_recipe
 
     bundle = Bundle.open(bundle_dir)
     recipe = resolve_recipe(
         bundle, None, ["adapter.dropout=0.1", "adapter.dropout_masks=per_expert"]
     )  # no structural change: accepted
-    model = load_adapted(bundle).model
-    _set_dropout(model, recipe.adapter.dropout, recipe.adapter.dropout_masks)
+    model = load_adapted(bundle, adapter=recipe.adapter).model  # as training loads it
     layers = [layer for _, layer in adapter_layers(model)]
     assert layers and all(layer.dropout_masks == "per_expert" for layer in layers)
     assert all(float(layer.dropout.p) == 0.1 for layer in layers)
