@@ -25,6 +25,7 @@ from medqwen_cli.bundle import Bundle, TensorWriter
 from medqwen_cli.errors import AdapterError, BundleError
 from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
 from medqwen_cli.recipe import Recipe, recipe_to_dict
+from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     import torch
@@ -143,18 +144,21 @@ def init_experts(
     device: str = "cpu",
     progress: Progress | None = None,
     empty_out: bool = True,
+    settings: Settings | None = None,
 ) -> InitSummary:
     """Stream the base's target weights, compute each layer's init, write a new bundle.
 
     `out` must be new or an empty directory (`empty_out=False` also accepts a directory holding
     other files: the CLI's "current directory" mode, like `git init`); a bundle is never
-    overwritten. The target and the base are checked before torch is imported.
+    overwritten. The target and the base are checked before torch is imported. A preset base
+    is built under `settings.cache_dir` (default: `Settings.from_env()`).
     """
     start = time.perf_counter()
     cfg = recipe.adapter
     out = Path(out).expanduser().resolve()
     check_out_dir(out, empty=empty_out)
-    info = resolve_base(recipe.model.base, recipe.model.revision)
+    settings = settings if settings is not None else Settings.from_env()
+    info = resolve_base(recipe.model.base, recipe.model.revision, cache_dir=settings.cache_dir)
 
     from medqwen_cli.adapters import layer_kind, select_targets
 

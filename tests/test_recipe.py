@@ -189,3 +189,16 @@ def test_docs_reference_is_generated_from_the_schema() -> None:
     text = (REPO / "docs/recipes.md").read_text()
     block = text.split("<!-- schema:start -->\n", 1)[1].split("<!-- schema:end -->", 1)[0]
     assert block == schema_markdown(), "docs/recipes.md is stale: regenerate it (see README)"
+
+
+def test_cli_choices_are_the_schema_literals() -> None:
+    """choices.py (torch- and pydantic-free, for CLI help and checks) lists exactly what the
+    schemas accept: a Literal cannot be built from a tuple, so both are written out."""
+    from typing import get_args
+
+    from medqwen_cli.adapters.config import Method
+    from medqwen_cli.choices import METHODS, SCORINGS
+    from medqwen_cli.recipe import EvalConfig
+
+    assert get_args(Method) == METHODS
+    assert get_args(EvalConfig.model_fields["scoring"].annotation) == SCORINGS

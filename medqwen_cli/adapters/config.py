@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medqwen_cli.choices import METHODS  # noqa: F401  (re-exported: the torch-free tuple)
 from medqwen_cli.errors import RecipeError
 
-Method = Literal["sslora", "moelora", "lora", "pissa"]
-METHODS: tuple[str, ...] = ("sslora", "moelora", "lora", "pissa")
+Method = Literal["sslora", "moelora", "lora", "pissa"]  # = choices.METHODS (tests/test_recipe.py)
 SPECTRAL_METHODS = ("sslora", "pissa")  # frozen factors from the SVD of W0 (init_A, init_B)
 SINGLE_EXPERT_METHODS = ("lora", "pissa")  # E = 1, d = r, no router
 

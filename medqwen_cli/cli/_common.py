@@ -1,4 +1,5 @@
-"""Option types shared by commands: the git-like BUNDLE argument, --format, --set."""
+"""Option types shared by commands: the git-like BUNDLE argument, --format, --set; and the
+command's settings (`read_settings`), read from the environment once and passed down."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from medqwen_cli.settings import Settings
 
 BundleArg = Annotated[
     Path | None,
@@ -62,6 +65,12 @@ def resolve_format(value: str, allowed: Sequence[str] = FORMATS) -> str:
             f"{value!r} is not one of {', '.join(allowed)}", param_hint="--format"
         )
     return value
+
+
+def read_settings() -> Settings:
+    """$MEDQWEN_BUNDLE and $MEDQWEN_CACHE_DIR, read once per command: the command passes the
+    result to every library function it calls, which then reads no environment variable."""
+    return Settings.from_env()
 
 
 ARGV: list[str] | None = None  # set by main(); sys.argv otherwise

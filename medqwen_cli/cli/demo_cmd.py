@@ -13,8 +13,9 @@ from typing import Any
 import typer
 
 from medqwen_cli.cli import _output, evaluate_cmd, forgetting_cmd
-from medqwen_cli.cli._common import SetOpt, one_of
+from medqwen_cli.cli._common import SetOpt, one_of, read_settings
 from medqwen_cli.demo import SETTINGS, TASKS, Step
+from medqwen_cli.settings import Settings
 
 BASES = sorted({b for b, _ in SETTINGS})
 
@@ -42,6 +43,7 @@ def demo(
     from medqwen_cli.recipe import apply_overrides, build_recipe
 
     out = out.expanduser().resolve()
+    settings = read_settings()  # every step: the same cache (the bundles are given by path)
     check_demo(base, out)
     raw = apply_overrides(demo_recipe(base, quick), list(overrides or []))
     build_recipe(raw, source="demo recipe")  # every override problem reported before any work
@@ -57,7 +59,7 @@ def demo(
         for i, step in enumerate(plan, 1):
             _output.note(f"[{i}/{len(plan)}] $ {step.line}")
             try:  # a Ctrl-C passes through: main() says where training stopped, exit 130
-                result = _run(step, recipe_file, base)
+                result = _run(step, recipe_file, base, settings)
             except MedqwenError as exc:
                 _output.error(exc.message, exc.hint)
                 raise MedqwenError(
@@ -76,7 +78,7 @@ def demo(
     )
 
 
-def _run(step: Step, recipe_file: Path, base: str) -> dict[str, Any] | None:
+def _run(step: Step, recipe_file: Path, base: str, settings: Settings) -> dict[str, Any] | None:
     """Do what `step.argv` does through the CLI, by the library call behind it: the same stderr
     (progress, notes), the result as its JSON would have it; the report goes to stdout."""
     (bundle, *_) = step.bundles
@@ -86,12 +88,17 @@ def _run(step: Step, recipe_file: Path, base: str) -> dict[str, Any] | None:
 
         recipe = load_recipe(recipe_file, [f"adapter.method={step.method}", f"model.base={base}"])
         with _output.progress("SVD per layer") as bar:
-            return init_experts(recipe, bundle, command=step.line, progress=bar).to_dict()
+            summary = init_experts(
+                recipe, bundle, command=step.line, progress=bar, settings=settings
+            )
+            return summary.to_dict()
     if step.command == "evaluate":
         from medqwen_cli.evaluation.api import evaluate_bundle
 
         with _output.progress("evaluate") as bar:
-            result = evaluate_bundle(bundle, tasks=TASKS, base_only=True, progress=bar)
+            result = evaluate_bundle(
+                bundle, tasks=TASKS, base_only=True, progress=bar, settings=settings
+            )
         evaluate_cmd.note_result(result)
         return result.to_dict()
     if step.command == "continue":
@@ -99,11 +106,14 @@ def _run(step: Step, recipe_file: Path, base: str) -> dict[str, Any] | None:
 
         with _output.TrainProgress() as bar, _output.progress("evaluate") as ebar:
             result = continue_bundle(
-                bundle, task=step.task, command=step.line, progress_fn=bar, eval_progress=ebar
-            )
+                bundle, task=step.task, command=step.line, progress_fn=bar, eval_progress=ebar,
+                settings=settings,
+            )  # fmt: skip
         return result.to_dict()
     plot = Path(step.argv[step.argv.index("--plot") + 1])
-    forgetting_cmd.report(list(step.bundles), metric=None, fmt="table", plot=plot)
+    forgetting_cmd.report(
+        list(step.bundles), metric=None, fmt="table", plot=plot, settings=settings
+    )
     return None
 
 

@@ -7,8 +7,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from medqwen_cli.choices import SCORINGS
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, check_choice, resolve_format
+from medqwen_cli.cli._common import (
+    BundleArg,
+    FormatOpt,
+    check_choice,
+    read_settings,
+    resolve_format,
+)
 
 if TYPE_CHECKING:
     from medqwen_cli.evaluation.api import EvaluationResult
@@ -55,9 +62,10 @@ def evaluate(
     """Answer each task's evaluation split, print the metrics per task and record type, and
     append them to the bundle's evals.jsonl (read by forgetting-report)."""
 
-    from medqwen_cli.evaluation.api import SCORINGS, evaluate_bundle
+    from medqwen_cli.evaluation.api import evaluate_bundle
 
     fmt = resolve_format(fmt)
+    settings = read_settings()
     if scoring is not None:
         check_choice(scoring, SCORINGS, "--scoring")
     if base_only and version is not None:
@@ -72,6 +80,7 @@ def evaluate(
             save_predictions=save_predictions,
             progress=bar,
             overrides=overrides,
+            settings=settings,
         )
     note_result(result)
     rows = result.rows()

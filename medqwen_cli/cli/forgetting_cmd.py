@@ -10,7 +10,8 @@ import typer
 
 from medqwen_cli.cli import _output
 from medqwen_cli.cli._common import FORMATS as _FORMATS
-from medqwen_cli.cli._common import format_option, resolve_format
+from medqwen_cli.cli._common import format_option, read_settings, resolve_format
+from medqwen_cli.settings import Settings
 
 FORMATS = (*_FORMATS, "markdown")
 CSV_COLUMNS = ["run", "kind", "row", "task", "name", "value", "definition", "reason", "step"]
@@ -55,14 +56,23 @@ def forgetting_report(
     curves, the score of a task while a version trained another, every N steps. They are listed
     per run ("curves" in JSON, kind=curve rows with a step column in CSV, a step x task table in
     table and markdown) and drawn by --plot."""
-    report(list(bundles or [None]), metric=metric, fmt=resolve_format(fmt, FORMATS), plot=plot)
+    fmt = resolve_format(fmt, FORMATS)
+    report(list(bundles or [None]), metric=metric, fmt=fmt, plot=plot, settings=read_settings())
 
 
-def report(bundles: list[Path | None], *, metric: str | None, fmt: str, plot: Path | None) -> None:
-    """The report of `bundles` on stdout, its notes on stderr, and the plot when asked."""
+def report(
+    bundles: list[Path | None],
+    *,
+    metric: str | None,
+    fmt: str,
+    plot: Path | None,
+    settings: Settings,
+) -> None:
+    """The report of `bundles` on stdout, its notes on stderr, and the plot when asked; a `None`
+    bundle is `settings`' default one."""
     from medqwen_cli.evaluation.bundle_report import forgetting_for_bundles
 
-    runs = forgetting_for_bundles(bundles, metric=metric)
+    runs = forgetting_for_bundles(bundles, metric=metric, settings=settings)
     for run in runs:
         for line in run.notes:
             _output.stderr.print(f"note: {line}", markup=False, highlight=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from medqwen_cli.choices import METHODS
 from medqwen_cli.cli import _output
 from medqwen_cli.cli._common import (
     FIELDS,
@@ -14,6 +15,7 @@ from medqwen_cli.cli._common import (
     check_choice,
     command_line,
     one_of,
+    read_settings,
     resolve_format,
 )
 
@@ -43,7 +45,7 @@ def init_experts(
     ),
     overrides: SetOpt = None,
     method: str | None = typer.Option(
-        None, "--method", help="sslora | moelora | lora | pissa (= --set adapter.method=...)."
+        None, "--method", help=f"{' | '.join(METHODS)} (= --set adapter.method=...)."
     ),
     experts: int | None = typer.Option(
         None, "--experts", "-E", help="Number of experts (= --set adapter.experts=...)."
@@ -64,6 +66,7 @@ def init_experts(
     from medqwen_cli.recipe import load_recipe
 
     fmt = resolve_format(fmt)
+    settings = read_settings()
     check_choice(device, DEVICES, "--device")
     items = list(overrides or [])
     for key, value in (("method", method), ("experts", experts), ("top_k", top_k), ("rank", rank)):
@@ -81,7 +84,7 @@ def init_experts(
     with _output.progress("SVD per layer") as bar:
         summary = run(
             loaded, out or Path.cwd(), command=command_line(), device=device, progress=bar,
-            empty_out=out is not None,
+            empty_out=out is not None, settings=settings,
         )  # fmt: skip
     rows = [
         {"field": "bundle", "value": f"{summary.bundle} ({summary.version})"},

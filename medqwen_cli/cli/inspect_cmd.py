@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import FIELDS, BundleArg, FormatOpt, resolve_format
+from medqwen_cli.cli._common import FIELDS, BundleArg, FormatOpt, read_settings, resolve_format
 
 
 def inspect(
@@ -25,7 +25,7 @@ def inspect(
     from medqwen_cli.errors import BundleIntegrityError
 
     fmt = resolve_format(fmt)
-    summary = summarize(Bundle.open(bundle), version)
+    summary = summarize(Bundle.open(bundle, read_settings()), version)
     base, method = summary["base"], summary["method"]
     rows = [
         {"field": "path", "value": summary["path"]},

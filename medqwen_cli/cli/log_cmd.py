@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import BundleArg, FormatOpt, resolve_format
+from medqwen_cli.cli._common import BundleArg, FormatOpt, read_settings, resolve_format
 
 COLUMNS = ["version", "parent", "tasks", "created", "command"]
 
@@ -21,7 +21,7 @@ def log(
     from medqwen_cli.bundle import Bundle
 
     fmt = resolve_format(fmt)
-    b = Bundle.open(bundle)
+    b = Bundle.open(bundle, read_settings())
     entries = b.manifest.versions if all_versions or not b.manifest.versions else b.lineage()
     rows = [
         {"version": e.id, "parent": e.parent, "tasks": e.tasks, "created": e.created,

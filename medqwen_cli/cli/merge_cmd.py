@@ -14,6 +14,7 @@ from medqwen_cli.cli._common import (
     FormatOpt,
     check_choice,
     command_line,
+    read_settings,
     resolve_format,
 )
 from medqwen_cli.merge.core import MODES  # torch-free: the merge package loads the rest lazily
@@ -79,7 +80,8 @@ def merge(
 
     fmt = resolve_format(fmt)
     check_choice(mode, MODES, "--mode")
-    opened = Bundle.open(bundle)  # a wrong path or version fails before torch loads
+    settings = read_settings()
+    opened = Bundle.open(bundle, settings)  # a wrong path or version fails before torch loads
     opened.resolve_version(version)
     from medqwen_cli.merge import merge_bundle
 
@@ -88,6 +90,7 @@ def merge(
             opened, out, version=version, mode=mode, calibration=calibration or None,
             calibration_samples=calibration_samples, copy_base=copy_base, overwrite=overwrite,
             rank=rank, evaluate=not no_eval, command=command_line(), progress=bar,
+            settings=settings,
         )  # fmt: skip
     _output.emit(fmt, _output.Rows(_rows(result), FIELDS, title="merge"), data=result.to_dict())
 

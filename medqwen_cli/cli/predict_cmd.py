@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import FORMATS, BundleArg, FormatOpt, resolve_format
+from medqwen_cli.cli._common import FORMATS, BundleArg, FormatOpt, read_settings, resolve_format
 
 COLUMNS = ["id", "images", "prediction", "scoring"]
 
@@ -61,13 +61,14 @@ def predict(
     (id, images, prediction, scoring, scores), CSV or a table. The bundle is only read."""
 
     fmt = resolve_format(fmt, (*FORMATS, "jsonl"))
+    settings = read_settings()
     from medqwen_cli.evaluation.predict import predict as run_predict
 
     with _output.progress("predict") as bar:
         result = run_predict(
             bundle, image=image, question=question, data=data, choices=choices,
             version=version, base_only=base_only, max_new_tokens=max_new_tokens, split=split,
-            progress=bar,
+            progress=bar, settings=settings,
         )  # fmt: skip
     n = len(result.answers)
     _output.note(

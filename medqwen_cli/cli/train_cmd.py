@@ -14,6 +14,7 @@ from medqwen_cli.cli._common import (
     FormatOpt,
     SetOpt,
     command_line,
+    read_settings,
     resolve_format,
 )
 
@@ -133,6 +134,7 @@ def train(
 
     watch_args = _watch_args(watch, eval_every)
     fmt = resolve_format(fmt)
+    settings = read_settings()
     with _train_progress() as bar:
         result = train_bundle(
             bundle,
@@ -142,6 +144,7 @@ def train(
             command=command_line(),
             restart=restart,
             progress_fn=bar,
+            settings=settings,
             **watch_args,
         )
     _render(fmt, result)
@@ -169,6 +172,7 @@ def continue_(
 
     watch_args = _watch_args(watch, eval_every)
     fmt = resolve_format(fmt)
+    settings = read_settings()
     with _train_progress() as bar, _output.progress("evaluate") as ebar:
         result = continue_bundle(
             bundle,
@@ -180,6 +184,7 @@ def continue_(
             evaluate=not no_eval,
             progress_fn=bar,
             eval_progress=ebar,
+            settings=settings,
             **watch_args,
         )
     _render(fmt, result)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from medqwen_cli.cli import _output
-from medqwen_cli.cli._common import FormatOpt, SetOpt, resolve_format
+from medqwen_cli.cli._common import FormatOpt, SetOpt, read_settings, resolve_format
 from medqwen_cli.errors import DataError, RecipeError
 
 SHOWN_PER_SPLIT = 50  # text output; JSON and CSV list every problem
@@ -45,7 +45,8 @@ def validate(
                 f"{recipe}: {n} problem{'s' * (n > 1)} (listed above)", exc.hint
             ) from None
         raise
-    checks = [] if no_data else check_datasets(loaded)
+    data_dir = read_settings().data_cache_dir  # built-in datasets are generated there
+    checks = [] if no_data else check_datasets(loaded, cache_dir=data_dir)
     splits = [c.to_dict() for c in checks]
     problems = [p for c in splits for p in c["problems"]]
     for warning in (w for c in checks for w in c.warnings):

@@ -1,8 +1,12 @@
 """`evaluate_bundle`: score one bundle version (or the base alone) on its tasks, and record it.
 
     evaluate_bundle(bundle, version=None, tasks=None, base_only=False, scoring=None,
-                    save_predictions=None, progress=None, recipe=None, overrides=None)
+                    save_predictions=None, progress=None, recipe=None, overrides=None,
+                    settings=None)
         -> EvaluationResult
+
+`settings` (settings.Settings) names the default bundle and the cache built-in data are generated
+into; the CLI reads them from the environment once per command, and so does a call without them.
 
 0. The recipe: the bundle's stored one (or `recipe`), with `overrides` (`--set key=value`
    items) applied for this evaluation only: nothing is written back to the bundle. Keys the
@@ -42,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from medqwen_cli.bundle import BASE_VERSION, Bundle, atomic_write_bytes
+from medqwen_cli.choices import SCORINGS
 from medqwen_cli.errors import EvaluationError
 from medqwen_cli.evaluation.summary import TaskEvaluation, score_task_predictions
+from medqwen_cli.settings import Settings
 
-SCORINGS = ("likelihood", "generate")
 # Facts of the bundle itself (its manifest), not settings of an evaluation: never overridden.
 FIXED_KEYS = ("adapter", "model.base", "model.revision")
 ProgressFn = Callable[[int, int, str], None]
@@ -102,20 +107,23 @@ def evaluate_bundle(
     progress: ProgressFn | None = None,
     recipe: Any = None,
     overrides: Sequence[str] | None = None,
+    settings: Settings | None = None,
 ) -> EvaluationResult:
     """Evaluate a version (default head) or the base on its tasks (see the module docstring).
 
     `recipe` (default: the one stored in the bundle) resolves task names and evaluation settings;
     `continue` passes the recipe it trained with, so tasks defined only there resolve too.
     `overrides` (`--set` items, e.g. "eval.max_samples=20") apply to it for this call only.
+    `settings` default: `Settings.from_env()`.
     """
     from medqwen_cli.loading import bundle_recipe
     from medqwen_cli.recipe import override_recipe
 
     overrides = list(overrides or [])
     check_eval_overrides(overrides)  # a typo fails before the bundle is read
+    settings = settings if settings is not None else Settings.from_env()
     if not isinstance(bundle, Bundle):
-        bundle = Bundle.open(bundle)
+        bundle = Bundle.open(bundle, settings)
     recipe = recipe if recipe is not None else bundle_recipe(bundle)
     recipe = override_recipe(recipe, overrides, source=f"{bundle.root}'s recipe with --set")
     scoring = scoring or recipe.eval.scoring
@@ -135,7 +143,7 @@ def evaluate_bundle(
             "give a file name, e.g. predictions.jsonl",
         )
     names = default_tasks(bundle, recipe, vid) if not tasks else list(dict.fromkeys(tasks))
-    task_data = load_eval_tasks(recipe, names)  # fail fast on data
+    task_data = load_eval_tasks(recipe, names, data_dir=settings.data_cache_dir)  # fail fast
 
     t0 = time.perf_counter()
     model, processor = _load_model(bundle, recipe, vid)
@@ -192,23 +200,24 @@ class ModelScores:
     predictions: list[Any] = field(default_factory=list)  # Prediction per record, in task order
 
 
-def load_eval_tasks(recipe: Any, names: Sequence[str]) -> dict[str, TaskData]:
-    """Each named task's evaluation records, as `medqwen evaluate` reads them; an unknown task,
-    or one without an eval split, fails here, before any model work."""
-    return {name: TaskData(*_task_records(recipe, name)) for name in dict.fromkeys(names)}
+def load_eval_tasks(recipe: Any, names: Sequence[str], *, data_dir: Path) -> dict[str, TaskData]:
+    """Each named task's evaluation records, as `medqwen evaluate` reads them (built-in data
+    generated under `data_dir`, `Settings.data_cache_dir`); an unknown task, or one without an
+    eval split, fails here, before any model work."""
+    return {name: TaskData(*_task_records(recipe, name, data_dir)) for name in dict.fromkeys(names)}
 
 
 def score_model(
     model: Any,
     processor: Any,
     recipe: Any,
-    tasks: Mapping[str, TaskData] | Sequence[str],
+    tasks: Mapping[str, TaskData],
     *,
     scoring: str | None = None,
     progress: ProgressFn | None = None,
     keep_predictions: bool = False,
 ) -> ModelScores:
-    """Answer and score `tasks` (names, or `load_eval_tasks`'s result) with a loaded model.
+    """Answer and score `tasks` (`load_eval_tasks`'s result) with a loaded model.
 
     The recipe's eval settings apply (eval.batch_size, eval.max_new_tokens, eval.scoring unless
     `scoring` is given, eval.finding_keywords); the model is put in eval mode and answers without
@@ -217,17 +226,16 @@ def score_model(
     from medqwen_cli.evaluation.runner import Runner
 
     scoring = scoring or recipe.eval.scoring
-    task_data = tasks if isinstance(tasks, Mapping) else load_eval_tasks(recipe, tasks)
     runner = Runner(
         model, processor, batch_size=recipe.eval.batch_size,
         max_new_tokens=recipe.eval.max_new_tokens,
         max_image_pixels=recipe.train.max_image_pixels, max_length=recipe.train.max_length,
     )  # fmt: skip
-    total = sum(len(data.records) for data in task_data.values())
+    total = sum(len(data.records) for data in tasks.values())
     done, answer_seconds = 0, 0.0
     t0 = time.perf_counter()
     results, predictions = [], []
-    for name, data in task_data.items():
+    for name, data in tasks.items():
 
         def advance(n: int, _record: Any, name: str = name) -> None:
             nonlocal done
@@ -283,10 +291,9 @@ def default_tasks(bundle: Bundle, recipe: Any, version: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
+def _task_records(recipe: Any, name: str, data_dir: Path) -> tuple[list[Any], str, list[str]]:
     """(eval records of task `name`, capped by eval.max_samples, split label, dataset names)."""
     from medqwen_cli.data.readers import load_records
-    from medqwen_cli.modeling import data_cache_dir
 
     specs = [s for s in recipe.task_datasets(name) if s.eval_split]
     if not specs:
@@ -298,7 +305,7 @@ def _task_records(recipe: Any, name: str) -> tuple[list[Any], str, list[str]]:
     records = []
     for i, spec in enumerate(specs):
         loaded = load_records(
-            spec, spec.eval_split, cache_dir=data_cache_dir(),
+            spec, spec.eval_split, cache_dir=data_dir,
             max_image_pixels=recipe.train.max_image_pixels,
         )  # fmt: skip
         records += [(i, r.model_copy(update={"task": name})) for r in loaded]

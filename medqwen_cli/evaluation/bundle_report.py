@@ -28,6 +28,7 @@ from typing import Any
 from medqwen_cli.bundle import BASE_VERSION, Bundle
 from medqwen_cli.errors import EvaluationError
 from medqwen_cli.forgetting import ForgettingReport, forgetting_report
+from medqwen_cli.settings import Settings
 
 
 @dataclass
@@ -44,10 +45,15 @@ class BundleRun:
 
 
 def forgetting_for_bundles(
-    bundles: Sequence[Bundle | str | os.PathLike[str]], *, metric: str | None = None
+    bundles: Sequence[Bundle | str | os.PathLike[str] | None],
+    *,
+    metric: str | None = None,
+    settings: Settings | None = None,
 ) -> list[BundleRun]:
-    """One report per bundle, side by side, named by their directories."""
-    opened = [b if isinstance(b, Bundle) else Bundle.open(b) for b in bundles]
+    """One report per bundle, side by side, named by their directories. A `None` bundle is the
+    default one of `settings` (default: `Settings.from_env()`), found as `Bundle.open` finds it."""
+    settings = settings if settings is not None else Settings.from_env()
+    opened = [b if isinstance(b, Bundle) else Bundle.open(b, settings) for b in bundles]
     names = run_names([b.root for b in opened])
     if len(set(names)) != len(names):
         raise EvaluationError(

@@ -1,7 +1,8 @@
 """`predict`: answer questions about images with a bundle version, writing nothing.
 
     predict(bundle, *, image=None, question=None, data=None, choices=None, version=None,
-            base_only=False, max_new_tokens=None, split="eval", progress=None) -> PredictResult
+            base_only=False, max_new_tokens=None, split="eval", progress=None,
+            settings=None) -> PredictResult
 
 Inputs, exactly one of:
 
@@ -23,6 +24,8 @@ Answers come from `Runner` (runner.py), exactly as `medqwen evaluate` answers:
 Contract: the bundle is only read: no version, no evals.jsonl line, no lock. The version's
 files, its lineage's and init.safetensors are checked against their checksums
 (`Bundle.check_version`) before the data is read or the model loads.
+`settings` (settings.Settings, default: read from the environment) names the default bundle
+and the cache where built-in data and converted images (DICOM, MedMNIST) are written.
 Argument problems fail before the bundle is opened and before torch is imported. Nothing here
 logs question or answer text; the caller renders the answers.
 """
@@ -38,6 +41,7 @@ from typing import Any
 
 from medqwen_cli.bundle import BASE_VERSION, Bundle
 from medqwen_cli.errors import DataError, EvaluationError
+from medqwen_cli.settings import Settings
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -91,23 +95,28 @@ def predict(
     max_new_tokens: int | None = None,
     split: str = "eval",
     progress: ProgressFn | None = None,
+    settings: Settings | None = None,
 ) -> PredictResult:
     """Answer `question` about `image`, or every record of `data` (see the module docstring)."""
     options = check_arguments(image, question, data, choices, version, base_only, max_new_tokens)
+    settings = settings if settings is not None else Settings.from_env()
     if not isinstance(bundle, Bundle):
-        bundle = Bundle.open(bundle)
+        bundle = Bundle.open(bundle, settings)
     from medqwen_cli.loading import bundle_recipe
 
     recipe = bundle_recipe(bundle)
+    data_dir = settings.data_cache_dir
     if version == BASE_VERSION:
         base_only, version = True, None
     vid = BASE_VERSION if base_only else bundle.resolve_version(version)
     if vid != BASE_VERSION:
         bundle.check_version(vid)  # init and every file of the lineage, before any work
     if data is not None:
-        records = _data_records(data, split, recipe.train.max_image_pixels)
+        records = _data_records(data, split, recipe.train.max_image_pixels, data_dir)
     else:
-        records = [_image_record(Path(image), str(question), recipe.train.max_image_pixels)]
+        records = [
+            _image_record(Path(image), str(question), recipe.train.max_image_pixels, data_dir)
+        ]
     if options:
         # the choices replace each record's own candidates; `answer` is never read here
         update = {"labels": options, "type": "classification"}
@@ -190,18 +199,15 @@ def _scores(prediction: Any) -> dict[str, float] | None:
     return dict(zip(prediction.candidates, prediction.probabilities, strict=True))
 
 
-def _image_record(path: Path, question: str, max_image_pixels: int) -> Any:
+def _image_record(path: Path, question: str, max_image_pixels: int, data_dir: Path) -> Any:
     """The one-question record of --image/--question, its image checked as readers check."""
     from medqwen_cli.data.images import ImageResolver
     from medqwen_cli.data.records import Record
-    from medqwen_cli.modeling import data_cache_dir
 
     if not path.expanduser().is_file():
         what = "is a directory" if path.expanduser().is_dir() else "not found"
         raise DataError(f"--image {path}: {what}", "give the path of an image file")
-    resolver = ImageResolver(
-        Path.cwd(), cache_dir=data_cache_dir(), max_image_pixels=max_image_pixels
-    )
+    resolver = ImageResolver(Path.cwd(), cache_dir=data_dir, max_image_pixels=max_image_pixels)
     resolved = resolver.resolve_one(str(path.expanduser().resolve()), "--image", "image")
     return Record(
         id=path.stem or "image", type="vqa_open", images=[resolved], question=question.strip(),
@@ -209,9 +215,8 @@ def _image_record(path: Path, question: str, max_image_pixels: int) -> Any:
     )  # fmt: skip
 
 
-def _data_records(data: Any, split: str, max_image_pixels: int) -> list[Any]:
+def _data_records(data: Any, split: str, max_image_pixels: int, data_dir: Path) -> list[Any]:
     from medqwen_cli.data.readers import load_records
-    from medqwen_cli.modeling import data_cache_dir
     from medqwen_cli.recipe import DatasetSpec
 
     path = str(data)
@@ -225,9 +230,7 @@ def _data_records(data: Any, split: str, max_image_pixels: int) -> list[Any]:
         path = str(Path(path).expanduser().resolve())
     spec = DatasetSpec(path=path, split=split, eval_split=split)
     try:
-        return load_records(
-            spec, split, cache_dir=data_cache_dir(), max_image_pixels=max_image_pixels
-        )
+        return load_records(spec, split, cache_dir=data_dir, max_image_pixels=max_image_pixels)
     except DataError as exc:
         if "'answer' is missing" not in exc.message:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,9 +13,6 @@ from torch import Tensor
 from medqwen_cli.adapters import adapter_layers
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.merge.core import HELD_OUT_SHARE, MergeError, ProgressFn
-from medqwen_cli.modeling import (
-    data_cache_dir,
-)
 from medqwen_cli.recipe import Recipe
 
 
@@ -38,8 +36,11 @@ def calibration_tasks(
     return names
 
 
-def calibration_records(recipe: Recipe, tasks: Sequence[str], samples: int) -> tuple[list, list]:
-    """(fit, held-out) training-split records: drawn evenly over the tasks, seeded, 20% held."""
+def calibration_records(
+    recipe: Recipe, tasks: Sequence[str], samples: int, *, data_dir: Path
+) -> tuple[list, list]:
+    """(fit, held-out) training-split records: drawn evenly over the tasks, seeded, 20% held
+    (built-in data generated under `data_dir`, `Settings.data_cache_dir`)."""
     from medqwen_cli.data.readers import load_records
 
     pools = []
@@ -47,7 +48,7 @@ def calibration_records(recipe: Recipe, tasks: Sequence[str], samples: int) -> t
         records = []
         for spec in recipe.task_datasets(name):
             loaded = load_records(
-                spec, spec.split, cache_dir=data_cache_dir(),
+                spec, spec.split, cache_dir=data_dir,
                 max_image_pixels=recipe.train.max_image_pixels,
             )  # fmt: skip
             records += loaded[: spec.max_samples]

@@ -36,6 +36,7 @@ from medqwen_cli.merge.core import (
 from medqwen_cli.merge.fidelity import logit_fidelity, task_metrics
 from medqwen_cli.merge.loading import load_export
 from medqwen_cli.merge.writers import write_dense, write_peft, write_routed
+from medqwen_cli.settings import Settings
 
 
 def merge_bundle(
@@ -52,22 +53,30 @@ def merge_bundle(
     evaluate: bool = True,
     command: str = "medqwen merge",
     progress: ProgressFn | None = None,
+    settings: Settings | None = None,
 ) -> MergeResult:
     """Export `version` (default head) of `bundle` to `out` (see the module docstring).
 
     routed is measured only when `calibration` tasks are given; dense and peft always are.
     `rank` (peft only) keeps that many singular components per layer (default: all, exact).
     `evaluate` adds the task metric before/after where the tasks have an eval split.
+    `settings` (default: `Settings.from_env()`): the default bundle and the data cache.
     """
     t0 = time.perf_counter()
     _check_options(mode, rank, calibration_samples, copy_base)
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    settings = settings if settings is not None else Settings.from_env()
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, settings)
+    data_dir = settings.data_cache_dir
     vid = bundle.resolve_version(version)
     out = _check_out(Path(out), overwrite, bundle)
     recipe = bundle_recipe(bundle)
     measure = mode != "routed" or bool(calibration)
     tasks = calibration_tasks(bundle, recipe, vid, calibration) if measure else []
-    fit, held = calibration_records(recipe, tasks, calibration_samples) if measure else ([], [])
+    fit, held = (
+        calibration_records(recipe, tasks, calibration_samples, data_dir=data_dir)
+        if measure
+        else ([], [])
+    )
     options = {"dtype": recipe.model.dtype, "device": recipe.model.device}
     adapted = load_adapted(bundle, vid, **options, max_pixels=recipe.train.max_image_pixels)
     layers = dict(adapter_layers(adapted.model))
@@ -94,7 +103,7 @@ def merge_bundle(
             fidelity.measured_with = how
             if evaluate:
                 fidelity.task_metrics, fidelity.task_metrics_note = task_metrics(
-                    recipe, tasks, adapted.model, candidate, adapted.processor
+                    recipe, tasks, adapted.model, candidate, adapted.processor, data_dir=data_dir
                 )
             del candidate
         calib = None

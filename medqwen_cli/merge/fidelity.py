@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,9 +11,6 @@ from torch import Tensor
 
 from medqwen_cli.merge.calibration import to_model
 from medqwen_cli.merge.core import Fidelity, ProgressFn
-from medqwen_cli.modeling import (
-    data_cache_dir,
-)
 from medqwen_cli.recipe import Recipe
 
 
@@ -47,11 +45,18 @@ def logit_fidelity(
 
 
 def task_metrics(
-    recipe: Recipe, tasks: Sequence[str], reference: Any, candidate: Any, processor: Any
+    recipe: Recipe,
+    tasks: Sequence[str],
+    reference: Any,
+    candidate: Any,
+    processor: Any,
+    *,
+    data_dir: Path,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Each task's headline metric on its eval split (first eval.max_samples records), with the
     routed model (before) and the export (after), and under `parts` each record type's own
-    headline (a mixed task's headline is their mean); the note says which tasks were skipped."""
+    headline (a mixed task's headline is their mean); the note says which tasks were skipped.
+    Built-in data are generated under `data_dir` (`Settings.data_cache_dir`)."""
     from medqwen_cli.data.readers import load_records
     from medqwen_cli.evaluation.runner import Runner
     from medqwen_cli.evaluation.summary import score_task_predictions
@@ -66,7 +71,7 @@ def task_metrics(
         records = []
         for spec in specs:
             records += load_records(
-                spec, spec.eval_split, cache_dir=data_cache_dir(),
+                spec, spec.eval_split, cache_dir=data_dir,
                 max_image_pixels=recipe.train.max_image_pixels,
             )  # fmt: skip
         records = records[: recipe.eval.max_samples]

@@ -23,6 +23,7 @@ from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.errors import RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
+from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     from medqwen_cli.evaluation.api import TaskData
@@ -48,6 +49,7 @@ class TrainPlan:
     kind: str  # train or continue (part of the run key)
     key: str  # run key
     run_dir: Path  # <bundle>/work/<key>: checkpoints, train_log.jsonl, curve.jsonl
+    settings: Settings  # the cache built-in data are generated into (data_cache_dir)
 
 
 def plan_run(
@@ -59,17 +61,23 @@ def plan_run(
     watch: list[str] | None,
     eval_every: int | None,
     kind: str,
+    settings: Settings | None = None,
 ) -> TrainPlan:
     """Check and resolve a run on `bundle`'s head (see the module docstring); reads the bundle's
-    manifest, recipe and head files and the watched tasks' eval records, writes nothing."""
+    manifest, recipe and head files and the watched tasks' eval records, writes nothing.
+    `settings` (default: `Settings.from_env()`) goes into the plan: the phases read data there."""
     from medqwen_cli.evaluation.api import load_eval_tasks
+
+    settings = settings if settings is not None else Settings.from_env()
 
     bundle.check_version(bundle.head)  # a damaged lineage stops here: nothing read or written yet
     recipe = resolve_recipe(bundle, recipe_path, overrides)
     specs, regime = task_specs(recipe, tasks)
     names = task_names(recipe, tasks)
     watched, every = check_watch(recipe, watch, eval_every)
-    watch_tasks = load_eval_tasks(recipe, watched) if watched else {}  # no eval split: fails here
+    data_dir = settings.data_cache_dir
+    # a watched task without an eval split fails here
+    watch_tasks = load_eval_tasks(recipe, watched, data_dir=data_dir) if watched else {}
 
     from medqwen_cli.modeling import select_device  # torch from here on
     from medqwen_cli.training.checkpoint import run_key
@@ -94,6 +102,7 @@ def plan_run(
         kind=kind,
         key=key,
         run_dir=bundle.work_dir / key,
+        settings=settings,
     )
 
 

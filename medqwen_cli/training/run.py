@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medqwen_cli.bundle import Bundle
+from medqwen_cli.bundle import Bundle, find_bundle
 from medqwen_cli.errors import TrainingError
 from medqwen_cli.recipe import DatasetSpec
+from medqwen_cli.settings import Settings
 from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported from here elsewhere)
     DEFAULT_EVERY,
     TrainPlan,
@@ -88,6 +89,7 @@ def train_bundle(
     watch: list[str] | None = None,
     eval_every: int | None = None,
     curve_fn: CurveFn | None = None,
+    settings: Settings | None = None,
 ) -> TrainResult:
     """Train the head on the tasks' datasets and append the result as a new version.
 
@@ -95,11 +97,13 @@ def train_bundle(
     (default 10) and at the last step, as `medqwen evaluate` scores them; the points are
     `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
     `curve_fn` gets each step's headline points as they come (main process).
+    `settings` (default: `Settings.from_env()`): the default bundle and the data cache.
     """
-    bundle = Bundle.open(bundle_path)
+    settings = settings if settings is not None else Settings.from_env()
+    bundle = Bundle.open(find_bundle(bundle_path, settings))  # the one open of the run
     plan = plan_run(
         bundle, tasks=list(tasks or []), recipe_path=recipe_path, overrides=list(overrides or []),
-        watch=watch, eval_every=eval_every, kind=kind,
+        watch=watch, eval_every=eval_every, kind=kind, settings=settings,
     )  # fmt: skip
     accelerator = make_accelerator(plan, bundle)
     return run_plan(
@@ -122,6 +126,7 @@ def continue_bundle(
     watch: list[str] | None = None,
     eval_every: int | None = None,
     curve_fn: CurveFn | None = None,
+    settings: Settings | None = None,
 ) -> TrainResult:
     """The next task of a sequence: train the head on `task` only, then evaluate every task seen.
 
@@ -130,11 +135,13 @@ def continue_bundle(
     version is scored on every task of its lineage (and `eval.tasks`), so the forgetting matrix
     fills itself. `watch` / `eval_every` / `curve_fn`: a forgetting curve, as in `train_bundle`
     (independent of `evaluate`). Only the main process scores; the others only train.
+    `settings`: as in `train_bundle`.
     """
-    bundle = Bundle.open(bundle_path)
+    settings = settings if settings is not None else Settings.from_env()
+    bundle = Bundle.open(find_bundle(bundle_path, settings))  # the one open of the run
     plan = plan_run(
         bundle, tasks=[task], recipe_path=recipe_path, overrides=list(overrides or []),
-        watch=watch, eval_every=eval_every, kind="continue",
+        watch=watch, eval_every=eval_every, kind="continue", settings=settings,
     )  # fmt: skip
     accelerator = make_accelerator(plan, bundle)
     evaluate = evaluate and accelerator.is_main_process
@@ -231,11 +238,11 @@ def load_data(plan: TrainPlan, accelerator: Any) -> TrainData:
     """Reads the plan's datasets (capped at max_samples) and shards the regime sampler for this
     process (accelerator.process_index of num_processes); an empty dataset fails here."""
     from medqwen_cli.data.readers import load_records
-    from medqwen_cli.modeling import data_cache_dir
 
     cfg = plan.recipe.train
+    data_dir = plan.settings.data_cache_dir
     records = [
-        load_records(s, s.split, cache_dir=data_cache_dir(), max_image_pixels=cfg.max_image_pixels)[
+        load_records(s, s.split, cache_dir=data_dir, max_image_pixels=cfg.max_image_pixels)[
             : s.max_samples
         ]
         for s in plan.specs
@@ -409,8 +416,9 @@ def score_parent(
     if (plan.parent, task) in done:
         return []
     before = evaluate_bundle(
-        bundle, version=plan.parent, tasks=[task], recipe=plan.recipe, progress=progress
-    )
+        bundle, version=plan.parent, tasks=[task], recipe=plan.recipe, progress=progress,
+        settings=plan.settings,
+    )  # fmt: skip
     return before.records
 
 
@@ -424,8 +432,9 @@ def score_lineage(
     seen = bundle.read_version_info(version).lineage_tasks
     seen = list(dict.fromkeys([*seen, *(plan.recipe.eval.tasks or [])]))
     after = evaluate_bundle(
-        bundle, version=version, tasks=seen, recipe=plan.recipe, progress=progress
-    )
+        bundle, version=version, tasks=seen, recipe=plan.recipe, progress=progress,
+        settings=plan.settings,
+    )  # fmt: skip
     return after.records
 
 
