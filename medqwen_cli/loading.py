@@ -45,8 +45,9 @@ def check_adapter(bundle: Bundle, adapter: AdapterConfig) -> None:
     refuse_fixed_changes(adapter, bundle.manifest.adapter_settings)
 
 
-def bundle_base(bundle: Bundle) -> BaseInfo:
-    """Find the bundle's base again and check it is the same model (fingerprint)."""
+def bundle_base(bundle: Bundle, *, cache_dir: Path | None = None) -> BaseInfo:
+    """Find the bundle's base again and check it is the same model (fingerprint); a preset base
+    is looked up (or rebuilt) under `cache_dir` (default: the settings' cache)."""
     base = bundle.manifest.base
     candidates = []
     if base.get("source") == "local" and base.get("path"):
@@ -57,7 +58,7 @@ def bundle_base(bundle: Bundle) -> BaseInfo:
         if candidate is None or (base.get("source") == "local" and not Path(candidate).exists()):
             continue
         try:
-            info = resolve_base(candidate, base.get("revision"))
+            info = resolve_base(candidate, base.get("revision"), cache_dir=cache_dir)
         except BaseModelError as exc:
             last_error = exc
             continue
@@ -79,11 +80,13 @@ def load_adapted(
     device: str = "auto",
     max_pixels: int | None = None,
     adapter: AdapterConfig | None = None,
+    cache_dir: Path | None = None,
 ) -> AdaptedModel:
     """The base model with the adapters of `version` (default head) in place, in eval mode.
 
     `adapter` (default: the bundle's) may change the training fields (dropout, dropout_masks,
     balance_loss) of the bundle's settings, never a field fixed at init (see `check_adapter`).
+    `cache_dir`: where a preset base is found (see `bundle_base`).
     """
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
 
@@ -96,7 +99,7 @@ def load_adapted(
     # (Bundle.check_version), so a damaged bundle fails at once.
     trained = bundle.read_adapter(vid)
     init = bundle.read_init()
-    info = bundle_base(bundle)
+    info = bundle_base(bundle, cache_dir=cache_dir)
     model, processor, info = load_base(info, dtype=dtype, device=device, max_pixels=max_pixels)
     report = inject_adapters(model, adapter, init)
     load_adapter_state(model, trained)

@@ -146,7 +146,7 @@ def evaluate_bundle(
     task_data = load_eval_tasks(recipe, names, data_dir=settings.data_cache_dir)  # fail fast
 
     t0 = time.perf_counter()
-    model, processor = _load_model(bundle, recipe, vid)
+    model, processor = load_model(bundle, recipe, vid, settings.cache_dir)
     load_seconds = time.perf_counter() - t0
 
     scored = score_model(
@@ -335,7 +335,11 @@ def stratified_head(items: list[tuple[int, Any]], n: int) -> list[tuple[int, Any
     return [items[p] for p in sorted(chosen)]
 
 
-def _load_model(bundle: Bundle, recipe: Any, version: str) -> tuple[Any, Any]:
+def load_model(
+    bundle: Bundle, recipe: Any, version: str, cache_dir: Path | None = None
+) -> tuple[Any, Any]:
+    """(model, processor) of `version` (or the base alone for "base") as the recipe's model
+    settings ask; a preset base is found under `cache_dir`."""
     from medqwen_cli.loading import bundle_base, load_adapted
     from medqwen_cli.modeling import load_base
 
@@ -345,9 +349,9 @@ def _load_model(bundle: Bundle, recipe: Any, version: str) -> tuple[Any, Any]:
         "max_pixels": recipe.train.max_image_pixels,
     }
     if version == BASE_VERSION:
-        model, processor, _ = load_base(bundle_base(bundle), **options)
+        model, processor, _ = load_base(bundle_base(bundle, cache_dir=cache_dir), **options)
         return model, processor
-    adapted = load_adapted(bundle, version, **options)
+    adapted = load_adapted(bundle, version, **options, cache_dir=cache_dir)
     return adapted.model, adapted.processor
 
 

@@ -123,11 +123,11 @@ def predict(
         records = [r.model_copy(update=update) for r in records]
     given = [str(image)] if image is not None else None
 
-    from medqwen_cli.evaluation.api import _load_model
+    from medqwen_cli.evaluation.api import load_model
     from medqwen_cli.evaluation.runner import Runner
 
     t0 = time.perf_counter()
-    model, processor = _load_model(bundle, recipe, vid)
+    model, processor = load_model(bundle, recipe, vid, settings.cache_dir)
     load_seconds = time.perf_counter() - t0
     runner = Runner(
         model, processor, batch_size=recipe.eval.batch_size,

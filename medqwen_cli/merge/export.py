@@ -78,7 +78,10 @@ def merge_bundle(
         else ([], [])
     )
     options = {"dtype": recipe.model.dtype, "device": recipe.model.device}
-    adapted = load_adapted(bundle, vid, **options, max_pixels=recipe.train.max_image_pixels)
+    adapted = load_adapted(
+        bundle, vid, **options, max_pixels=recipe.train.max_image_pixels,
+        cache_dir=settings.cache_dir,
+    )  # fmt: skip
     layers = dict(adapter_layers(adapted.model))
     collate = collator(adapted.processor, recipe)
     gates = mean_gates(adapted.model, batches(fit, collate, recipe), progress) if fit else {}
@@ -97,7 +100,9 @@ def merge_bundle(
         atomic_write_json(staging / MANIFEST_FILE, manifest)
         fidelity = None
         if held:
-            candidate, how = load_export(staging, manifest, **options, measuring=True)
+            candidate, how = load_export(
+                staging, manifest, **options, measuring=True, cache_dir=settings.cache_dir
+            )
             held_batches = batches(held, collate, recipe)
             fidelity = logit_fidelity(adapted.model, candidate, held_batches, progress)
             fidelity.measured_with = how

@@ -63,10 +63,17 @@ def load_merged(path: str | os.PathLike[str], *, dtype: str = "auto", device: st
 
 
 def load_export(
-    path: Path, manifest: dict[str, Any], *, dtype: str, device: str, measuring: bool = False
+    path: Path,
+    manifest: dict[str, Any],
+    *,
+    dtype: str,
+    device: str,
+    measuring: bool = False,
+    cache_dir: Path | None = None,
 ) -> tuple[Any, str]:
     """(model, how it was loaded). peft: a PeftModel; when `measuring` without peft installed,
-    the base with the adapter's factors applied by `_apply_lora` (the same sum PEFT computes)."""
+    the base with the adapter's factors applied by `_apply_lora` (the same sum PEFT computes).
+    `cache_dir`: where a preset base of a peft export is found (default: the settings' cache)."""
     import transformers
 
     from medqwen_cli.modeling import _quiet_transformers
@@ -84,7 +91,7 @@ def load_export(
         model = cls.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
         how = f"transformers {cls.__name__}.from_pretrained"
     else:
-        base, _, _ = load_base(_export_base(manifest), dtype=dtype, device=device)
+        base, _, _ = load_base(_export_base(manifest, cache_dir), dtype=dtype, device=device)
         try:
             import peft
         except ImportError:
@@ -119,10 +126,10 @@ def _apply_lora(model: Any, path: Path) -> Any:
     return model.eval().requires_grad_(False)
 
 
-def _export_base(manifest: dict[str, Any]) -> BaseInfo:
+def _export_base(manifest: dict[str, Any], cache_dir: Path | None = None) -> BaseInfo:
     base = manifest["base"]
     where = base["path"] if Path(base["path"]).is_dir() else base["name"]
-    info = resolve_base(where, base.get("revision"))
+    info = resolve_base(where, base.get("revision"), cache_dir=cache_dir)
     if info.fingerprint != base["fingerprint"]:
         raise MergeError(
             f"base model at {info.path} has fingerprint {info.fingerprint}, the export was made "

@@ -264,7 +264,7 @@ def load_model(plan: TrainPlan, bundle: Bundle, accelerator: Any) -> AdaptedMode
     cfg = plan.recipe.train
     loaded = load_adapted(  # the recipe's training fields (dropout, its masks) on the layers
         bundle, plan.parent, dtype=plan.dtype, device=str(accelerator.device),
-        adapter=plan.recipe.adapter,
+        adapter=plan.recipe.adapter, cache_dir=plan.settings.cache_dir,
     )  # fmt: skip
     model = loaded.model
     if cfg.gradient_checkpointing:

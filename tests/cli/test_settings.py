@@ -77,6 +77,7 @@ def test_explicit_settings_win_over_the_environment(
     )
     assert after == before  # the environment's bundle was not evaluated
     assert any((tmp_path / "cache" / "data" / "builtin").glob("xray-*"))  # the data went there
+    assert any((tmp_path / "cache" / "presets").glob("tiny-qwen2-vl-*"))  # and the base came from
 
 
 def test_without_settings_the_environment_is_read(
