@@ -46,9 +46,9 @@ loads without torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from medqwen_cli._lazy import lazy_exports
 from medqwen_cli.merge.core import (
     DEFAULT_CALIBRATION_SAMPLES,
     MANIFEST_FILE,
@@ -80,10 +80,7 @@ _LAZY = {  # name -> module that defines it (these modules import torch)
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"medqwen_cli.merge.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
