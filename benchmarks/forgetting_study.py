@@ -378,7 +378,7 @@ def plot_curves(runs: list[dict], base: dict | None, path: Path) -> None:
                 )
             ax.set_xlabel(f"optimizer step while training {PAIRS[pair]}")
             ax.set_ylabel(f"{TASK_A} {what}")
-            kind = "conflicting rules" if pair == "conflict" else "same rules (control)"
+            kind = "conflicting rules" if pair == "conflict" else "same rules"
             ax.set_title(f"{pair}: {TASK_A} -> {PAIRS[pair]} ({kind})", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
