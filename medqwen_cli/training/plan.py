@@ -15,6 +15,7 @@ Everything up to `watch` runs without torch, so a typo fails at once; `device` i
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     from medqwen_cli.evaluation.api import TaskData
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EVERY = 10  # steps between two points of a --watch curve
 
@@ -125,7 +128,7 @@ def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
     fp16 mixed precision needs CUDA: float16 autocast and its loss scaling are GPU features
     (accelerate would run such a run in fp32 on CPU without a word). float16 base weights train
     only under fp16: without loss scaling their small gradients underflow to zero. bf16 works on
-    both devices. Adapters and routers stay float32 whatever these say (adapters/layer.py).
+    both devices, but on a CPU it is emulated and slow (warned). Adapters and routers stay float32 whatever these say (adapters/layer.py).
     """
     precision, dtype = recipe.train.precision, recipe.model.dtype
     if precision == "auto":
@@ -136,18 +139,23 @@ def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
             f"train.precision=fp16 (float16 mixed precision) needs a CUDA device; this run is on "
             f"{device}"
         )
-        fixes.append("use --set train.precision=fp32 (or bf16: bfloat16 autocast works on CPU)")
+        fixes.append("use --set train.precision=fp32 (the precision to train in on CPU)")
     if dtype == "float16" and precision != "fp16":
         problems.append(
             f"model.dtype=float16 trains only under train.precision=fp16 (loss scaling, CUDA); "
             f"this run would use {precision} on {device}"
         )
         fixes.append(
-            "train with --set model.dtype=float32 (or bfloat16), or on a GPU with "
-            "train.precision=fp16 or auto"
+            "train with --set model.dtype=float32, or on a GPU with train.precision=fp16 or auto"
         )
     if problems:
         raise RecipeError("; ".join(problems), "; ".join(fixes))
+    if device != "cuda" and (precision == "bf16" or dtype == "bfloat16"):
+        log.warning(
+            "bfloat16 on %s is emulated on most CPUs (5-40x slower than float32 here); "
+            "train in float32 on CPU (train.precision=fp32, model.dtype=float32 or auto)",
+            device,
+        )
     if dtype == "auto":
         dtype = "float32" if precision == "fp32" else "auto"
     return precision, dtype

@@ -53,3 +53,19 @@ def test_half_precision_that_cannot_train_on_cpu_is_refused_before_any_work(
         train_bundle(bundle_dir, tasks=["xray"], overrides=[*FAST, override])
     assert "--set " in (err.value.hint or "")
     assert not (bundle_dir / "work").exists() and Bundle.open(bundle_dir).head == "v0001"
+    assert "bf16" not in (err.value.hint or "") and "bfloat16" not in (err.value.hint or "")
+
+
+@pytest.mark.parametrize("override", ["train.precision=bf16", "model.dtype=bfloat16"])
+def test_bfloat16_on_cpu_is_allowed_with_a_warning_that_it_is_slow(
+    override: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medqwen_cli.recipe import load_recipe
+    from medqwen_cli.training.plan import training_precision
+
+    with caplog.at_level("WARNING", logger="medqwen_cli.training.plan"):
+        training_precision(load_recipe(None, [override]), "cpu")
+        assert "emulated" in caplog.text and "float32" in caplog.text
+        caplog.clear()
+        training_precision(load_recipe(None, []), "cpu")  # fp32 on CPU: nothing to say
+        assert caplog.text == ""
