@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.adapters.config import AdapterConfig
-from medqwen_cli.bundle import Bundle, TensorWriter
+from medqwen_cli.bundle import Bundle, TensorWriter, refuse_existing
 from medqwen_cli.errors import AdapterError, BundleError
 from medqwen_cli.modeling import checkpoint_files, resolve_base, select_device
 from medqwen_cli.recipe import Recipe, recipe_to_dict
@@ -58,10 +58,7 @@ class InitSummary:
 
 def check_out_dir(out: Path, *, empty: bool = True) -> None:
     """Refuse an existing bundle, a file, and (when `empty`) a directory holding anything."""
-    if (out / "bundle.json").exists():
-        Bundle.create(out, base={}, method={}, recipe={})  # raises the "never overwrites" error
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"{out} exists and is not a directory", "choose another --out path")
+    refuse_existing(out)
     if empty and out.is_dir():
         entries = sum(1 for _ in out.iterdir())
         if entries:
@@ -200,7 +197,6 @@ def init_experts(
             bundle = Bundle.create(
                 out,
                 base=info.to_dict(),
-                method=cfg.model_dump(mode="json"),
                 recipe=recipe_data,
                 init_tensors=init,
             )

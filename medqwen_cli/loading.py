@@ -1,8 +1,8 @@
 """Apply a bundle version to its base model: the one loader train, evaluate and merge share.
 
 Steps: find the base the bundle was made on (preset, local directory or HF cache), check its
-fingerprint, load it, inject adapters with the bundle's adapter settings (`bundle.json`'s
-`method`, the one place they are read from) and exact frozen init
+fingerprint, load it, inject adapters with the bundle's adapter settings (the `adapter`
+section of the recipe in `bundle.json`, stored once) and exact frozen init
 (`init.safetensors`, never a fresh SVD), then load the version's trainable tensors. Missing or
 unexpected keys, a shape mismatch or a different base fingerprint are errors; so is any file of
 the version's lineage that is missing or fails its checksum (checked before the base loads).
@@ -31,12 +31,12 @@ class AdaptedModel:
 
 
 def adapter_config(bundle: Bundle) -> AdapterConfig:
-    """The bundle's adapter settings (fixed at init), from its manifest's `method`."""
+    """The bundle's adapter settings (fixed at init): its stored recipe's `adapter`."""
     return AdapterConfig.model_validate(bundle.manifest.adapter_settings)
 
 
 def bundle_recipe(bundle: Bundle) -> Recipe:
-    """The recipe stored at init (paths already resolved), its `adapter` = `adapter_config`."""
+    """The recipe stored at init (paths already resolved; its `adapter` is `adapter_config`)."""
     return Recipe.model_validate(bundle.manifest.stored_recipe())
 
 

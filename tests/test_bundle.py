@@ -29,8 +29,10 @@ def make(tmp_path: Path, versions: int = 1) -> Bundle:
     b = Bundle.create(
         tmp_path / "b",
         base={"model_id": "tiny-qwen2-vl", "fingerprint": "abc", "source": "preset"},
-        method={"method": "sslora", "experts": 4, "top_k": 2, "rank": 8},
-        recipe={"model": {"base": "tiny-qwen2-vl"}},
+        recipe={
+            "model": {"base": "tiny-qwen2-vl"},
+            "adapter": {"method": "sslora", "experts": 4, "top_k": 2, "rank": 8},
+        },
         init_tensors={"x.init_A": torch.ones(2, 3)},
     )
     for i in range(versions):
@@ -69,7 +71,7 @@ def test_branching_from_an_older_parent_keeps_every_version(tmp_path: Path) -> N
 def test_create_refuses_an_existing_bundle(tmp_path: Path) -> None:
     b = make(tmp_path)
     with pytest.raises(BundleError, match="never overwrites"):
-        Bundle.create(b.root, base={}, method={}, recipe={})
+        Bundle.create(b.root, base={}, recipe={})
     assert Bundle.open(b.root).head == "v0001"
 
 
@@ -375,5 +377,32 @@ def test_a_manifest_written_the_old_way_reads_its_adapter_from_method(tmp_path: 
     cfg = adapter_config(b)
     assert cfg.model_dump(mode="json") == adapter and cfg.num_experts == 4 and cfg.is_routed
     assert bundle_recipe(b).adapter == cfg  # the recipe's copy never overrides `method`
-    assert b.manifest.model_dump(mode="json") == manifest  # read as written, nothing rewritten
-    assert json.loads((root / "bundle.json").read_text()) == manifest
+    assert json.loads((root / "bundle.json").read_text()) == manifest  # opening rewrites nothing
+    # written back in format 1, both copies from `method`
+    assert b.manifest.to_json() == {
+        **manifest,
+        "recipe": {**manifest["recipe"], "adapter": adapter},
+    }
+    assert list(b.manifest.to_json()) == list(manifest)  # key order kept
+
+
+def test_a_format_1_manifest_without_method_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    root.mkdir()
+    manifest = {"format_version": 1, "created": "2025-01-01T00:00:00+00:00", "base": {},
+                "recipe": {"adapter": {"method": "lora"}}}  # fmt: skip
+    (root / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format 1 manifest needs its `method`"):
+        Bundle.open(root)
+
+
+def test_format_2_stores_the_adapter_settings_once(tmp_path: Path) -> None:
+    b = make(tmp_path)
+    written = json.loads((b.root / "bundle.json").read_text())
+    assert written["format_version"] == 2 and "method" not in written
+    assert written["recipe"]["adapter"]["method"] == "sslora"
+    assert Bundle.open(b.root).manifest.adapter_settings == written["recipe"]["adapter"]
+    written["method"] = written["recipe"]["adapter"]  # a format-1 key in a format-2 file
+    (b.root / "bundle.json").write_text(json.dumps(written))
+    with pytest.raises(BundleError, match="invalid at method"):
+        Bundle.open(b.root)

@@ -1,4 +1,4 @@
-"""The adapter's settings (`recipe.adapter`, `bundle.json`'s `method`) and the facts of each method.
+"""The adapter's settings (`recipe.adapter`, stored once in `bundle.json`) and each method's facts.
 
     method    experts E   init of A_j, B_j             frozen init_A/init_B   router
     sslora    E           SVD segments of W0           yes (spectral)         top-k of E
@@ -153,7 +153,7 @@ class AdapterConfig(BaseModel):
         return is_spectral(self.method)
 
     def fixed_changes(self, stored: dict[str, object]) -> list[str]:
-        """Fields of FIXED_AT_INIT whose value differs from `stored` (a bundle's `method`);
+        """Fields of FIXED_AT_INIT whose value differs from `stored` (a bundle's adapter settings);
         fields `stored` lacks are not compared."""
         mine = self.model_dump(mode="json")
         return [k for k in FIXED_AT_INIT if k in stored and mine[k] != stored[k]]

@@ -33,7 +33,7 @@ from medqwen_cli.bundle.manifest import (
     VersionEntry,
     VersionInfo,
 )
-from medqwen_cli.bundle.store import Bundle, find_bundle, is_bundle
+from medqwen_cli.bundle.store import Bundle, find_bundle, is_bundle, refuse_existing
 from medqwen_cli.bundle.summary import summarize
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "find_bundle",
     "is_bundle",
     "load_tensors",
+    "refuse_existing",
     "save_tensors",
     "sha256_file",
     "summarize",

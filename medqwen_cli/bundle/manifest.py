@@ -3,10 +3,13 @@
     bundle.json                 Manifest     format, base, adapter settings, recipe, versions, head
     versions/vNNNN/version.json VersionInfo  parent, command, tasks, recipe, sha256 of every file
 
-`Manifest.method` holds the adapter settings used at init and is the one source every reader
-takes them from (`Manifest.adapter_settings`); `Manifest.recipe` is the whole resolved recipe
-given at init, whose `adapter` section is a copy of `method` written at the same time. Both keys
-stay in format 1 so that every medqwen that reads format 1 reads a bundle written by another.
+The adapter settings fixed at init live in one place, the `adapter` section of the resolved
+recipe stored in `bundle.json` (`Manifest.adapter_settings`).
+
+Format 1 (medqwen 0.1.0) also kept a copy of them under a top-level `method` key. It is
+read by moving `method` into `recipe.adapter` (it was the copy readers trusted), and a format-1
+bundle stays format 1: `Manifest.to_json` writes the `method` copy back, so a version added by
+this medqwen leaves the bundle readable by the medqwen that created it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import datetime as _dt
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medqwen_cli import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "bundle.json"
 INIT_FILE = "init.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
@@ -54,23 +57,44 @@ class Manifest(_Model):
     medqwen_version: str = __version__
     created: str
     base: dict[str, Any] = Field(..., description="BaseInfo: name, id, revision, fingerprint, ...")
-    method: dict[str, Any] = Field(..., description="adapter config used at init")
-    recipe: dict[str, Any] = Field(..., description="resolved recipe given at init")
+    recipe: dict[str, Any] = Field(
+        ..., description="resolved recipe given at init; its `adapter` section is fixed at init"
+    )
     init_sha256: str | None = None
     versions: list[VersionEntry] = Field(default_factory=list)
     head: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_format_1(cls, data: Any) -> Any:
+        """Format 1 kept the adapter settings twice; `method` was the copy read, so it wins."""
+        if not isinstance(data, dict) or data.get("format_version") != 1:
+            return data
+        if not isinstance(data.get("method"), dict):
+            raise ValueError("a format 1 manifest needs its `method` object (the adapter settings)")
+        upgraded = {k: v for k, v in data.items() if k != "method"}
+        if isinstance(data.get("recipe"), dict):
+            upgraded["recipe"] = {**data["recipe"], "adapter": data["method"]}
+        return upgraded
+
     @property
     def adapter_settings(self) -> dict[str, Any]:
-        """The adapter settings of the bundle (fixed at init): `method`, never `recipe.adapter`."""
-        return dict(self.method)
+        """The adapter settings of the bundle (fixed at init): the stored recipe's `adapter`."""
+        return dict(self.recipe.get("adapter") or {})
 
     def stored_recipe(self) -> dict[str, Any]:
-        """The recipe stored at init, its adapter section taken from `method` (the one source)."""
-        recipe = dict(self.recipe)
-        if self.method:
-            recipe["adapter"] = self.adapter_settings
-        return recipe
+        """The resolved recipe stored at init (a copy: callers may change it)."""
+        return dict(self.recipe)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as `bundle.json` holds it, in the bundle's own format version."""
+        data = self.model_dump(mode="json")
+        if self.format_version == 1:  # put the copy back where format 1 readers require it
+            keys = list(data)
+            data["method"] = self.adapter_settings
+            at = keys.index("recipe")
+            data = {k: data[k] for k in (*keys[:at], "method", *keys[at:])}
+        return data
 
     @property
     def tasks_seen(self) -> list[str]:

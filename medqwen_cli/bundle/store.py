@@ -1,7 +1,7 @@
 """The bundle store: open, verify and grow a bundle (layout and guarantees: docs/bundle-format.md).
 
     <bundle>/
-      bundle.json            Manifest: format, base (id, fingerprint), method, recipe, versions, head
+      bundle.json            Manifest: format, base (id, fingerprint), recipe, versions, head
       init.safetensors       frozen spectral factors A_j0 / B_j0 (exact residual, never re-SVD)
       versions/v0001/        one immutable directory per version:
         adapter.safetensors    trainable tensors; keys `<canonical module name>.<tensor>`
@@ -92,6 +92,17 @@ def find_bundle(path: str | Path | None = None, settings: Settings | None = None
     )
 
 
+def refuse_existing(root: Path) -> None:
+    """Refuse to create a bundle where one exists (medqwen never overwrites one) or on a file."""
+    if is_bundle(root):
+        raise BundleError(
+            f"{root} already holds a bundle; medqwen never overwrites one",
+            "choose another --out directory, or continue this one with `medqwen train`",
+        )
+    if root.exists() and not root.is_dir():
+        raise BundleError(f"{root} exists and is not a directory", "choose another --out path")
+
+
 # --------------------------------------------------------------------------- bundle
 
 
@@ -134,8 +145,9 @@ class Bundle:
             return Manifest.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
+            where = " at " + ".".join(map(str, first["loc"])) if first["loc"] else ""
             raise BundleError(
-                f"{file} is invalid at {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                f"{file} is invalid{where}: {first['msg'].removeprefix('Value error, ')}",
                 "the manifest was edited or damaged; restore it from a backup",
             ) from None
 
@@ -145,29 +157,20 @@ class Bundle:
         root: str | Path,
         *,
         base: dict[str, Any],
-        method: dict[str, Any],
         recipe: dict[str, Any],
         init_tensors: dict[str, torch.Tensor] | TensorWriter | None = None,
     ) -> Bundle:
         """Create an empty bundle (no versions yet) in `root`, refusing an existing bundle."""
         root = Path(root).expanduser().resolve()
-        if is_bundle(root):
-            raise BundleError(
-                f"{root} already holds a bundle; medqwen never overwrites one",
-                "choose another --out directory, or continue this one with `medqwen train`",
-            )
-        if root.exists() and not root.is_dir():
-            raise BundleError(f"{root} exists and is not a directory", "choose another --out path")
+        refuse_existing(root)
         root.mkdir(parents=True, exist_ok=True)
         with bundle_lock(root, "init-experts"):
             init_sha = None
             if init_tensors is not None:
                 save_tensors(root / INIT_FILE, init_tensors, {"format": "medqwen-init"})
                 init_sha = sha256_file(root / INIT_FILE)
-            manifest = Manifest(
-                created=now(), base=base, method=method, recipe=recipe, init_sha256=init_sha
-            )
-            atomic_write_json(root / MANIFEST, manifest.model_dump(mode="json"))
+            manifest = Manifest(created=now(), base=base, recipe=recipe, init_sha256=init_sha)
+            atomic_write_json(root / MANIFEST, manifest.to_json())
         return cls(root, manifest)
 
     # ----- reading
@@ -378,7 +381,7 @@ class Bundle:
             manifest = self.manifest.model_copy(deep=True)
             manifest.versions.append(entry)
             manifest.head = vid
-            atomic_write_json(self.root / MANIFEST, manifest.model_dump(mode="json"))
+            atomic_write_json(self.root / MANIFEST, manifest.to_json())
             self.manifest = manifest
             return entry
 

@@ -232,7 +232,7 @@ def _manifest(
             "version": vid,
             "version_sha256": bundle.entry(vid).sha256,
             "lineage_tasks": info.lineage_tasks,
-            "method": bundle.manifest.method,
+            "method": bundle.manifest.adapter_settings,
         },
         "base": adapted.base.to_dict(),
         "base_weights": base_weights,

@@ -25,7 +25,7 @@ TASKS = ["t1", "t2", "t3"]
 def make_bundle(root: Path, cells: dict[str, list[float | None]], metric: str = "accuracy") -> Path:
     """A bundle whose v0001 trained nothing (as init-experts writes it), then one task per version,
     with one headline evaluation line per known cell (None: never evaluated)."""
-    bundle = Bundle.create(root, base={"model_id": "test"}, method={}, recipe={})
+    bundle = Bundle.create(root, base={"model_id": "test"}, recipe={})
     adapter = {"layer.lora_A": torch.zeros(2, 2)}
     bundle.append_version(adapter, command="init-experts", tasks=[], recipe={})
     for task in TASKS:
@@ -158,13 +158,13 @@ def test_mixed_scoring_is_flagged(cli, tmp_path: Path) -> None:
 
 
 def test_bad_input(cli, tmp_path: Path, monkeypatch) -> None:
-    empty = Bundle.create(tmp_path / "empty", base={}, method={}, recipe={}).root
+    empty = Bundle.create(tmp_path / "empty", base={}, recipe={}).root
     Bundle.open(empty).append_version({"a": torch.zeros(1)}, command="t", tasks=["t1"], recipe={})
     result = cli("forgetting-report", empty)
     assert result.code == 1 and "has no evaluations" in result.err
     assert "medqwen evaluate" in result.err and "--base-only" in result.err
 
-    untrained = Bundle.create(tmp_path / "untrained", base={}, method={}, recipe={})
+    untrained = Bundle.create(tmp_path / "untrained", base={}, recipe={})
     untrained.append_version({"a": torch.zeros(1)}, command="init-experts", tasks=[], recipe={})
     untrained.append_evals([{"version": "base", "task": "t1", "metric": "accuracy", "value": 0.1}])
     result = cli("forgetting-report", untrained.root)

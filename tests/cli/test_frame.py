@@ -21,8 +21,15 @@ def bundle(tmp_path: Path) -> Bundle:
     b = Bundle.create(
         tmp_path / "cxr",
         base={"model_id": "tiny-qwen2-vl", "fingerprint": "f00", "source": "preset"},
-        method={"method": "sslora", "experts": 4, "top_k": 2, "rank": 8, "scaling": "theory"},
-        recipe={},
+        recipe={
+            "adapter": {
+                "method": "sslora",
+                "experts": 4,
+                "top_k": 2,
+                "rank": 8,
+                "scaling": "theory",
+            }
+        },
         init_tensors={"language_model.layers.0.mlp.up_proj.init_A": torch.zeros(8, 64)},
     )
     for i, task in enumerate(["xray", "ct"]):
