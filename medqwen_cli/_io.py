@@ -1,4 +1,4 @@
-"""File I/O shared by the bundle, the presets, training checkpoints and exports.
+"""File I/O shared by the bundle, the presets, training checkpoints, exports and data caches.
 
 Contract: every write is atomic (a temporary file in the target's directory, fsynced, then
 `os.replace`d, then the directory fsynced), so a reader sees the old file or the new one, never a
@@ -17,7 +17,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -75,6 +75,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+def build_dir_atomic(
+    target: Path, fill: Callable[[Path], None], *, complete: Callable[[Path], bool]
+) -> None:
+    """Make directory `target` by `fill`ing a temporary one next to it and renaming that into
+    place, so a concurrent reader never sees it half-built. When another process renamed its
+    copy first, that copy is kept if `complete(target)` says it is whole; on any error the
+    temporary directory is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process renamed its copy first: keep that one
+            if not complete(target):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def numel(shapes: Iterable[Iterable[int]]) -> int:

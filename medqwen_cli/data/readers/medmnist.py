@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medqwen_cli._io import build_dir_atomic
 from medqwen_cli.data.readers.base import ReadContext, split_aliases
 from medqwen_cli.data.records import Record, data_error, make_record
 
@@ -212,20 +210,11 @@ def _write_pngs(path: Path, split: str, images: np.ndarray, cache_dir: Path) -> 
     out_dir = Path(cache_dir) / "medmnist" / f"{path.stem}-{digest}" / split
     if out_dir.is_dir():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
-    try:
+
+    def save(tmp: Path) -> None:
         for i, pixels in enumerate(images):
             array = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
             Image.fromarray(np.ascontiguousarray(array.astype(np.uint8))).save(tmp / f"{i:06d}.png")
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:  # another process finished first: use its copy
-            if not out_dir.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    build_dir_atomic(out_dir, save, complete=Path.is_dir)
     return out_dir

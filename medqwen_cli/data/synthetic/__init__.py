@@ -29,14 +29,12 @@ directory renamed into place, so concurrent processes never see half a dataset).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from medqwen_cli._io import build_dir_atomic
 from medqwen_cli.data.synthetic.questions import POPE_SPLITS, TYPES, build, case_for
 from medqwen_cli.data.synthetic.render import RENDERERS
 from medqwen_cli.data.synthetic.rules import RULES, render_rule_image, rule_record, rule_split_sizes
@@ -176,18 +174,9 @@ def ensure_builtin(
             f"built-in dataset directory {target} is incomplete (no dataset.json)",
             f"delete it (rm -r {target}); it is regenerated on the next run",
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{tag}-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
-    try:
-        generate_task(name, tmp, seed=seed, size=size)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process renamed its copy first: keep that one
-            if not (target / "dataset.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_dir_atomic(
+        target,
+        lambda tmp: generate_task(name, tmp, seed=seed, size=size),
+        complete=lambda d: (d / "dataset.json").is_file(),
+    )
     return target

@@ -112,6 +112,12 @@ def spots(f: Finding, cx: float, cy: float, rng: np.random.Generator, spread: fl
     ]
 
 
+def near(cx: float, cy: float, sd: float, rng: np.random.Generator) -> tuple[float, float]:
+    """A point scattered normally around (cx, cy): x drawn first, then y (the draw order is part
+    of what makes a seed reproduce its images)."""
+    return cx + rng.normal(0, sd), cy + rng.normal(0, sd)
+
+
 # --------------------------------------------------------------------------- modalities
 
 
@@ -301,38 +307,21 @@ def render_pathology(case: Case, m: Modality, size: int, rng: np.random.Generato
         if f.name == "tumor cells":
             for _ in range(26 if big else 12):
                 r = rng.uniform(0.02, 0.03)
+                x, y = near(cx, cy, spread / 2, rng)
                 c.ellipse(
-                    cx + rng.normal(0, spread / 2),
-                    cy + rng.normal(0, spread / 2),
-                    r,
-                    r * 0.7,
-                    (0.25, 0.1, 0.42),
-                    soft=0.2 * r,
-                    angle=rng.uniform(0, 3),
+                    x, y, r, r * 0.7, (0.25, 0.1, 0.42), soft=0.2 * r, angle=rng.uniform(0, 3)
                 )
         elif f.name == "necrosis":
             r = 0.13 if big else 0.08
             c.ellipse(cx, cy, r, r * 0.85, (0.97, 0.87, 0.92), soft=0.3 * r)
             for _ in range(20):
-                c.ellipse(
-                    cx + rng.normal(0, r / 2),
-                    cy + rng.normal(0, r / 2),
-                    0.006,
-                    0.006,
-                    (0.45, 0.22, 0.5),
-                    soft=0.003,
-                )
+                x, y = near(cx, cy, r / 2, rng)
+                c.ellipse(x, y, 0.006, 0.006, (0.45, 0.22, 0.5), soft=0.003)
         elif f.name == "inflammation":
             for _ in range(45 if big else 22):
                 r = rng.uniform(0.008, 0.011)
-                c.ellipse(
-                    cx + rng.normal(0, spread / 2),
-                    cy + rng.normal(0, spread / 2),
-                    r,
-                    r,
-                    (0.2, 0.08, 0.4),
-                    soft=0.2 * r,
-                )
+                x, y = near(cx, cy, spread / 2, rng)
+                c.ellipse(x, y, r, r, (0.2, 0.08, 0.4), soft=0.2 * r)
         else:  # mitotic figure
             for x, y in spots(f, cx, cy, rng, spread=0.08):
                 r = 0.03 if big else 0.02
