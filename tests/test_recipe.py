@@ -24,6 +24,13 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
     return path
 
 
+def problems_of(tmp_path: Path, text: str) -> dict[str, str]:
+    """What load_recipe reports for a recipe that must be refused: message by field path."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, text))
+    return dict(err.value.problems)
+
+
 def test_shipped_debug_recipe_validates() -> None:
     recipe = load_recipe(REPO / "recipes/debug/tiny.yaml")
     assert recipe.model.base == "tiny-qwen2-vl"
@@ -45,12 +52,9 @@ def test_shipped_2b_recipe_schema_is_valid_and_only_data_paths_are_missing() -> 
 
 
 def test_all_problems_reported_at_once_with_suggestions(tmp_path: Path) -> None:
-    path = write(
+    problems = problems_of(
         tmp_path, "model:\n  bse: x\nadapter:\n  rank: big\n  methd: lora\ntrain:\n  lr: -1\n"
     )
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    problems = dict(err.value.problems)
     assert set(problems) == {"model.bse", "adapter.rank", "adapter.methd", "train.lr"}
     assert "did you mean 'base'" in problems["model.bse"]
     assert "did you mean 'method'" in problems["adapter.methd"]
@@ -58,23 +62,17 @@ def test_all_problems_reported_at_once_with_suggestions(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key_and_nested_list_key(tmp_path: Path) -> None:
-    path = write(
+    problems = problems_of(
         tmp_path, "trian: {}\ndata:\n  datasets:\n    - path: builtin:xray\n      wieght: 2\n"
     )
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    problems = dict(err.value.problems)
     assert "did you mean 'train'" in problems["trian"]
     assert "did you mean 'weight'" in problems["data.datasets.0.wieght"]
 
 
 def test_missing_dataset_path_and_unknown_builtin(tmp_path: Path) -> None:
-    path = write(
+    problems = problems_of(
         tmp_path, "data:\n  datasets:\n    - path: nowhere/x.jsonl\n    - path: builtin:xrya\n"
     )
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    problems = dict(err.value.problems)
     assert str(tmp_path / "nowhere/x.jsonl") in problems["data.datasets.0.path"]
     assert "did you mean 'xray'" in problems["data.datasets.1.path"]
 
