@@ -73,10 +73,8 @@ def read_settings() -> Settings:
     return Settings.from_env()
 
 
-ARGV: list[str] | None = None  # set by main(); sys.argv otherwise
-
-
-def command_line() -> str:
-    """The command as typed, for version records (argv only: never data)."""
-    args = ARGV if ARGV is not None else sys.argv[1:]
-    return "medqwen " + " ".join(shlex.quote(a) for a in args)
+def command_line(ctx: typer.Context) -> str:
+    """The command as typed, for version records (argv only: never data): the arguments `main`
+    ran the app with (its context's `obj`), else this process's own."""
+    args = ctx.obj if isinstance(ctx.obj, list) else sys.argv[1:]
+    return "medqwen " + " ".join(shlex.quote(str(a)) for a in args)

@@ -17,7 +17,6 @@ import typer
 
 from medqwen_cli import __version__
 from medqwen_cli.cli import (
-    _common,
     _output,
     demo_cmd,
     evaluate_cmd,
@@ -85,9 +84,9 @@ def _debug() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn known errors into `Error:`/`Hint:` and exit 1."""
-    _common.ARGV = list(argv) if argv is not None else sys.argv[1:]
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        app(args=argv, prog_name="medqwen")
+        app(args=args, prog_name="medqwen", obj=args)  # obj: the command line a version records
     except MedqwenError as exc:
         if _debug():
             traceback.print_exc()

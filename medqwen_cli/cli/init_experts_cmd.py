@@ -23,6 +23,7 @@ DEVICES = ("cpu", "cuda")  # where the SVDs run
 
 
 def init_experts(
+    ctx: typer.Context,
     base: str | None = typer.Option(
         None,
         "--base",
@@ -83,7 +84,7 @@ def init_experts(
 
     with _output.progress("SVD per layer") as bar:
         summary = run(
-            loaded, out or Path.cwd(), command=command_line(), device=device, progress=bar,
+            loaded, out or Path.cwd(), command=command_line(ctx), device=device, progress=bar,
             empty_out=out is not None, settings=settings,
         )  # fmt: skip
     rows = [

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 def merge(
+    ctx: typer.Context,
     bundle: BundleArg = None,
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory to write (refused if it exists, unless --overwrite)."
@@ -89,7 +90,7 @@ def merge(
         result = merge_bundle(
             opened, out, version=version, mode=mode, calibration=calibration or None,
             calibration_samples=calibration_samples, copy_base=copy_base, overwrite=overwrite,
-            rank=rank, evaluate=not no_eval, command=command_line(), progress=bar,
+            rank=rank, evaluate=not no_eval, command=command_line(ctx), progress=bar,
             settings=settings,
         )  # fmt: skip
     _output.emit(fmt, _output.Rows(_rows(result), FIELDS, title="merge"), data=result.to_dict())

@@ -115,6 +115,7 @@ def _train_progress() -> Any:
 
 
 def train(
+    ctx: typer.Context,
     bundle: BundleArg = None,
     recipe: Path | None = RecipeOpt,
     overrides: SetOpt = None,
@@ -141,7 +142,7 @@ def train(
             tasks=task,
             recipe_path=recipe,
             overrides=overrides or [],
-            command=command_line(),
+            command=command_line(ctx),
             restart=restart,
             progress_fn=bar,
             settings=settings,
@@ -151,6 +152,7 @@ def train(
 
 
 def continue_(
+    ctx: typer.Context,
     bundle: BundleArg = None,
     task: str = typer.Option(
         ..., "--task", "-t", help="The next task: a recipe task, a dataset path or builtin:NAME."
@@ -179,7 +181,7 @@ def continue_(
             task=task,
             recipe_path=recipe,
             overrides=overrides or [],
-            command=command_line(),
+            command=command_line(ctx),
             restart=restart,
             evaluate=not no_eval,
             progress_fn=bar,

@@ -21,7 +21,8 @@ def test_init_in_current_directory_then_inspect_and_log(cli, tmp_path: Path, mon
     info = json.loads(cli("inspect", "-f", "json").out)
     assert info["head"] == "v0001" and info["adapted_layers"] == 14 and info["problems"] == []
     assert info["trainable_parameters"] == summary["trainable_params"]
-    assert json.loads(cli("log", "-f", "json").out)[0]["command"].startswith("medqwen init-experts")
+    typed = f"medqwen init-experts --base tiny-qwen2-vl --recipe {TINY} -f json"
+    assert json.loads(cli("log", "-f", "json").out)[0]["command"] == typed  # as typed, not sys.argv
     stored = json.loads((tmp_path / "bundle.json").read_text())["recipe"]
     assert stored["tasks"]["ct"]["datasets"][0]["path"] == "builtin:ct"
     again = cli("init-experts", "--base", "tiny-qwen2-vl")
