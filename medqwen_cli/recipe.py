@@ -31,6 +31,7 @@ BUILTIN_TASKS = (
     "xray", "ct", "mri", "fundus", "pathology", "dicom", "cxr-rules", "ct-rules", "derm-rules",
 )  # fmt: skip
 
+Scoring = Literal["likelihood", "generate"]  # = choices.SCORINGS (tests/test_recipe.py)
 DatasetFormat = Literal[
     "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom"
 ]
@@ -158,7 +159,7 @@ class EvalConfig(_Strict):
         description="Evaluate at most N samples per task, taken in turn from each dataset, "
         "record type and POPE answer (deterministic).",
     )
-    scoring: Literal["likelihood", "generate"] = Field(
+    scoring: Scoring = Field(
         "likelihood", description="Closed questions: score candidates, or generate and parse."
     )
     finding_keywords: list[str] = Field(

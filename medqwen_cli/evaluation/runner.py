@@ -34,12 +34,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from medqwen_cli.data.records import YES_NO, Record, is_yes_no
 from medqwen_cli.evaluation.metrics._text import match_choice
+from medqwen_cli.recipe import Scoring
 
-Scoring = Literal["likelihood", "generate"]
 LIKELIHOOD_TYPES = ("vqa_closed", "pope", "classification")
 IGNORE_INDEX = -100
 # Candidate rows per likelihood forward: bounds the (rows, answer tokens, vocabulary) logits,
