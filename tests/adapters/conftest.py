@@ -11,10 +11,9 @@ from torch import nn
 from medqwen_cli.recipe import AdapterConfig
 
 VOCAB = 300
+SPECIAL_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # the model's and its text's
 TOKEN_IDS = dict(
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
+    **SPECIAL_IDS,
     image_token_id=297,
     video_token_id=298,
     vision_start_token_id=295,
@@ -28,9 +27,7 @@ TEXT = dict(
     num_key_value_heads=2,
     vocab_size=VOCAB,
     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
+    **SPECIAL_IDS,
 )
 
 
