@@ -166,14 +166,11 @@ def routed_model_type(base_model_type: str) -> str:
     return f"medqwen_routed_{base_model_type}"
 
 
-class MedqwenRoutedQwen2VLConfig(Qwen2VLConfig):
-    model_type = routed_model_type("qwen2_vl")
+class _Routed:
+    """Mixed in before a transformers model class, what a routed export adds to it: the routed
+    layers, wrapped when the model is built, and the checkpoint key mapping on load."""
 
-
-class MedqwenRoutedQwen2VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
-    config_class = MedqwenRoutedQwen2VLConfig
-
-    def __init__(self, config: Qwen2VLConfig) -> None:
+    def __init__(self, config: Qwen2VLConfig | Qwen2_5_VLConfig) -> None:
         super().__init__(config)
         wrap_routed_layers(self, config.medqwen_routed)
 
@@ -181,6 +178,14 @@ class MedqwenRoutedQwen2VLForConditionalGeneration(Qwen2VLForConditionalGenerati
     def from_pretrained(cls, *args, **kwargs):
         kwargs.setdefault("key_mapping", KEY_MAPPING)
         return super().from_pretrained(*args, **kwargs)
+
+
+class MedqwenRoutedQwen2VLConfig(Qwen2VLConfig):
+    model_type = routed_model_type("qwen2_vl")
+
+
+class MedqwenRoutedQwen2VLForConditionalGeneration(_Routed, Qwen2VLForConditionalGeneration):
+    config_class = MedqwenRoutedQwen2VLConfig
 
 
 class MedqwenRoutedQwen2_5_VLConfig(Qwen2_5_VLConfig):  # noqa: N801 - transformers' spelling
@@ -188,15 +193,6 @@ class MedqwenRoutedQwen2_5_VLConfig(Qwen2_5_VLConfig):  # noqa: N801 - transform
 
 
 class MedqwenRoutedQwen2_5_VLForConditionalGeneration(  # noqa: N801
-    Qwen2_5_VLForConditionalGeneration
+    _Routed, Qwen2_5_VLForConditionalGeneration
 ):
     config_class = MedqwenRoutedQwen2_5_VLConfig
-
-    def __init__(self, config: Qwen2_5_VLConfig) -> None:
-        super().__init__(config)
-        wrap_routed_layers(self, config.medqwen_routed)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        kwargs.setdefault("key_mapping", KEY_MAPPING)
-        return super().from_pretrained(*args, **kwargs)
