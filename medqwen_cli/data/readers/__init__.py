@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from medqwen_cli.data.dicom import is_dicom_file
 from medqwen_cli.data.readers.base import ReadContext, split_aliases
-from medqwen_cli.data.readers.conversations import llava_item, messages_item
+from medqwen_cli.data.readers.conversations import chat_item
 from medqwen_cli.data.readers.csv_reports import read_csv
 from medqwen_cli.data.readers.dicom_folder import read_dicom_folder
 from medqwen_cli.data.readers.medmnist import read_medmnist
@@ -262,9 +262,9 @@ def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
         chat = isinstance(obj, dict) and fmt == "jsonl"
         with ctx.each():
             if fmt == "llava" or (chat and "conversations" in obj):
-                records.extend(llava_item(obj, **kwargs))
+                records.extend(chat_item(obj, layout="llava", **kwargs))
             elif fmt == "messages" or (chat and "messages" in obj):
-                records.extend(messages_item(obj, **kwargs))
+                records.extend(chat_item(obj, layout="messages", **kwargs))
             else:
                 records.append(native_record(obj, **kwargs))
     return records

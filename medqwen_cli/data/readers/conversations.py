@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medqwen_cli.data.records import Record, data_error, make_record
 
@@ -35,16 +35,27 @@ USER_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant", "bot", "model")
 
 
-def llava_item(
+def chat_item(
     obj: Any,
     *,
+    layout: Literal["llava", "messages"],
     path: Path,
     line: int,
     resolve: Callable[[Any, str], list[str]],
     default_type: str | None,
     default_id: str,
 ) -> list[Record]:
+    """The Records of one chat item in either layout: only the turns are read differently."""
     where = f"{path}:{line}"
+    turns, raw_images = _TURNS[layout](obj, where)
+    images = resolve(raw_images, where)
+    return _pairs(
+        obj, turns, images, path=path, line=line, default_type=default_type, default_id=default_id
+    )
+
+
+def _llava_turns(obj: Any, where: str) -> tuple[list[tuple[str, Any]], Any]:
+    """(role, value) turns and the unresolved image field of a LLaVA / ShareGPT item."""
     if not isinstance(obj, dict) or not isinstance(obj.get("conversations"), list):
         raise data_error(where, "expected an object with a 'conversations' list (LLaVA format)")
     turns = []
@@ -52,22 +63,12 @@ def llava_item(
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise data_error(where, f"conversations[{k}] needs 'from' and 'value'")
         turns.append((str(turn["from"]).lower(), turn["value"]))
-    images = resolve(obj.get("images", obj.get("image")), where)
-    return _pairs(
-        obj, turns, images, path=path, line=line, default_type=default_type, default_id=default_id
-    )
+    return turns, obj.get("images", obj.get("image"))
 
 
-def messages_item(
-    obj: Any,
-    *,
-    path: Path,
-    line: int,
-    resolve: Callable[[Any, str], list[str]],
-    default_type: str | None,
-    default_id: str,
-) -> list[Record]:
-    where = f"{path}:{line}"
+def _messages_turns(obj: Any, where: str) -> tuple[list[tuple[str, Any]], Any]:
+    """(role, text) turns and the unresolved images of an OpenAI-style item: its image parts,
+    else its `images` field."""
     if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
         raise data_error(where, "expected an object with a 'messages' list")
     turns: list[tuple[str, Any]] = []
@@ -97,11 +98,10 @@ def messages_item(
                     raise data_error(where, f"messages[{k}] has a content part of unknown type")
             content = "".join(texts)
         turns.append((str(message["role"]).lower(), content))
-    raw_images = part_images or obj.get("images", obj.get("image"))
-    images = resolve(raw_images, where)
-    return _pairs(
-        obj, turns, images, path=path, line=line, default_type=default_type, default_id=default_id
-    )
+    return turns, part_images or obj.get("images", obj.get("image"))
+
+
+_TURNS = {"llava": _llava_turns, "messages": _messages_turns}
 
 
 def _pairs(
