@@ -43,12 +43,29 @@ EvalEveryOpt = typer.Option(
 )
 
 
-def _watch_args(watch: list[str] | None, eval_every: int | None) -> dict[str, Any]:
+def _run_args(
+    ctx: typer.Context,
+    recipe: Path | None,
+    overrides: list[str] | None,
+    restart: bool,
+    watch: list[str] | None,
+    eval_every: int | None,
+) -> dict[str, Any]:
+    """The options train and continue share, as the keyword arguments of train_bundle and
+    continue_bundle (--eval-every without --watch is refused here, before anything runs)."""
     if eval_every is not None and not watch:
         raise typer.BadParameter(
             "needs --watch TASK (the task to score every N steps)", param_hint="--eval-every"
         )
-    return {"watch": watch or None, "eval_every": eval_every, "curve_fn": _curve_note}
+    return {
+        "recipe_path": recipe,
+        "overrides": overrides or [],
+        "command": command_line(ctx),
+        "restart": restart,
+        "watch": watch or None,
+        "eval_every": eval_every,
+        "curve_fn": _curve_note,
+    }
 
 
 def _curve_note(points: list[dict[str, Any]]) -> None:
@@ -133,21 +150,11 @@ def train(
     """Train the head version and append a new immutable version (resumes an interrupted run)."""
     from medqwen_cli.training.run import train_bundle
 
-    watch_args = _watch_args(watch, eval_every)
+    run_args = _run_args(ctx, recipe, overrides, restart, watch, eval_every)
     fmt = resolve_format(fmt)
     settings = read_settings()
     with _train_progress() as bar:
-        result = train_bundle(
-            bundle,
-            tasks=task,
-            recipe_path=recipe,
-            overrides=overrides or [],
-            command=command_line(ctx),
-            restart=restart,
-            progress_fn=bar,
-            settings=settings,
-            **watch_args,
-        )
+        result = train_bundle(bundle, tasks=task, progress_fn=bar, settings=settings, **run_args)
     _render(fmt, result)
 
 
@@ -172,21 +179,17 @@ def continue_(
     """
     from medqwen_cli.training.run import continue_bundle
 
-    watch_args = _watch_args(watch, eval_every)
+    run_args = _run_args(ctx, recipe, overrides, restart, watch, eval_every)
     fmt = resolve_format(fmt)
     settings = read_settings()
     with _train_progress() as bar, _output.progress("evaluate") as ebar:
         result = continue_bundle(
             bundle,
             task=task,
-            recipe_path=recipe,
-            overrides=overrides or [],
-            command=command_line(ctx),
-            restart=restart,
             evaluate=not no_eval,
             progress_fn=bar,
             eval_progress=ebar,
             settings=settings,
-            **watch_args,
+            **run_args,
         )
     _render(fmt, result)
