@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ def fit(
     micro-batches; `sampler` is the index sampler behind it (its state goes into checkpoints).
     `watch` (a `training.watch.Watch`, or None) scores the model at its due steps.
     """
+    # adapter dropout draws from the global RNGs: seeded by train.seed (one stream per process),
+    # so a run repeats exactly; `resume` then restores a checkpoint's RNG states
+    random.seed(cfg.seed + accelerator.process_index)
+    torch.manual_seed(cfg.seed + accelerator.process_index)
     unwrapped = model
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)

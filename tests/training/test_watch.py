@@ -69,15 +69,13 @@ def test_watch_does_not_change_training(bundle_dir: Path, tmp_path: Path) -> Non
         shutil.copytree(bundle_dir, copy)
     # dropout draws from the RNG; 4 eval records: answered by likelihood and by generation
     overrides = [*QUICK, "train.max_steps=3", "adapter.dropout=0.2", "eval.max_samples=4"]
-    # train_bundle leaves torch's global RNG (the dropout masks) as it finds it: seed it here
-    torch.manual_seed(0)
+    # train.seed seeds the dropout masks; the watch's scoring must not draw from that stream
     plain = train_bundle(bundle_dir, tasks=["xray"], overrides=overrides)
-    torch.manual_seed(0)
+    torch.rand(3)  # nor may whatever the process drew in between
     watched = train_bundle(
         copies[0], tasks=["xray"], overrides=overrides, watch=["ct"], eval_every=1
     )
-    torch.manual_seed(1)
-    reseeded = train_bundle(copies[1], tasks=["xray"], overrides=overrides)
+    reseeded = train_bundle(copies[1], tasks=["xray"], overrides=[*overrides, "train.seed=1"])
     assert [p["step"] for p in watched.curves] == [0, 1, 2, 3]
     assert watched.router_load == plain.router_load  # the eval forwards are not counted
     assert watched.final_loss == plain.final_loss != reseeded.final_loss  # the RNG matters
