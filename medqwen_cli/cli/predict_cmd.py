@@ -29,7 +29,8 @@ def predict(
         "--data",
         "-d",
         help="Answer every record of this dataset instead (JSONL or any format train and "
-        "evaluate read, or builtin:NAME), in file order.",
+        "evaluate read, or builtin:NAME), in file order. JSONL records need no answer: "
+        '{"image": ..., "question": ...}.',
         show_default=False,
     ),
     choices: list[str] | None = typer.Option(

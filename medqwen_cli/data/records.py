@@ -15,7 +15,8 @@ Contract:
   `images` (or `image`) paths are relative to the file's directory; `id` defaults to
   `<file stem>-<n>` for the n-th item; `label` is accepted for `answer`; `type` defaults to classification when `labels` is given, else vqa_closed
   for yes/no answers and vqa_open otherwise. Unknown keys are refused (put extras under
-  `meta`).
+  `meta`). Only questions to answer (`medqwen predict`, `answer_optional`) may leave out
+  `answer`: a stand-in keeps the record valid and is never read (`unanswered`).
 - A bad line is never skipped: the reader raises `DataError("<file>:<line>: <what>")` with a
   hint (or, in collect mode, lists it and reads on: see readers/base.py). Messages name the
   file, line and field, never the record's text (it may be patient data).
@@ -103,6 +104,16 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def unanswered(kind: Any, labels: list[str] | None) -> str:
+    """The stand-in answer of a record given without one (`predict --data`): it only keeps
+    the record valid and is never read. It makes a record with `labels` a classification and
+    one without `type` an open question (answered by generation); a vqa_closed or pope record
+    keeps yes/no as its candidates."""
+    if labels:
+        return labels[0]
+    return "yes" if kind in ("vqa_closed", "pope") else "-"
+
+
 def infer_type(answer: str, labels: list[str] | None) -> str:
     """Default task type when the data does not say: labels -> classification, yes/no ->
     closed VQA, anything else -> open VQA."""
@@ -144,12 +155,16 @@ def make_record(
     meta: Any = None,
     default_type: str | None = None,
     default_id: str | None = None,
+    answer_optional: bool = False,
 ) -> Record:
     """Check the fields one by one (so the error names the field, never its content) and
     build a Record. `images` must already be resolved to absolute paths. `default_type`
     (a dataset's forced task type) wins over `task_type`; `default_id` (else `<stem>-<line>`)
-    is used when the data gives no id."""
+    is used when the data gives no id. With `answer_optional` (questions to answer, nothing
+    trained or scored) a record may leave out its answer: see `unanswered`."""
     where = f"{where_file}:{line}"
+    if answer is None and answer_optional:
+        answer = unanswered(default_type or task_type, _labels(labels, where))
     answer_text = _text(answer, where, "answer")
     question_text = _text(question, where, "question")
     identifier = _text(record_id, where, "id", required=False) or (
@@ -329,9 +344,10 @@ def native_record(
     resolve: Callable[[Any, str], list[str]],
     default_type: str | None = None,
     default_id: str | None = None,
+    answer_optional: bool = False,
 ) -> Record:
     """One native JSONL object -> Record. `resolve(raw_images, where)` checks and resolves
-    image paths (see readers)."""
+    image paths (see readers); `answer_optional` as in `make_record`."""
     where = f"{path}:{line}"
     if not isinstance(obj, dict):
         raise data_error(where, f"expected a JSON object, found {type(obj).__name__}")
@@ -361,6 +377,7 @@ def native_record(
         images=resolve(raw_images, where),
         default_type=default_type,
         default_id=default_id,
+        answer_optional=answer_optional,
     )
 
 

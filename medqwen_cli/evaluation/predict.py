@@ -10,7 +10,9 @@ Inputs, exactly one of:
   as the dataset readers convert it); its answer's id is the image file's stem;
 - `data`: every record of a dataset (a JSONL file, or anything `medqwen train`/`evaluate`
   read: the same readers, the same image resolution; `split` picks the split of a directory
-  or of a file that holds several, e.g. MedMNIST `.npz`), in file order.
+  or of a file that holds several, e.g. MedMNIST `.npz`), in file order. Native JSONL/JSON
+  records may leave out the answer (`{"image": ..., "question": ...}`, with `labels` or a
+  `type` of vqa_closed/pope for likelihood answers); other formats need one, never read here.
 
 Answers come from `Runner` (runner.py), exactly as `medqwen evaluate` answers:
 
@@ -230,13 +232,16 @@ def _data_records(data: Any, split: str, max_image_pixels: int, data_dir: Path) 
         path = str(Path(path).expanduser().resolve())
     spec = DatasetSpec(path=path, split=split, eval_split=split)
     try:
-        return load_records(spec, split, cache_dir=data_dir, max_image_pixels=max_image_pixels)
+        return load_records(
+            spec, split, cache_dir=data_dir, max_image_pixels=max_image_pixels,
+            answer_optional=True,
+        )  # fmt: skip
     except DataError as exc:
-        if "'answer' is missing" not in exc.message:
+        if "'answer'" not in exc.message or "missing" not in exc.message:
             raise
         raise DataError(
             exc.message,
-            "records are read as train and evaluate read them, which needs an answer; give "
-            "any placeholder answer (it is not used; a yes/no one makes the question closed), "
-            "or ask about one image with --image and --question",
+            'only native JSONL/JSON records ({"image": ..., "question": ...}) may leave out '
+            "the answer; this format is read as train and evaluate read it: give any "
+            "placeholder answer (it is not used), or convert the questions to JSONL",
         ) from None

@@ -52,6 +52,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "answer": "lung", "labels": ["lung", "heart", "liver"]},
     ]  # fmt: skip
     (root / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    questions = [  # new cases: nothing to score against
+        {"image": "scan0.png", "question": "Describe it."},
+        {"id": "q2", "type": "vqa_closed", "image": "scan1.png", "question": QUESTION},
+        {"image": "scan2.png", "question": "Organ?", "labels": ["lung", "heart", "liver"]},
+    ]
+    (root / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions))
+    chat = {"image": "scan0.png", "conversations": [{"from": "human", "value": "<image>Q?"}]}
+    (root / "chat.jsonl").write_text(json.dumps(chat) + "\n")
     (root / "broken.png").write_bytes(b"not an image")
     return root
 
@@ -111,6 +119,14 @@ def test_answers_formats_and_the_bundle_is_only_read(cli, bundle: Path, images: 
         assert float(row["p(left)"]) + float(row["p(right)"]) == pytest.approx(1)
     assert "base: 3 answers" in table.err
 
+    asked = cli("predict", bundle, "--data", images / "questions.jsonl", "-f", "json")
+    assert asked.code == 0, asked.err
+    lines = _lines(asked.out)
+    assert [x["id"] for x in lines] == ["questions-1", "q2", "questions-3"]
+    assert [x["scoring"] for x in lines] == ["generate", "likelihood", "likelihood"]
+    assert set(lines[1]["scores"]) == {"yes", "no"}
+    assert set(lines[2]["scores"]) == {"lung", "heart", "liver"}
+
     assert _snapshot(bundle) == before  # no evals.jsonl line, no version, no lock, no work dir
     assert Bundle.open(bundle).manifest.versions == versions
 
@@ -121,6 +137,7 @@ def test_answers_formats_and_the_bundle_is_only_read(cli, bundle: Path, images: 
         (["--image", "{d}/missing.png", "--question", "q"], "{d}/missing.png: not found"),
         (["--image", "{d}/broken.png", "--question", "q"], "unreadable or corrupt"),
         (["--data", "{d}/missing.jsonl"], "{d}/missing.jsonl: not found"),
+        (["--data", "{d}/chat.jsonl"], "only native JSONL/JSON records"),
         ([], "nothing to answer"),
         (["--image", "{d}/scan0.png", "--question", "q", "--data", "{d}/cases.jsonl"], "both"),
         (["--data", "{d}/cases.jsonl", "--question", "q"], "--question needs --image"),

@@ -216,3 +216,30 @@ def test_json_array_errors_name_the_line(dataset: Path, cache: Path) -> None:
     path.write_text('{"data": []}')
     with pytest.raises(DataError, match="expected a JSON array"):
         _load(dataset, cache)
+
+
+def test_questions_without_answers_only_where_asked(dataset: Path, cache: Path) -> None:
+    """`answer_optional` (predict): the type and candidates follow `type`/`labels`; the reading
+    train and evaluate do still refuses a record without an answer."""
+    asked = [
+        {"id": "open", "images": ["img/a.png"], "question": "Q?"},
+        {"id": "closed", "type": "vqa_closed", "question": "Q?"},
+        {"id": "pope", "type": "pope", "question": "Q?"},
+        {"id": "cls", "question": "Q?", "labels": ["cat", "dog"]},
+        {"id": "given", "question": "Q?", "answer": "no"},
+    ]
+    write_jsonl(dataset / "train.jsonl", asked)
+    loaded = read_dataset(spec(dataset), "train", cache_dir=cache, answer_optional=True).records
+    kinds = {r.id: (r.type, r.labels) for r in loaded}
+    assert kinds == {
+        "open": ("vqa_open", None),
+        "closed": ("vqa_closed", ["yes", "no"]),
+        "pope": ("pope", ["yes", "no"]),
+        "cls": ("classification", ["cat", "dog"]),
+        "given": ("vqa_closed", ["yes", "no"]),
+    }
+    with pytest.raises(DataError, match=r"train\.jsonl:1: field 'answer' is missing"):
+        _load(dataset, cache)
+    write_jsonl(dataset / "train.jsonl", [{"question": "Q?", "answer": " "}])  # given but empty
+    with pytest.raises(DataError, match="'answer' is missing"):
+        read_dataset(spec(dataset), "train", cache_dir=cache, answer_optional=True)

@@ -99,9 +99,12 @@ def read_dataset(
     dicom_frames: Literal["middle", "all"] = "middle",
     dicom_window: tuple[float, float] | None = None,
     collect: bool = False,
+    answer_optional: bool = False,
 ) -> DatasetLoad:
     """Like `load_records`, returning the warnings as data (see the module docstring);
-    `collect=True` returns every problem in `.problems` instead of raising the first."""
+    `collect=True` returns every problem in `.problems` instead of raising the first;
+    `answer_optional=True` lets native JSONL/JSON records leave out the answer (questions to
+    answer: `medqwen predict`), the other formats still need one."""
     cache_dir = Path(cache_dir)
     problems: list[DataError] | None = [] if collect else None
     path, fmt, records = Path(spec.path), spec.format, []
@@ -115,6 +118,7 @@ def read_dataset(
         dicom_frames=dicom_frames,
         dicom_window=dicom_window,
         problems=problems,
+        answer_optional=answer_optional,
     )
     with ctx.each():  # in collect mode, an error that stops the whole file is one problem
         root = _dataset_root(spec, cache_dir, builtin_seed, builtin_size)
@@ -266,7 +270,7 @@ def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
             elif fmt == "messages" or (chat and "messages" in obj):
                 records.extend(chat_item(obj, layout="messages", **kwargs))
             else:
-                records.append(native_record(obj, **kwargs))
+                records.append(native_record(obj, answer_optional=ctx.answer_optional, **kwargs))
     return records
 
 

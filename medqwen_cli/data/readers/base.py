@@ -47,6 +47,7 @@ class ReadContext:
     dicom_window: tuple[float, float] | None = None
     warnings: list[str] = field(default_factory=list)
     problems: list[DataError] | None = None  # a list: collect bad records instead of raising
+    answer_optional: bool = False  # native records may leave out the answer (predict)
     _resolvers: list[ImageResolver] = field(default_factory=list)
 
     @contextlib.contextmanager
