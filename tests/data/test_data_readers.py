@@ -199,6 +199,30 @@ def test_pathvqa_layout_with_bare_image_ids(tmp_path: Path, cache: Path) -> None
     assert records[0].images[0].endswith("images/train/train_0001.png")
 
 
+@pytest.mark.parametrize("name", ["train.jsonl", "train.json"])
+def test_native_records_with_a_single_image_key_stay_native(
+    tmp_path: Path, cache: Path, name: str
+) -> None:
+    """image/question/answer are PathVQA's keys too: `labels`, `task` or `meta` make it native
+    (read as PathVQA, the label set, task and meta were silently dropped)."""
+    write_png(tmp_path / "a.png")
+    items = [
+        {"id": "c1", "image": "a.png", "question": "Organ?", "answer": "lung",
+         "labels": ["lung", "heart"], "task": "organs", "meta": {"site": "x"}},
+        {"id": "c2", "image": "a.png", "question": "Normal?", "answer": "yes"},
+    ]  # fmt: skip
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(items), encoding="utf-8")
+    assert detect_format(path) == "jsonl"
+    first, second = load_records(spec(path), "train", cache_dir=cache)
+    assert (first.id, first.type, first.labels) == ("c1", "classification", ["lung", "heart"])
+    assert (first.task, first.meta) == ("organs", {"site": "x"})
+    assert (second.id, second.type) == ("c2", "vqa_closed")
+
+
 def test_vqa_missing_image(tmp_path: Path, cache: Path) -> None:
     items = [{"image": "nope", "question": "Q?", "answer": "a"}]
     (tmp_path / "train.json").write_text(json.dumps(items), encoding="utf-8")

@@ -14,7 +14,8 @@ Formats (`spec.format`, `auto` detects): `jsonl` (native records; a line may als
 `messages` or `conversations` object), `llava`, `messages`,
 `vqa_rad`, `slake`, `pathvqa`, `medmnist`, `csv`, `dicom`. Detection: `.npz` -> medmnist,
 `.csv`/`.tsv` -> csv, DICOM files or folders -> dicom, JSON / JSONL by the keys of the first
-item (`conversations` -> llava, `messages` -> messages, VQA benchmark keys -> that benchmark,
+item (`conversations` -> llava, `messages` -> messages, VQA benchmark keys -> that benchmark
+unless the item has a key only native records have (`type`, `labels`, `task`, `meta`, ...),
 otherwise native jsonl).
 
 After reading: an empty split is an error; ids must be unique; classification records without
@@ -45,6 +46,7 @@ from medqwen_cli.data.readers.dicom_folder import read_dicom_folder
 from medqwen_cli.data.readers.medmnist import read_medmnist
 from medqwen_cli.data.readers.vqa import detect_vqa_layout, read_vqa
 from medqwen_cli.data.records import (
+    NATIVE_KEYS,
     Record,
     data_error,
     iter_json_items,
@@ -56,6 +58,9 @@ from medqwen_cli.errors import DataError
 from medqwen_cli.recipe import BUILTIN_TASKS, DatasetSpec
 
 logger = logging.getLogger(__name__)
+# keys of native records that no VQA benchmark layout has: an item with one is a native record
+# (read as PathVQA its labels, type, task and meta would be dropped)
+NATIVE_ONLY_KEYS = frozenset(NATIVE_KEYS) - {"id", "image", "question", "answer"}
 _LOGGED: set[str] = set()  # warnings already logged by this process (see load_records)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".npz")
@@ -230,7 +235,7 @@ def detect_format(path: Path) -> str:
         if "messages" in item:
             return "messages"
         layout = detect_vqa_layout(item)
-        if layout is not None and not (suffix == ".jsonl" and "type" in item):
+        if layout is not None and not NATIVE_ONLY_KEYS & item.keys():
             return layout
     return "jsonl"
 
