@@ -129,3 +129,19 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     again = subprocess.run(cmd + ["--pairs", "conflict"], capture_output=True, text=True,
                            env=env, timeout=600)  # fmt: skip
     assert again.returncode == 0 and "seed 0" not in again.stderr
+
+
+def test_the_docs_tables_are_the_committed_results_report(study) -> None:
+    """docs/forgetting-study.md's tables are the report of the committed results file, so a
+    number in the docs cannot drift from the data behind it."""
+    import json
+
+    repo = SCRIPT.parents[1]
+    results = json.loads((repo / "benchmarks/results/forgetting-study-rules.json").read_text())
+    text = study.report(results, None)
+    doc = (repo / "docs/forgetting-study.md").read_text()
+    for pair in study.PAIRS:
+        part = text.split(f"## {pair}:")[1].split("\n", 1)[1]
+        part = part.split("\n## ")[0].split("\ndefinitions:")[0].strip()
+        start, end = f"<!-- {pair}:start -->\n", f"<!-- {pair}:end -->"
+        assert doc.split(start)[1].split(end)[0].strip() == part, pair
