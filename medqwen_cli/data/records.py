@@ -374,7 +374,7 @@ def native_record(
         labels=obj.get("labels"),
         task=obj.get("task"),
         meta=obj.get("meta"),
-        images=resolve(raw_images, where),
+        images=resolve(raw_images, where, "images" if "images" in obj else "image"),
         default_type=default_type,
         default_id=default_id,
         answer_optional=answer_optional,

@@ -96,7 +96,12 @@ BAD_LINES = [
     (
         "missing image",
         json.dumps({"images": ["img/none.png"], "question": "Q?", "answer": "x"}),
-        "not found",
+        "in field 'images' not found",
+    ),
+    (
+        "missing single image",
+        json.dumps({"image": "img/none.png", "question": "Q?", "answer": "x"}),
+        "in field 'image' not found",
     ),
     ("unknown key", json.dumps({"question": "Q?", "anwser": "x"}), "did you mean 'answer'"),
     ("not an object", json.dumps(["a", "b"]), "expected a JSON object"),
