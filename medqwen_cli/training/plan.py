@@ -15,7 +15,6 @@ Everything up to `watch` runs without torch, so a typo fails at once; `device` i
 from __future__ import annotations
 
 import importlib.util
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,6 @@ from medqwen_cli.settings import Settings
 if TYPE_CHECKING:
     from medqwen_cli.evaluation.api import TaskData
 
-log = logging.getLogger(__name__)
 
 DEFAULT_EVERY = 10  # steps between two points of a --watch curve
 
@@ -127,8 +125,10 @@ def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
     auto: float32 under fp32 (full precision), else the device's default (bfloat16 on CUDA).
     fp16 mixed precision needs CUDA: float16 autocast and its loss scaling are GPU features
     (accelerate would run such a run in fp32 on CPU without a word). float16 base weights train
-    only under fp16: without loss scaling their small gradients underflow to zero. bf16 works on
-    both devices, but on a CPU it is emulated and slow (warned). Adapters and routers stay float32 whatever these say (adapters/layer.py).
+    only under fp16: without loss scaling their small gradients underflow to zero. bf16 (autocast
+    or weights) trains on both devices; on CPU its speed depends on the CPU's bf16 support
+    (docs/training.md has a measurement). Adapters and routers stay float32 whatever these say
+    (adapters/layer.py).
     """
     precision, dtype = recipe.train.precision, recipe.model.dtype
     if precision == "auto":
@@ -150,12 +150,6 @@ def training_precision(recipe: Recipe, device: str) -> tuple[str, str]:
         )
     if problems:
         raise RecipeError("; ".join(problems), "; ".join(fixes))
-    if device != "cuda" and (precision == "bf16" or dtype == "bfloat16"):
-        log.warning(
-            "bfloat16 on %s is emulated on most CPUs (5-40x slower than float32 here); "
-            "train in float32 on CPU (train.precision=fp32, model.dtype=float32 or auto)",
-            device,
-        )
     if dtype == "auto":
         dtype = "float32" if precision == "fp32" else "auto"
     return precision, dtype
