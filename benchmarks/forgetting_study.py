@@ -20,6 +20,11 @@ records). Results are appended to OUT/results.json as each job finishes (an inte
 resumes; an unfinished job's scratch bundles are removed and redone); `--workers` jobs run at
 once, each in its own process with one thread (2 workers use both cores of a 2-core machine).
 
+Every run records what it ran on (`env`: the base's fingerprint, the CPU model, torch, threads).
+A run counts as done only on the same base fingerprint, and the tables pair only runs made on
+the base the zero-shot row was scored on: `--report-only` says how many runs it left out and why
+(a preset built another way is another model; see docs/forgetting-study.md, reproducibility).
+
 Then the tables: per method mean and 95% interval over seeds; paired differences between
 methods on the same seed (sslora - lora, sslora - moelora, ...) with a t interval and an exact
 sign-flip test; the forgetting curves (mean over seeds) as a PNG.
@@ -52,6 +57,28 @@ METHODS = ("lora", "moelora", "sslora", "pissa")
 TASK_A, TASK_B, TASK_C = "cxr-rules", "derm-rules", "ct-rules"
 PAIRS = {"conflict": TASK_B, "control": TASK_C}
 COMPARISONS = (("sslora", "lora"), ("sslora", "moelora"), ("sslora", "pissa"), ("moelora", "lora"))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_env(fingerprint: str) -> dict:
+    """What a run ran on: runs on different base builds are not pairs."""
+    import torch
+
+    return {"base_fingerprint": fingerprint, "cpu": cpu_model(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def fingerprint_of(run: dict) -> str | None:
+    return (run.get("env") or {}).get("base_fingerprint")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -152,9 +179,11 @@ def run_job(job: dict) -> dict:
         scores = _scores(
             Bundle.open(work / "bundle"), result.version, [TASK_A, TASK_B, TASK_C], work
         )
+        fingerprint = Bundle.open(work / "bundle").manifest.base["fingerprint"]
         phase = {
             "version": result.version, "trainable_params": summary.trainable_params,
             "loss": result.final_loss, "seconds": result.seconds, "scores": scores,
+            "env": run_env(fingerprint),
         }  # fmt: skip
         os.replace(work / "bundle", snapshot)
         shutil.rmtree(work, ignore_errors=True)
@@ -162,7 +191,7 @@ def run_job(job: dict) -> dict:
     phase_a = json.loads(a_json.read_text(encoding="utf-8"))
     out = {
         "trainable_params": phase_a["trainable_params"], "loss_A": phase_a["loss"],
-        "after_A": phase_a["scores"], "pairs": {},
+        "after_A": phase_a["scores"], "env": phase_a.get("env"), "pairs": {},
     }  # fmt: skip
     for pair in job["pairs"]:
         task = PAIRS[pair]
@@ -184,7 +213,8 @@ def run_job(job: dict) -> dict:
 
 
 def base_scores(args: argparse.Namespace, out: Path) -> dict:
-    """The base's zero-shot scores on A, B and C (method-independent: computed once)."""
+    """The base's zero-shot scores on A, B and C (method-independent: computed once per base
+    fingerprint)."""
     from medqwen_cli.bundle import Bundle
     from medqwen_cli.init_experts import init_experts
     from medqwen_cli.recipe import build_recipe
@@ -393,10 +423,40 @@ def plot_curves(runs: list[dict], base: dict | None, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def comparable(results: dict, settings: dict | None) -> tuple[list[dict], list[str]]:
+    """(the runs the tables use, why the others were left out). A run is used when its settings
+    match and it ran on the base the zero-shot row was scored on (same fingerprint; a results
+    file from before fingerprints were recorded has none anywhere, and pairs them all)."""
+    wanted = (results.get("base_settings") or {}).get("fingerprint")
+    runs, left = [], {}
+    for run in results["runs"]:
+        if settings is not None and run["settings"] != settings:
+            why = "other settings"
+        elif fingerprint_of(run) != wanted:
+            why = f"base fingerprint {fingerprint_of(run) or 'not recorded'}"
+        else:
+            runs.append(run)
+            continue
+        left[why] = left.get(why, 0) + 1
+    notes = [f"{n} run(s) on {why}" for why, n in left.items()]
+    if notes:
+        notes = [f"left out: {', '.join(notes)}; the tables pair only runs on base "
+                 f"{wanted or '(fingerprint not recorded)'} and these settings"]  # fmt: skip
+    return runs, notes
+
+
 def report(results: dict, settings: dict | None) -> str:
-    runs = [r for r in results["runs"] if settings is None or r["settings"] == settings]
+    runs, notes = comparable(results, settings)
     base = results.get("base")
-    parts = []
+    parts = list(notes)
+    envs = {}
+    for run in runs:
+        env = run.get("env")
+        if env:
+            key = f"{env['cpu']}, torch {env['torch']}, {env['threads']} thread(s)"
+            envs[key] = envs.get(key, 0) + 1
+    if envs:
+        parts.append("ran on: " + "; ".join(f"{k} ({n} runs)" for k, n in envs.items()))
     if base:
         parts.append(
             "base (zero-shot): "
@@ -460,16 +520,27 @@ def main() -> None:
         results["machine"] = (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         )
-        if results.get("base_settings") != {"base": args.base, "samples": args.samples}:
+        from medqwen_cli.modeling import resolve_base
+
+        fingerprint = resolve_base(args.base).fingerprint  # builds a preset once, here
+        wanted = {"base": args.base, "samples": args.samples, "fingerprint": fingerprint}
+        if results.get("base_settings") != wanted:
+            if any(fingerprint_of(r) != fingerprint for r in results["runs"]):
+                sys.exit(
+                    f"{results_file} holds runs on another base build than {args.base} "
+                    f"{fingerprint}: start a new results file (--results) so runs pair like "
+                    "with like"
+                )
             results["base"] = base_scores(args, args.out)
-            results["base_settings"] = {"base": args.base, "samples": args.samples}
+            results["base_settings"] = wanted
             _write(results_file, results)
         jobs = []
         for seed, method in itertools.product(args.seeds, args.methods):
             label = label_of(method, args.sets)
             done = next(
                 (r for r in results["runs"]
-                 if r["label"] == label and r["seed"] == seed and r["settings"] == settings),
+                 if r["label"] == label and r["seed"] == seed and r["settings"] == settings
+                 and fingerprint_of(r) == fingerprint),
                 None,
             )  # fmt: skip
             pairs = [p for p in args.pairs if done is None or p not in done["pairs"]]
@@ -489,13 +560,13 @@ def main() -> None:
                 done = next(
                     (r for r in results["runs"]
                      if r["label"] == job["label"] and r["seed"] == job["seed"]
-                     and r["settings"] == settings),
+                     and r["settings"] == settings and fingerprint_of(r) == fingerprint),
                     None,
                 )  # fmt: skip
                 if done is None:
                     results["runs"].append({
-                        "method": job["method"], "label": job["label"], "seed": job["seed"],
-                        "settings": settings, **run,
+                        "method": job["method"], "strategy": "none", "label": job["label"],
+                        "seed": job["seed"], "settings": settings, **run,
                     })  # fmt: skip
                 else:
                     done["pairs"].update(run["pairs"])
@@ -505,7 +576,7 @@ def main() -> None:
     print(report(results, settings))
     print(f"machine: {results.get('machine')}; settings: {settings}")
     if args.plot:
-        runs = [r for r in results["runs"] if r["settings"] == settings]
+        runs, _ = comparable(results, settings)
         plot_curves(runs, results.get("base"), args.plot)
 
 

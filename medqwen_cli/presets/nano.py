@@ -15,11 +15,17 @@ shapes matched:
 
 The 4 new vision tokens (<|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|>) get
 ids 49152-49155 and the mean of the original embedding rows (tied, so also the lm_head rows).
-The vision tower + merger (depth 4, width 192, patch 14, merge 2 -> 576) is fresh, seeded,
-then aligned with the LM frozen (`presets.align`, the paper's stage 1).
+The vision tower + merger (depth 4, width 192, patch 14, merge 2 -> 576) was aligned once with
+the LM frozen (`presets.align`, the paper's stage 1) by `scripts/build_nano_tower.py`, and ships
+in the package (`nano_tower.safetensors`, float16, its sha256 and build recorded in
+`nano_tower.json`). Alignment amplifies float differences (thread count, CPU type), so a tower
+aligned on each machine would give each machine its own model; the shipped tower makes the
+preset the same model everywhere (`nano_tower.json` records the resulting fingerprint, and a test
+checks it).
 
 Stages, each callable on its own (the tests use them): `locate_gguf` -> `load_source` ->
-`transplant` -> `align` -> `save`; `build_nano` runs them all into a directory.
+`transplant` -> `load_tower` (or `align`, for a rebuilt or longer-aligned tower) -> save;
+`build_nano` runs them all into a directory.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ VISION = {  # ~3.1M parameters: the only part that trains
 NEW_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 DEFAULT_STEPS = 60  # x batch 4: 1.6 epochs of the 150 reports, ~2-3 min on 2 cores
+TOWER_FILE = Path(__file__).with_name("nano_tower.safetensors")  # the shipped aligned tower
+TOWER_RECORD = Path(__file__).with_name("nano_tower.json")  # its sha256, build and fingerprint
+TOWER_PREFIX = "model.visual."  # the tower's keys in the model's state dict (ViT + merger)
 
 Progress = Callable[[str], None]
 
@@ -199,10 +208,10 @@ def transplant(llama: Any, tokenizer: Any, *, seed: int = 0) -> tuple[Any, Any]:
     with torch.no_grad():
         emb = src.embed_tokens.weight  # (V_old, H)
         lm.embed_tokens.weight[:n_old] = emb
-        lm.embed_tokens.weight[n_old:] = emb.mean(dim=0)  # new tokens: the mean row
+        lm.embed_tokens.weight[n_old:] = mean_row(emb)  # new tokens: the mean row
         if not config.text_config.tie_word_embeddings:
             model.lm_head.weight[:n_old] = llama.lm_head.weight
-            model.lm_head.weight[n_old:] = llama.lm_head.weight.mean(dim=0)
+            model.lm_head.weight[n_old:] = mean_row(llama.lm_head.weight)
         for dst, layer in zip(lm.layers, src.layers, strict=True):
             for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 getattr(dst.self_attn, name).weight.copy_(getattr(layer.self_attn, name).weight)
@@ -223,6 +232,62 @@ def transplant(llama: Any, tokenizer: Any, *, seed: int = 0) -> tuple[Any, Any]:
     return model, processor
 
 
+def mean_row(weight: Any) -> Any:
+    """The mean of a (V, H) float32 matrix's rows, summed in float64: a float32 sum depends on
+    the reduction order (thread count, SIMD width), the float64 one rounds to the same float32
+    on every machine."""
+    import torch
+
+    return weight.to(torch.float64).mean(dim=0).to(weight.dtype)
+
+
+# --------------------------------------------------------------------------- the shipped tower
+
+
+def tower_record(record: Path = TOWER_RECORD) -> dict[str, Any]:
+    """What `scripts/build_nano_tower.py` recorded about the shipped tower."""
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BaseModelError(
+            f"the package's record of the nano vision tower is unreadable ({record.name}: {exc})",
+            "reinstall medqwen-cli, or rebuild the tower: python scripts/build_nano_tower.py",
+        ) from None
+
+
+def load_tower(model: Any, tower: Path = TOWER_FILE, record: Path = TOWER_RECORD) -> dict:
+    """Copy the shipped aligned tower into `model` (upcast to the model's float32) after checking
+    its sha256 against the record and its keys and shapes against the model; return the record."""
+    import torch
+
+    from medqwen_cli._io import load_tensors
+
+    info = tower_record(record)
+    hint = "reinstall medqwen-cli, or rebuild the tower: python scripts/build_nano_tower.py"
+    if not tower.is_file():
+        raise BaseModelError(f"the package's nano vision tower {tower.name} is missing", hint)
+    digest = sha256_file(tower)
+    if digest != info["sha256"]:
+        raise BaseModelError(
+            f"the package's nano vision tower {tower.name} has sha256 {digest[:16]}..., "
+            f"its record says {info['sha256'][:16]}...",
+            hint,
+        )
+    state = model.state_dict()
+    want = {k: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
+    got = load_tensors(tower)
+    if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+        raise BaseModelError(
+            f"the nano vision tower {tower.name} does not fit the preset's vision config "
+            f"({len(got)} tensors, the model has {len(want)})",
+            hint,
+        )
+    with torch.no_grad():
+        for key, value in got.items():
+            want[key].copy_(value.to(want[key].dtype))
+    return info
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -234,36 +299,52 @@ def build_nano(
     source: tuple[Any, Any] | None = None,
     progress: Progress | None = None,
     cache_dir: Path | None = None,
+    tower: Path = TOWER_FILE,
+    record: Path = TOWER_RECORD,
 ) -> dict[str, Any]:
     """Build the preset into `out` (model, processor, `alignment.json`, `medqwen_preset.json`);
-    return the preset manifest. `steps` defaults to DEFAULT_STEPS; `source` reuses an already
-    loaded (llama, tokenizer); `cache_dir` is where the alignment data are generated (default:
-    from the environment)."""
-    from medqwen_cli.modeling import fingerprint
+    return the preset manifest.
+
+    `steps=None` (the preset): the shipped tower (`tower`, checked against `record`), the same
+    model on every machine. `steps=N`: align a fresh tower drawn from `seed` for N steps on this
+    machine instead (a longer-aligned variant; deterministic only for this machine and thread
+    count). `source` reuses an already loaded (llama, tokenizer); `cache_dir` is where the
+    alignment data are generated (default: from the environment)."""
+    from medqwen_cli.modeling import fingerprint, weights_sha256
     from medqwen_cli.presets import PRESET_VERSIONS
     from medqwen_cli.presets.align import align
 
     say = progress or logger.info
-    steps = DEFAULT_STEPS if steps is None else steps
     start = time.perf_counter()
     gguf = locate_gguf()
     if source is None:
-        say(f"{NAME}: first use, building it once (a few minutes on CPU); reading {gguf.name}")
+        say(f"{NAME}: first use, building it once (about a minute on CPU); reading {gguf.name}")
         source = load_source(gguf)
     say(f"{NAME}: placing SmolLM2-135M in a Qwen2-VL language model")
     model, processor = transplant(*source, seed=seed)
+    if steps is None:
+        info = load_tower(model, tower, record)
+        alignment = info["alignment"]
+        tower_info = {"source": "shipped", "file": tower.name, "sha256": info["sha256"],
+                      "dtype": info["dtype"], "built_by": info["build"]["script"]}  # fmt: skip
+        say(f"{NAME}: the shipped aligned vision tower ({tower.name}, {info['dtype']})")
+    else:
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        if step == 1 or step % 10 == 0 or step == total:
-            say(f"{NAME}: aligning the vision tower, step {step}/{total}, loss {loss:.3f}")
+        def on_step(step: int, total: int, loss: float) -> None:
+            if step == 1 or step % 10 == 0 or step == total:
+                say(f"{NAME}: aligning the vision tower, step {step}/{total}, loss {loss:.3f}")
 
-    say(f"{NAME}: aligning a fresh vision tower on the built-in report data (LM frozen)")
-    result = align(model, processor, steps=steps, seed=seed, on_step=on_step, cache_dir=cache_dir)
+        say(f"{NAME}: aligning a fresh vision tower on the built-in report data (LM frozen)")
+        result = align(
+            model, processor, steps=steps, seed=seed, on_step=on_step, cache_dir=cache_dir
+        )
+        alignment = result.to_dict()
+        tower_info = {"source": "aligned here", "seed": seed, "steps": steps}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    (out / "alignment.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (out / "alignment.json").write_text(json.dumps(alignment, indent=2) + "\n")
     manifest = {
         "preset": NAME,
         "version": PRESET_VERSIONS[NAME],
@@ -275,18 +356,19 @@ def build_nano(
         },
         "mrope_section": MROPE_SECTION,
         "vision": VISION,
+        "tower": tower_info,
         "alignment": {
-            "steps": steps,
-            "eval_loss_before": result.eval_before,
-            "eval_loss_after": result.eval_after,
-            "eval_loss_after_mismatched_images": result.eval_after_mismatched,
+            "steps": alignment["steps"],
+            "eval_loss_before": alignment["eval_before"],
+            "eval_loss_after": alignment["eval_after"],
+            "eval_loss_after_mismatched_images": alignment["eval_after_mismatched"],
         },
         "build_seconds": round(time.perf_counter() - start, 1),
         "fingerprint": fingerprint(out),
+        "weights_sha256": weights_sha256(out),
     }
     (out / "medqwen_preset.json").write_text(json.dumps(manifest, indent=2) + "\n")
     say(
-        f"{NAME}: built in {manifest['build_seconds']:.0f} s (eval loss "
-        f"{result.eval_before:.3f} -> {result.eval_after:.3f})"
+        f"{NAME}: built in {manifest['build_seconds']:.0f} s (fingerprint {manifest['fingerprint']})"
     )
     return manifest

