@@ -145,3 +145,38 @@ def test_the_docs_tables_are_the_committed_results_report(study) -> None:
         part = part.split("\n## ")[0].split("\ndefinitions:")[0].strip()
         start, end = f"<!-- {pair}:start -->\n", f"<!-- {pair}:end -->"
         assert doc.split(start)[1].split(end)[0].strip() == part, pair
+
+
+def test_report_pairs_only_runs_on_the_base_the_zero_shot_row_used(study) -> None:
+    """Runs on another build of the base are another model: left out, and the report says so."""
+
+    def on(fingerprint: str | None, run: dict) -> dict:
+        return {**run, "env": {"base_fingerprint": fingerprint, "cpu": "cpu X",
+                               "torch": "2.13.0", "threads": 1}} if fingerprint else run  # fmt: skip
+
+    runs = [on("aaaa", fake_run(study, "lora", s, 0.95, 0.40)) for s in range(3)]
+    runs += [on("aaaa", fake_run(study, "sslora", s, 0.95, 0.60)) for s in range(2)]
+    runs += [on("bbbb", fake_run(study, "sslora", 2, 0.95, 0.10))]  # seed 2 on another build
+    runs += [on(None, fake_run(study, "sslora", 3, 0.95, 0.10))]  # fingerprint not recorded
+    results = {"runs": runs, "base_settings": {"fingerprint": "aaaa"}}
+    used, notes = study.comparable(results, None)
+    assert [(r["label"], r["seed"]) for r in used] == [
+        ("lora", 0),
+        ("lora", 1),
+        ("lora", 2),
+        ("sslora", 0),
+        ("sslora", 1),
+    ]
+    text = study.report(results, None)
+    assert (
+        "left out: 1 run(s) on base fingerprint bbbb, 1 run(s) on base fingerprint not recorded"
+        in text
+    )
+    assert "ran on: cpu X, torch 2.13.0, 1 thread(s) (5 runs)" in text
+    pair = next(
+        line for line in text.splitlines() if line.startswith("| sslora - lora | 2 | A after B |")
+    )
+    assert "0.200 [0.200, 0.200]" in pair  # seed 2's other-build run is not paired with lora's
+    # a results file from before fingerprints were recorded pairs its runs as before
+    legacy = {"runs": [fake_run(study, "lora", 0, 0.9, 0.4)], "base_settings": {}}
+    assert study.comparable(legacy, None) == (legacy["runs"], [])
