@@ -167,6 +167,23 @@ class EvalConfig(_Strict):
     )
 
 
+class ContinualConfig(_Strict):
+    replay: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="Replay: share of every batch (rounded up, at least one record when above 0) "
+        "drawn from the train splits of the lineage's earlier tasks, equal weight per task "
+        "(`continue --replay`). 0: no replay.",
+    )
+    replay_per_task: int | None = Field(
+        None,
+        ge=1,
+        description="Replay from a fixed, seeded buffer of this many records per earlier task "
+        "(only a sample of old data is kept); null: every record of the earlier tasks.",
+    )
+
+
 class Recipe(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The frozen base model.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="The adapter method.")
@@ -177,6 +194,10 @@ class Recipe(_Strict):
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    continual: ContinualConfig = Field(
+        default_factory=ContinualConfig,
+        description="How a run keeps the lineage's earlier tasks (docs/continual.md).",
+    )
 
     def task_datasets(self, name: str) -> list[DatasetSpec]:
         """Datasets of task `name`: a recipe task, a dataset of `data.datasets` by name, or a
@@ -487,6 +508,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "tasks.NAME": TaskConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "continual": ContinualConfig,
 }
 
 

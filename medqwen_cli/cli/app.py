@@ -34,7 +34,8 @@ from medqwen_cli.errors import Interrupted, MedqwenError
 app = typer.Typer(
     name="medqwen",
     help="Sparse Spectral LoRA for medical vision-language models: routed spectral experts, "
-    "continual tasks without forgetting, versioned adapter bundles. Results go to stdout, "
+    "continual tasks with their forgetting measured (and replay of earlier tasks), versioned "
+    "adapter bundles. Results go to stdout, "
     "logs and progress to stderr.",
     no_args_is_help=True,
     add_completion=False,

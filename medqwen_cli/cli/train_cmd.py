@@ -108,6 +108,14 @@ def _render(fmt: str, result: Any) -> None:
         {"field": "time", "value": f"{r['seconds']:.1f} s"},
         {"field": "precision", "value": f"{r['precision']} (base weights {r['dtype']})"},
     ]
+    if r["continual"]:
+        c = r["continual"]
+        pools = ", ".join(f"{t} ({n} records)" for t, n in c["tasks"].items())
+        rows.append({
+            "field": "strategy",
+            "value": f"replay {c['replay']}: {c['replayed_per_batch']} record(s) per batch "
+            f"from {pools}",
+        })  # fmt: skip
     for kind, load in r["router_load"].items():
         rows.append(
             {
@@ -172,13 +180,27 @@ def continue_(
     ),
     watch: list[str] | None = WatchOpt,
     eval_every: int | None = EvalEveryOpt,
+    replay: float | None = typer.Option(
+        None,
+        "--replay",
+        min=0.0,
+        max=0.9,
+        help="Replay: this share of every batch (at least one record) comes from the train "
+        "data of the lineage's earlier tasks, equal weight per task; the data is read where the "
+        "recipe defines it, never copied (sets continual.replay; a fixed buffer of N records per "
+        "task: --set continual.replay_per_task=N). See docs/continual.md.",
+        show_default=False,
+    ),
     fmt: FormatOpt = "",
 ) -> None:
     """Train the head on the next task only, append a version, then evaluate every task seen.
     With --watch A, task A is scored every --eval-every steps while training (a forgetting curve).
+    With --replay F, earlier tasks' records fill a share F of every batch.
     """
     from medqwen_cli.training.run import continue_bundle
 
+    if replay is not None:  # after --set: the option is what was typed last
+        overrides = [*(overrides or []), f"continual.replay={replay}"]
     run_args = _run_args(ctx, recipe, overrides, restart, watch, eval_every)
     fmt = resolve_format(fmt)
     settings = read_settings()

@@ -6,6 +6,8 @@ plan_run checks, in this order, and fails on the first problem before any work i
     recipe   the stored recipe or --recipe, with --set; the adapter's structure must not change
     tasks    the datasets of the requested tasks (or data.datasets) and their regime
     watch    the watched tasks exist and have an eval split (their records are read here)
+    replay   with continual.replay, the lineage's earlier tasks and their train records, checked
+             against the digests their versions recorded (continual/replay.py)
     device   train.precision and model.dtype can train on the device; trackers are installed
     key      run_key(parent, tasks, resolved recipe, kind): the work directory a crash resumes from
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
+from medqwen_cli.continual import ReplayPlan, plan_replay
 from medqwen_cli.errors import RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
 from medqwen_cli.settings import Settings
@@ -41,6 +44,8 @@ class TrainPlan:
     parent: str | None  # the head the run starts from
     tasks: list[str]  # task names recorded in the version
     specs: list[DatasetSpec]  # the datasets trained on
+    spec_tasks: list[str]  # the task of each dataset in `specs` (data.json)
+    replay: ReplayPlan | None  # continual.replay: what each batch mixes in from earlier tasks
     regime: Any  # how the datasets are mixed
     watch: dict[str, TaskData]  # watched task -> its eval records (empty: no watch)
     eval_every: int  # steps between two watch points
@@ -79,6 +84,7 @@ def plan_run(
     data_dir = settings.data_cache_dir
     # a watched task without an eval split fails here
     watch_tasks = load_eval_tasks(recipe, watched, data_dir=data_dir) if watched else {}
+    replay = plan_replay(bundle, recipe, bundle.head, names, data_dir=data_dir)
 
     from medqwen_cli.modeling import select_device  # torch from here on
     from medqwen_cli.training.checkpoint import run_key
@@ -94,6 +100,8 @@ def plan_run(
         parent=bundle.head,
         tasks=names,
         specs=specs,
+        spec_tasks=spec_task_names(recipe, tasks, specs),
+        replay=replay,
         regime=regime,
         watch=watch_tasks,
         eval_every=every,
@@ -176,6 +184,13 @@ def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any
 def task_names(recipe: Recipe, tasks: list[str]) -> list[str]:
     """The names a version records: the tasks given, else the display names of data.datasets."""
     return list(tasks) if tasks else [d.display_name for d in recipe.data.datasets]
+
+
+def spec_task_names(recipe: Recipe, tasks: list[str], specs: list[DatasetSpec]) -> list[str]:
+    """The task each dataset of `specs` belongs to (`task_specs` concatenates the tasks')."""
+    if not tasks:
+        return [d.display_name for d in specs]
+    return [name for name in tasks for _ in recipe.task_datasets(name)]
 
 
 def check_watch(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.bundle import Bundle, find_bundle
+from medqwen_cli.continual import CONTINUAL_FILE, DATA_FILE, data_record, make_replay_sampler
 from medqwen_cli.errors import TrainingError
 from medqwen_cli.recipe import DatasetSpec
 from medqwen_cli.settings import Settings
@@ -68,6 +69,8 @@ class TrainResult:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     # The watch's curve: headline points {version, step, steps, task, metric, value, n}
     curves: list[dict[str, Any]] = field(default_factory=list)
+    # The continual strategy: None, or {strategy, settings, earlier task -> records replayed from}
+    continual: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,7 +180,7 @@ def run_plan(
         progress_fn=progress_fn if accelerator.is_main_process else None,
     )  # fmt: skip
     summary = summarize(plan, bundle, result, loaded.model)
-    publish(plan, bundle, accelerator, loaded.model, summary, watch, command=command)
+    publish(plan, bundle, accelerator, loaded.model, summary, watch, data, command=command)
     if plan.recipe.train.trackers:  # flushes the trackers; it also ends the process group: last
         accelerator.end_training()
     return summary
@@ -220,9 +223,10 @@ def start_run(plan: TrainPlan, bundle: Bundle, accelerator: Any, *, restart: boo
 class TrainData:
     """The records of each dataset, the sampler over them and the run's length in steps."""
 
-    records: list[list[Any]]
+    records: list[list[Any]]  # the new task's datasets, then the replay pools (if any)
     sampler: Any
     total_steps: int
+    data: dict[str, Any]  # data.json of the version: what the new task's datasets held
 
     def batches(self, processor: Any, cfg: Any) -> Iterator[list[dict]]:
         """Per optimizer step: `grad_accum` micro-batches collated for `processor`."""
@@ -251,8 +255,20 @@ def load_data(plan: TrainPlan, accelerator: Any) -> TrainData:
         records, plan.specs, plan.regime, cfg.seed, accelerator.process_index,
         accelerator.num_processes,
     )  # fmt: skip
-    total_steps = _steps(cfg, sum(len(r) for r in records), accelerator.num_processes)
-    return TrainData(records, sampler, total_steps)
+    data = data_record(plan.spec_tasks, plan.specs, records)
+    new_per_batch = cfg.batch_size
+    if plan.replay is not None:  # the pools follow the new datasets; r of b draws come from them
+        sampler = make_replay_sampler(
+            sampler, plan.replay, offset=len(records), seed=cfg.seed,
+            rank=accelerator.process_index, world=accelerator.num_processes,
+        )  # fmt: skip
+        records = records + plan.replay.pools
+        new_per_batch -= plan.replay.per_batch
+    total_steps = _steps(
+        cfg, sum(len(r) for r in records[: len(plan.specs)]), accelerator.num_processes,
+        new_per_batch,
+    )  # fmt: skip
+    return TrainData(records, sampler, total_steps, data)
 
 
 def load_model(plan: TrainPlan, bundle: Bundle, accelerator: Any) -> AdaptedModel:
@@ -340,6 +356,7 @@ def summarize(plan: TrainPlan, bundle: Bundle, result: FitResult, model: Any) ->
         precision=plan.precision,
         dtype=str(next(p for p in model.parameters() if not p.requires_grad).dtype)[6:],
         router_load=router_load(model),
+        continual=plan.replay.summary() if plan.replay is not None else None,
     )
 
 
@@ -350,6 +367,7 @@ def publish(
     model: Any,
     summary: TrainResult,
     watch: Watch | None,
+    data: TrainData,
     *,
     command: str,
 ) -> None:
@@ -376,7 +394,9 @@ def publish(
             json_files={
                 "metrics.json": {
                     "train": {k: v for k, v in summary.to_dict().items() if k != "evaluations"}
-                }
+                },
+                DATA_FILE: data.data,
+                **({CONTINUAL_FILE: plan.replay.to_json()} if plan.replay is not None else {}),
             },
             files={"train_log.jsonl": log} if log.is_file() else None,
         )
@@ -441,10 +461,12 @@ def score_lineage(
 # --------------------------------------------------------------------------- helpers
 
 
-def _steps(cfg: Any, total_records: int, world: int) -> int:
+def _steps(cfg: Any, total_records: int, world: int, new_per_batch: int) -> int:
+    """max_steps, else the steps that show the new data `epochs` times (replayed records are
+    extra: `new_per_batch` of each micro-batch are the new task's)."""
     if cfg.max_steps is not None:
         return cfg.max_steps
-    per_step = cfg.batch_size * cfg.grad_accum * world
+    per_step = new_per_batch * cfg.grad_accum * world
     return max(1, math.ceil(cfg.epochs * total_records / per_step))
 
 

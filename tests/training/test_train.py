@@ -52,9 +52,12 @@ def test_loss_goes_down_and_a_loadable_version_is_written(bundle_dir: Path) -> N
     info = b.read_version_info("v0002")
     assert info.parent == "v0001" and set(info.files) == {
         "adapter.safetensors",
+        "data.json",  # what it trained on: digests, no record text
         "metrics.json",
         "train_log.jsonl",
     }
+    (data,) = b.read_json("data.json", "v0002")["datasets"]
+    assert (data["task"], data["path"], data["records"]) == ("xray", "builtin:xray", 96)
     metrics = b.read_json("metrics.json", "v0002")["train"]
     assert metrics["steps"] == 30 and metrics["tokens"] > 0 and set(metrics["router_load"])
     log = (b.root / "versions/v0002/train_log.jsonl").read_text().splitlines()
