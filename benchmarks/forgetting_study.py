@@ -111,8 +111,20 @@ def recipe_for(args: argparse.Namespace, method: str, seed: int, sets: list[str]
     return recipe
 
 
-def label_of(method: str, sets: list[str]) -> str:
-    return " ".join([method, *sets])
+def strategy_overrides(strategy: str) -> list[str]:
+    """The `--set` items of a strategy of the B phase: `none`, or `replay:F` / `replay:F:N`
+    (continual.replay F, with a buffer of N records of A)."""
+    kind, *values = strategy.split(":")
+    if kind == "none" and not values:
+        return []
+    if kind == "replay" and 1 <= len(values) <= 2:
+        sets = [f"continual.replay={float(values[0])}"]
+        return sets + ([f"continual.replay_per_task={int(values[1])}"] if len(values) == 2 else [])
+    raise ValueError(f"unknown strategy {strategy!r}: none, replay:F or replay:F:N")
+
+
+def label_of(method: str, sets: list[str], strategy: str = "none") -> str:
+    return " ".join([method, *sets, *([strategy] if strategy != "none" else [])])
 
 
 def cell_settings(args: argparse.Namespace) -> dict:
@@ -158,7 +170,8 @@ def _curve(bundle, version: str) -> list[list[float]]:
 
 
 def run_job(job: dict) -> dict:
-    """Train and score one (method, seed) through A and the requested pairs; returns its result."""
+    """Train and score one (method, seed) through A, then each requested (strategy, pair) from
+    that A version; returns its result."""
     import torch
 
     torch.set_num_threads(1)
@@ -191,21 +204,22 @@ def run_job(job: dict) -> dict:
     phase_a = json.loads(a_json.read_text(encoding="utf-8"))
     out = {
         "trainable_params": phase_a["trainable_params"], "loss_A": phase_a["loss"],
-        "after_A": phase_a["scores"], "env": phase_a.get("env"), "pairs": {},
+        "after_A": phase_a["scores"], "env": phase_a.get("env"), "cells": {},
     }  # fmt: skip
-    for pair in job["pairs"]:
+    for strategy, pair in job["cells"]:  # every strategy's B phase starts from the same A
         task = PAIRS[pair]
-        work = root / pair
+        work = root / re.sub(r"[^A-Za-z0-9.]+", "-", f"{strategy}-{pair}")
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(snapshot, work / "bundle")
         result = continue_bundle(
-            work / "bundle", task=task, evaluate=False, watch=[TASK_A], eval_every=job["eval_every"]
-        )
+            work / "bundle", task=task, evaluate=False, watch=[TASK_A],
+            eval_every=job["eval_every"], overrides=strategy_overrides(strategy),
+        )  # fmt: skip
         bundle = Bundle.open(work / "bundle")
         scores = _scores(bundle, result.version, [TASK_A, task], work)
-        out["pairs"][pair] = {
+        out["cells"].setdefault(strategy, {})[pair] = {
             "task": task, "loss": result.final_loss, "seconds": result.seconds,
-            "curve": _curve(bundle, result.version), "scores": scores,
+            "steps": result.steps, "curve": _curve(bundle, result.version), "scores": scores,
         }  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
     out["seconds"] = round(time.perf_counter() - start, 1)
@@ -311,13 +325,18 @@ def summarise(runs: list[dict], pair: str) -> str:
         return f"(no finished {pair} runs)"
     labels = list(dict.fromkeys(r["label"] for r in runs))
     names = list(MEASURES)
+    timed = all("steps" in r["pairs"][pair] for r in runs)  # older results files have no steps
     lines = [
-        "| method | seeds | trainable params | " + " | ".join(names) + " |",
-        "|---|---|---|" + "---|" * len(names),
-    ]
+        "| method | seeds | trainable params | " + " | ".join(names)
+        + (" | s/step of B |" if timed else " |"),
+        "|---|---|---|" + "---|" * (len(names) + timed),
+    ]  # fmt: skip
     for label in labels:
         rows = [r for r in runs if r["label"] == label]
         cells = [fmt_ci([MEASURES[m][1](r, pair) for r in rows]) for m in names]
+        if timed:  # one-thread workers sharing the machine: compare within a results file only
+            cells.append(fmt_ci([r["pairs"][pair]["seconds"] / r["pairs"][pair]["steps"]
+                                 for r in rows], 2))  # fmt: skip
         lines.append(
             f"| {label} | {len(rows)} | {rows[0]['trainable_params']:,} | "
             + " | ".join(cells)
@@ -329,7 +348,11 @@ def summarise(runs: list[dict], pair: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     by = {(r["label"], r["seed"]): r for r in runs}
-    for x, y in COMPARISONS:
+    against_none = [  # each strategy against none, same method and seeds
+        (r["label"], r["label"][: -len(r["strategy"]) - 1])
+        for r in runs if r.get("strategy", "none") != "none"
+    ]  # fmt: skip
+    for x, y in [*COMPARISONS, *dict.fromkeys(against_none)]:
         seeds = sorted(s for (label, s) in by if label == x and (y, s) in by)
         if not seeds:
             continue
@@ -492,6 +515,11 @@ def main() -> None:
         "--pairs", nargs="*", default=["conflict"], choices=list(PAIRS),
         help="second tasks to run (none: only train and score A)",
     )  # fmt: skip
+    parser.add_argument(
+        "--strategies", nargs="+", default=["none"], metavar="STRATEGY",
+        help="B-phase strategies, each from the same A version: none, replay:F (continual.replay "
+        "F), replay:F:N (with a buffer of N records of A)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per task")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch", type=int, default=8)
@@ -508,6 +536,11 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="print the tables, run nothing")
     parser.add_argument("--quick", action="store_true", help="tiny-qwen2-vl, 1 seed, 4 steps")
     args = parser.parse_args()
+    for strategy in args.strategies:
+        try:
+            strategy_overrides(strategy)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.quick:
         args.base, args.seeds, args.steps, args.samples = "tiny-qwen2-vl", [0], 4, 8
         args.lr, args.eval_every, args.methods = 1e-3, 2, ["lora", "sslora"]
@@ -534,21 +567,28 @@ def main() -> None:
             results["base"] = base_scores(args, args.out)
             results["base_settings"] = wanted
             _write(results_file, results)
-        jobs = []
-        for seed, method in itertools.product(args.seeds, args.methods):
-            label = label_of(method, args.sets)
-            done = next(
+
+        def find(label: str, seed: int) -> dict | None:
+            return next(
                 (r for r in results["runs"]
                  if r["label"] == label and r["seed"] == seed and r["settings"] == settings
                  and fingerprint_of(r) == fingerprint),
                 None,
             )  # fmt: skip
-            pairs = [p for p in args.pairs if done is None or p not in done["pairs"]]
-            if done is not None and not pairs:
+
+        jobs = []
+        for seed, method in itertools.product(args.seeds, args.methods):
+            cells = [
+                (strategy, pair)
+                for strategy, pair in itertools.product(args.strategies, args.pairs)
+                if pair not in (find(label_of(method, args.sets, strategy), seed) or {"pairs": {}})["pairs"]
+            ]  # fmt: skip
+            a_only = not args.pairs and find(label_of(method, args.sets), seed) is None
+            if not cells and not a_only:
                 continue
-            slug = re.sub(r"[^A-Za-z0-9.]+", "-", label)
+            slug = re.sub(r"[^A-Za-z0-9.]+", "-", label_of(method, args.sets))
             jobs.append({
-                "label": label, "method": method, "seed": seed, "pairs": pairs,
+                "method": method, "seed": seed, "cells": cells,
                 "dir": str(args.out / f"{args.base}-{slug}-seed{seed}"),
                 "recipe": recipe_for(args, method, seed, args.sets), "eval_every": args.eval_every,
             })  # fmt: skip
@@ -557,21 +597,19 @@ def main() -> None:
             for future in as_completed(futures):
                 job = futures[future]
                 run = future.result()
-                done = next(
-                    (r for r in results["runs"]
-                     if r["label"] == job["label"] and r["seed"] == job["seed"]
-                     and r["settings"] == settings and fingerprint_of(r) == fingerprint),
-                    None,
-                )  # fmt: skip
-                if done is None:
-                    results["runs"].append({
-                        "method": job["method"], "strategy": "none", "label": job["label"],
-                        "seed": job["seed"], "settings": settings, **run,
-                    })  # fmt: skip
-                else:
-                    done["pairs"].update(run["pairs"])
+                cells = run.pop("cells") or {"none": {}}
+                for strategy, pairs in cells.items():
+                    label = label_of(job["method"], args.sets, strategy)
+                    done = find(label, job["seed"])
+                    if done is None:
+                        results["runs"].append({
+                            "method": job["method"], "strategy": strategy, "label": label,
+                            "seed": job["seed"], "settings": settings, **run, "pairs": pairs,
+                        })  # fmt: skip
+                    else:
+                        done["pairs"].update(pairs)
                 _write(results_file, results)
-                print(f"{job['label']} seed {job['seed']} {job['pairs']}: {run['seconds']} s",
+                print(f"{job['method']} seed {job['seed']} {job['cells']}: {run['seconds']} s",
                       file=sys.stderr, flush=True)  # fmt: skip
     print(report(results, settings))
     print(f"machine: {results.get('machine')}; settings: {settings}")

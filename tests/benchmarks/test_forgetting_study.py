@@ -112,12 +112,22 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
 
     env = dict(os.environ)  # the test session's cache dir (conftest) included
     cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--workers", "1",
-           "--pairs", "conflict", "--plot", str(tmp_path / "curves.png")]  # fmt: skip
+           "--pairs", "conflict", "--plot", str(tmp_path / "curves.png"),
+           "--strategies", "none", "replay:0.25:4"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {r["label"] for r in results["runs"]} == {"lora", "sslora"}
-    run = results["runs"][0]
+    assert {(r["label"], r["strategy"]) for r in results["runs"]} == {
+        ("lora", "none"), ("sslora", "none"),
+        ("lora replay:0.25:4", "replay:0.25:4"), ("sslora replay:0.25:4", "replay:0.25:4"),
+    }  # fmt: skip
+    by = {(r["label"], r["seed"]): r for r in results["runs"]}
+    # both strategies continued from the same A version
+    assert by[("lora", 0)]["after_A"] == by[("lora replay:0.25:4", 0)]["after_A"]
+    assert by[("lora", 0)]["env"]["base_fingerprint"] == results["base_settings"]["fingerprint"]
+    assert "| lora replay:0.25:4 - lora | 1 | A after B |" in done.stdout
+    assert "s/step of B" in done.stdout
+    run = by[("lora", 0)]
     conflict = run["pairs"]["conflict"]
     assert [p[0] for p in conflict["curve"]] == [0, 2, 4]  # step 0, every 2, the last
     assert all(p[1] is not None and p[2] is not None for p in conflict["curve"])
