@@ -81,7 +81,7 @@ def report(
 
         path = plot_forgetting([run.report for run in runs], plot)
         _output.stderr.print(f"plot written to {path}", markup=False, highlight=False)
-    blocks = [block for run in runs for block in _blocks(run.report)]
+    blocks = [block for run in runs for block in _blocks(run.report, run.strategies)]
     if len(runs) > 1:
         columns, rows = _comparison(runs)
         blocks += [_output.Text(markdown="## side by side\n"),
@@ -109,13 +109,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _matrix(report: Any) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of R; `*` marks the cell where a task was trained."""
+def _matrix(report: Any, strategies: dict[str, str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of R; `*` marks the cell where a task was trained; a version trained with
+    a continual strategy says which (`v0003 (replay 0.1)`)."""
     m = report.matrix
     header = ["row"] + [f"{t} ({m.metrics[t] or 'n/a'})" for t in m.tasks]
     rows = []
     for r, version in enumerate(m.rows):
-        cells = {"row": version}
+        strategy = strategies.get(version, "none")
+        cells = {"row": version if strategy == "none" else f"{version} ({strategy})"}
         for c, task in enumerate(m.tasks):
             star = " *" if m.trained_row[task] == r else ""
             cells[header[c + 1]] = _fmt(m.values[r][c]) + star
@@ -176,10 +178,10 @@ def _per_task(report: Any) -> list[dict[str, str]]:
     ]
 
 
-def _blocks(report: Any) -> list[_output.Block]:
+def _blocks(report: Any, strategies: dict[str, str]) -> list[_output.Block]:
     """One run, in table and Markdown output: the matrix, the figures with definitions, the
     per-task table, then a step x task table per version with forgetting curves."""
-    header, rows = _matrix(report)
+    header, rows = _matrix(report, strategies)
     definitions = _task_definitions()
     blocks: list[_output.Block] = [
         _output.Text(markdown=f"## {report.name}\n"),

@@ -17,6 +17,7 @@ from medqwen_cli.continual.replay import (
     make_replay_sampler,
     plan_replay,
     replayed_per_batch,
+    version_strategy,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "make_replay_sampler",
     "plan_replay",
     "replayed_per_batch",
+    "version_strategy",
 ]

@@ -237,6 +237,17 @@ def _check_unchanged(
     return None
 
 
+def version_strategy(bundle: Any, version: str) -> str:
+    """How `version` kept earlier tasks, in words: `none`, or `replay 0.1, 50 per task`."""
+    if CONTINUAL_FILE not in bundle.read_version_info(version).files:
+        return "none"
+    record = bundle.read_json(CONTINUAL_FILE, version)
+    if record.get("strategy") != "replay":
+        return str(record.get("strategy"))
+    per_task = record.get("replay_per_task")
+    return f"replay {record['replay']}" + (f", {per_task} per task" if per_task else "")
+
+
 # --------------------------------------------------------------------------- the sampler
 
 

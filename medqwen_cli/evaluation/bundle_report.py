@@ -9,6 +9,9 @@ Per bundle:
   latest when it changed), or `metric` for every task. A cell evaluated twice takes the later
   line; a cell never evaluated stays missing (n/a), never 0.
 
+Each trained version's continual strategy (`none`, `replay 0.1, 50 per task`) is reported
+with it (`strategies`), read from the version's continual.json.
+
 Notes (plain strings, no record text) say which command fills a missing cell, and warn when the
 cells of one matrix come from different scoring modes or headline metrics.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from medqwen_cli.bundle import BASE_VERSION, Bundle
+from medqwen_cli.continual import version_strategy
 from medqwen_cli.errors import EvaluationError
 from medqwen_cli.forgetting import ForgettingReport, forgetting_report
 from medqwen_cli.settings import Settings
@@ -39,9 +43,13 @@ class BundleRun:
     path: str
     report: ForgettingReport
     notes: list[str] = field(default_factory=list)
+    strategies: dict[str, str] = field(default_factory=dict)  # version -> none | replay F ...
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "notes": self.notes, **self.report.model_dump(mode="json")}
+        return {
+            "path": self.path, "notes": self.notes, "strategies": self.strategies,
+            **self.report.model_dump(mode="json"),
+        }  # fmt: skip
 
 
 def forgetting_for_bundles(
@@ -70,7 +78,8 @@ def forgetting_for_bundles(
             columns |= {r["task"]: metric for r in records if r.get("step") is not None}
         report = forgetting_report(records, lineage, name=name, metric=columns, base=BASE_VERSION)
         notes += _scoring_notes(cells, report) + _missing_notes(bundle, report)
-        runs.append(BundleRun(name=name, path=str(bundle.root), report=report, notes=notes))
+        strategies = {version: version_strategy(bundle, version) for version, _ in lineage}
+        runs.append(BundleRun(name, str(bundle.root), report, notes, strategies))
     return runs
 
 

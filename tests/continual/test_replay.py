@@ -96,13 +96,14 @@ def seen_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]
 
 
 def test_continue_with_replay_mixes_a_fixed_buffer_and_records_ids_only(
-    bundle_dir: Path, seen_batches: list
+    bundle_dir: Path, seen_batches: list, cli
 ) -> None:
-    continue_bundle(bundle_dir, task="xray", overrides=QUICK, evaluate=False)
+    scored = [*QUICK, "eval.max_samples=2"]
+    continue_bundle(bundle_dir, task="xray", overrides=scored)
     seen_batches.clear()
     result = continue_bundle(
         bundle_dir, task="ct", evaluate=False,
-        overrides=[*QUICK, "continual.replay=0.25", "continual.replay_per_task=3"],
+        overrides=[*scored, "continual.replay=0.25", "continual.replay_per_task=3"],
     )  # fmt: skip
     assert len(seen_batches) == 3
     for batch in seen_batches:  # batch 4: one replayed xray record, three ct records
@@ -125,6 +126,14 @@ def test_continue_with_replay_mixes_a_fixed_buffer_and_records_ids_only(
     assert result.continual["tasks"] == {"xray": 3}
     data = b.read_json("data.json", result.version)["datasets"]
     assert [(d["task"], d["path"], d["split"]) for d in data] == [("ct", "builtin:ct", "train")]
+    # forgetting-report says how each version kept the earlier tasks
+    report = cli("forgetting-report", str(bundle_dir), "--format", "json")
+    assert report.code == 0, report.err
+    assert json.loads(report.out)["runs"][0]["strategies"] == {
+        "v0002": "none", "v0003": "replay 0.25, 3 per task",
+    }  # fmt: skip
+    table = cli("forgetting-report", str(bundle_dir), "--format", "markdown").out
+    assert "v0003 (replay 0.25, 3 per task)" in table
 
 
 def test_an_interrupted_replay_run_resumes_to_the_same_adapter(
