@@ -65,3 +65,35 @@ def test_two_cpu_processes_equal_one(bundle_dir: Path, tmp_path: Path) -> None:
     two_metrics = two.read_json("metrics.json", "v0002")["train"]
     assert one_metrics["samples"] == two_metrics["samples"] == 24
     assert abs(one_metrics["mean_loss"] - two_metrics["mean_loss"]) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="--multi_gpu would use the GPUs: this test is for CPU/gloo"
+)
+def test_two_processes_continue_with_replay(bundle_dir: Path) -> None:
+    """Each process mixes its shard of the earlier task's records into its batches; one version
+    with the replay recorded is written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run(
+        [sys.executable, "-m", "medqwen_cli", "continue", str(bundle_dir), "--task", "xray",
+         "--no-eval", "-f", "json", *STEPS],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    launched = subprocess.run(
+        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medqwen_cli", "continue",
+         str(bundle_dir), "--task", "ct", "--no-eval", "--replay", "0.5", "-f", "json",
+         "--set", "train.batch_size=2", *STEPS],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    b = Bundle.open(bundle_dir)
+    assert [e.id for e in b.manifest.versions] == ["v0001", "v0002", "v0003"]
+    record = b.read_json("continual.json", "v0003")
+    assert record["replayed_per_batch"] == 1 and record["tasks"]["xray"]["records"] > 0
+    metrics = b.read_json("metrics.json", "v0003")["train"]
+    assert metrics["samples"] == 24 and metrics["continual"]["tasks"] == {
+        "xray": record["tasks"]["xray"]["records"]
+    }
