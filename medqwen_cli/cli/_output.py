@@ -30,6 +30,19 @@ def _cell(value: Any) -> str:
     return escape(str(value))
 
 
+def print_table(console: Console, t: Table) -> None:
+    """`t` on `console`. In a terminal rich fits it to the window; elsewhere (a log file, a
+    pipe) rich would cut it at 80 columns (`headli…`), so it is printed at its natural width."""
+    if console.is_terminal:
+        console.print(t)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(10_000), t).maximum
+    wide = Console(file=console.file, width=max(natural, console.width), soft_wrap=True)
+    wide.print(t)
+
+
 def table(
     rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None
 ) -> Table:
@@ -95,7 +108,7 @@ def emit(
     else:
         for b in blocks:
             if isinstance(b, Rows):
-                stdout.print(table(b.rows, b.columns, b.title))
+                print_table(stdout, table(b.rows, b.columns, b.title))
             elif b.table is not None:
                 stdout.print(b.table, markup=False, highlight=False)
 

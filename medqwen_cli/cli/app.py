@@ -56,7 +56,13 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="Only warnings and errors on stderr (also accepted after the command; in predict, "
+        "where -q is --question, as --quiet).",
+    ),
 ) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
@@ -83,11 +89,31 @@ def _debug() -> bool:
     return os.environ.get("MEDQWEN_DEBUG", "").lower() not in ("", "0", "false", "no")
 
 
+QUIET_FLAGS = ("--quiet", "-q")
+SHORT_Q_TAKEN = {"predict"}  # commands where -q means something else (predict: --question)
+
+
+def hoist_quiet(args: list[str]) -> list[str]:
+    """`--quiet` (and `-q`, where the command gives it no other meaning) typed after the command
+    moved in front of it, where the root option is parsed: `medqwen train B -q` works as
+    `medqwen -q train B` does. Tokens after `--` are left alone."""
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command is None:
+        return args
+    end = args.index("--") if "--" in args[command:] else len(args)
+    flags = ("--quiet",) if args[command] in SHORT_Q_TAKEN else QUIET_FLAGS
+    moved = [i for i in range(command + 1, end) if args[i] in flags]
+    if not moved:
+        return args
+    rest = [a for i, a in enumerate(args) if i not in moved]
+    return [*rest[:command], "--quiet", *rest[command:]]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn known errors into `Error:`/`Hint:` and exit 1."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    try:
-        app(args=args, prog_name="medqwen", obj=args)  # obj: the command line a version records
+    try:  # obj: the command line as typed, which a version records
+        app(args=hoist_quiet(args), prog_name="medqwen", obj=args)
     except MedqwenError as exc:
         if _debug():
             traceback.print_exc()

@@ -37,8 +37,8 @@ def validate(
             if fmt == "json":
                 _output.emit(fmt, _output.Rows(rows, []), data={"valid": False, "problems": rows})
             else:  # a failure: the table goes with the error, on stderr
-                _output.stderr.print(
-                    _output.table(rows, ["field", "problem"], f"{recipe}: problems")
+                _output.print_table(
+                    _output.stderr, _output.table(rows, ["field", "problem"], f"{recipe}: problems")
                 )
             n = len(exc.problems)
             raise RecipeError(
