@@ -169,6 +169,16 @@ def _curve(bundle, version: str) -> list[list[float]]:
     return [[s, p.get("accuracy"), p.get("answer_nll")] for s, p in sorted(points.items())]
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux a worker ends when the study process does (killing the study
+    would otherwise leave its workers training into the study's directories)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_job(job: dict) -> dict:
     """Train and score one (method, seed) through A, then each requested (strategy, pair) from
     that A version; returns its result."""
@@ -592,7 +602,9 @@ def main() -> None:
                 "dir": str(args.out / f"{args.base}-{slug}-seed{seed}"),
                 "recipe": recipe_for(args, method, seed, args.sets), "eval_every": args.eval_every,
             })  # fmt: skip
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            args.workers, mp_context=get_context("spawn"), initializer=_die_with_parent
+        ) as pool:
             futures = {pool.submit(run_job, job): job for job in jobs}
             for future in as_completed(futures):
                 job = futures[future]
