@@ -62,6 +62,12 @@ class DataError(MedqwenError):
     """A dataset file or record is invalid; the message names the file and line."""
 
 
+class MissingSplit(DataError):
+    """A dataset has no records for the split asked for: a single file holds one split, the
+    training one. Training and `--watch` fail on it; `validate` warns, and `evaluate` and
+    `continue` leave the dataset out of the scores with a note."""
+
+
 class TrainingError(MedqwenError):
     """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
 

@@ -94,7 +94,10 @@ def evaluate(
 
 
 def note_result(result: EvaluationResult) -> None:
-    """The stderr lines of an evaluation: samples, time, rate, where the lines and predictions went."""
+    """The stderr lines of an evaluation: the tasks left out (kept under -q), then samples, time,
+    rate, where the lines and predictions went."""
+    for line in result.notes:
+        _output.note(f"note: {line}", warning=True)
     rate = result.samples_per_second
     _output.stderr.print(
         f"{result.version}: {result.n} samples, {len(result.tasks)} task(s), "

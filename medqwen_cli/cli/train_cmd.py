@@ -92,6 +92,8 @@ def _curve_table(curves: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
 
 def _render(fmt: str, result: Any) -> None:
     r = result.to_dict()
+    for line in r["notes"]:  # tasks the evaluations left out: said, not failed (kept under -q)
+        _output.note(f"note: {line}", warning=True)
     rows = [
         {"field": "version", "value": f"{r['version']} (parent {r['parent']})"},
         {"field": "tasks", "value": r["tasks"]},

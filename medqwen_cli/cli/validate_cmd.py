@@ -24,7 +24,8 @@ def validate(
 ) -> None:
     """Check a recipe (every unknown key, wrong type and missing dataset path), then read every
     record of every dataset it names, training and eval splits (fields, JSON, images: existence
-    and header), and list every problem as file:line: problem."""
+    and header), and list every problem as file:line: problem. A dataset without an eval split
+    (a single file) is a warning: evaluate and continue will not score it."""
     from medqwen_cli.data.check import check_datasets
     from medqwen_cli.recipe import load_recipe, recipe_to_dict
 
@@ -49,7 +50,8 @@ def validate(
     checks = [] if no_data else check_datasets(loaded, cache_dir=data_dir)
     splits = [c.to_dict() for c in checks]
     problems = [p for c in splits for p in c["problems"]]
-    for warning in (w for c in checks for w in c.warnings):
+    warnings = [w for c in checks for w in c.warnings]
+    for warning in warnings:
         _output.note(f"warning: {warning}", warning=True)
     if problems:
         _data_problems(fmt, recipe, splits, problems)
@@ -73,11 +75,17 @@ def validate(
             "key": "records read",
             "value": [f"{c.name}/{c.split} {c.records}" for c in checks] or "not read (--no-data)",
         },
+        *({"key": "warning", "value": w} for w in warnings),
     ]
     _output.emit(
         fmt,
         _output.Rows(rows, ["key", "value"], title=f"{recipe}: valid"),
-        data={"valid": True, "recipe": recipe_to_dict(loaded), "datasets": splits},
+        data={
+            "valid": True,
+            "recipe": recipe_to_dict(loaded),
+            "datasets": splits,
+            "warnings": warnings,
+        },
     )
 
 

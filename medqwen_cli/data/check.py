@@ -15,6 +15,11 @@ problem at once (what `medqwen validate` runs once the recipe itself is valid).
 
 A problem is `where` (`file:line`, or the file for one that stops the whole file), `problem`
 (what is wrong and which field; never a record's text, which may be patient data), and the hint.
+
+A dataset without its eval split (a single file holds one split, the training one:
+`MissingSplit`) is a warning, not a problem: training reads it, and `evaluate` and `continue`
+leave it out of the scores with a note. `validate` must not be stricter than the commands it
+checks.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medqwen_cli.data.readers import read_dataset
-from medqwen_cli.errors import DataError
+from medqwen_cli.errors import DataError, MissingSplit
 from medqwen_cli.recipe import DatasetSpec, Recipe
 
 # "<absolute path>[:<line>]: <what>", the form of every reader message (records.data_error)
@@ -68,7 +73,7 @@ def recipe_datasets(recipe: Recipe) -> list[tuple[str, DatasetSpec]]:
 def check_datasets(recipe: Recipe, *, cache_dir: Path | None = None) -> list[SplitCheck]:
     """Read each dataset split the recipe uses and report every problem (module docstring)."""
     if cache_dir is None:
-        from medqwen_cli.modeling import data_cache_dir
+        from medqwen_cli.base_files import data_cache_dir
 
         cache_dir = data_cache_dir()
     checks: list[SplitCheck] = []
@@ -83,6 +88,8 @@ def check_datasets(recipe: Recipe, *, cache_dir: Path | None = None) -> list[Spl
                 spec, split, cache_dir=cache_dir,
                 max_image_pixels=recipe.train.max_image_pixels, collect=True,
             )  # fmt: skip
+            missing = [e for e in loaded.problems if isinstance(e, MissingSplit)]
+            errors = [e for e in loaded.problems if not isinstance(e, MissingSplit)]
             checks.append(
                 SplitCheck(
                     dataset=dataset,
@@ -91,10 +98,10 @@ def check_datasets(recipe: Recipe, *, cache_dir: Path | None = None) -> list[Spl
                     path=str(loaded.path),
                     records=len(loaded.records),
                     problems=sorted(
-                        (_problem(e, dataset, split, loaded.path) for e in loaded.problems),
+                        (_problem(e, dataset, split, loaded.path) for e in errors),
                         key=_line_order,
                     ),
-                    warnings=loaded.warnings,
+                    warnings=[*loaded.warnings, *(_not_scored(e, dataset) for e in missing)],
                 )
             )
     return checks
@@ -104,6 +111,11 @@ def _problem(error: DataError, dataset: str, split: str, path: Path) -> DataProb
     match = _WHERE.match(error.message)
     where, what = (match["where"], match["what"]) if match else (str(path), error.message)
     return DataProblem(where=where, problem=what, dataset=dataset, split=split, hint=error.hint)
+
+
+def _not_scored(error: MissingSplit, dataset: str) -> str:
+    """The warning of a dataset without its eval split: what it means for the scores, the fix."""
+    return f"{error.message}: evaluate and continue will not score {dataset} (hint: {error.hint})"
 
 
 def _line_order(problem: DataProblem) -> tuple[str, int]:

@@ -2,7 +2,7 @@
 
     evaluate_bundle(bundle, version=None, tasks=None, base_only=False, scoring=None,
                     save_predictions=None, progress=None, recipe=None, overrides=None,
-                    settings=None)
+                    settings=None, empty_ok=False)
         -> EvaluationResult
 
 `settings` (settings.Settings) names the default bundle and the cache built-in data are generated
@@ -20,6 +20,10 @@ into; the CLI reads them from the environment once per command, and so does a ca
 3. The records: every dataset's `eval_split` (datasets with `eval_split: null` are skipped), in
    recipe order, capped at `eval.max_samples` taken in turn from each (dataset, record type, POPE
    answer) group (deterministic: no sampling), so a small cap still covers every kind of record.
+   A dataset without that split (a single file holds the training split only: `MissingSplit`)
+   is left out, and a task left without eval records is not scored (never scored 0); the
+   result's `notes` say so, one line per task. When no task is left, that is an error (nothing
+   to report), unless `empty_ok` (`continue`: its training is done either way).
 4. Answers: `Runner` (likelihood over candidates, or greedy generation; see runner.py).
 5. Scores per record type and one headline per task (see summary.py); one line per
    (version, task, metric) is appended to `<bundle>/evals.jsonl` with n, split, scoring, type
@@ -47,7 +51,7 @@ from typing import Any
 
 from medqwen_cli.bundle import BASE_VERSION, Bundle, atomic_write_bytes
 from medqwen_cli.choices import SCORINGS
-from medqwen_cli.errors import EvaluationError
+from medqwen_cli.errors import EvaluationError, MissingSplit
 from medqwen_cli.evaluation.summary import TaskEvaluation, score_task_predictions
 from medqwen_cli.settings import Settings
 
@@ -68,6 +72,7 @@ class EvaluationResult:
     load_seconds: float
     answer_seconds: float  # the model's share of `seconds`
     predictions_file: str | None = None
+    notes: list[str] = field(default_factory=list)  # tasks left out or part-scored, one line each
 
     @property
     def samples_per_second(self) -> float | None:
@@ -93,6 +98,7 @@ class EvaluationResult:
                 for t in self.tasks
             },
             "results": self.rows(),
+            "notes": self.notes,
         }
 
 
@@ -108,13 +114,16 @@ def evaluate_bundle(
     recipe: Any = None,
     overrides: Sequence[str] | None = None,
     settings: Settings | None = None,
+    empty_ok: bool = False,
 ) -> EvaluationResult:
     """Evaluate a version (default head) or the base on its tasks (see the module docstring).
 
     `recipe` (default: the one stored in the bundle) resolves task names and evaluation settings;
     `continue` passes the recipe it trained with, so tasks defined only there resolve too.
     `overrides` (`--set` items, e.g. "eval.max_samples=20") apply to it for this call only.
-    `settings` default: `Settings.from_env()`.
+    `settings` default: `Settings.from_env()`. `empty_ok`: when no task has eval records, return
+    a result without tasks (its `notes` say why; no model loaded, nothing recorded) instead of
+    raising `EvaluationError`.
     """
     from medqwen_cli.loading import bundle_recipe
     from medqwen_cli.recipe import override_recipe
@@ -143,7 +152,19 @@ def evaluate_bundle(
             "give a file name, e.g. predictions.jsonl",
         )
     names = default_tasks(bundle, recipe, vid) if not tasks else list(dict.fromkeys(tasks))
-    task_data = load_eval_tasks(recipe, names, data_dir=settings.data_cache_dir)  # fail fast
+    notes: list[str] = []
+    task_data = load_eval_tasks(recipe, names, data_dir=settings.data_cache_dir, notes=notes)
+    if not task_data:  # before any model work
+        if not empty_ok:
+            raise EvaluationError(
+                f"nothing to score: {'; '.join(notes)}",
+                "give the task an eval split (a directory with train.jsonl and eval.jsonl, or "
+                "test.*), or evaluate a task that has one: --task NAME",
+            )
+        return EvaluationResult(
+            bundle=str(bundle.root), version=vid, scoring=scoring, tasks=[], records=[], n=0,
+            seconds=0.0, load_seconds=0.0, answer_seconds=0.0, notes=notes,
+        )  # fmt: skip
 
     t0 = time.perf_counter()
     model, processor = load_model(bundle, recipe, vid, settings.cache_dir)
@@ -161,7 +182,7 @@ def evaluate_bundle(
     return EvaluationResult(
         bundle=str(bundle.root), version=vid, scoring=scoring, tasks=scored.tasks, records=lines,
         n=scored.n, seconds=scored.seconds, load_seconds=load_seconds,
-        answer_seconds=scored.answer_seconds, predictions_file=written,
+        answer_seconds=scored.answer_seconds, predictions_file=written, notes=notes,
     )  # fmt: skip
 
 
@@ -200,11 +221,26 @@ class ModelScores:
     predictions: list[Any] = field(default_factory=list)  # Prediction per record, in task order
 
 
-def load_eval_tasks(recipe: Any, names: Sequence[str], *, data_dir: Path) -> dict[str, TaskData]:
+def load_eval_tasks(
+    recipe: Any, names: Sequence[str], *, data_dir: Path, notes: list[str] | None = None
+) -> dict[str, TaskData]:
     """Each named task's evaluation records, as `medqwen evaluate` reads them (built-in data
-    generated under `data_dir`, `Settings.data_cache_dir`); an unknown task, or one without an
-    eval split, fails here, before any model work."""
-    return {name: TaskData(*_task_records(recipe, name, data_dir)) for name in dict.fromkeys(names)}
+    generated under `data_dir`, `Settings.data_cache_dir`); an unknown task fails here, before
+    any model work.
+
+    A task without eval records (every dataset sets `eval_split: null` or, `MissingSplit`, is a
+    single file that holds the training split only) fails here too, unless `notes` is a list
+    (collect mode, like `ReadContext.problems`): then such a dataset is left out, a task left
+    without any is left out of the result, and one line per such task is appended to `notes`
+    (task name, file and reason; never record text). The watch passes none: a curve needs eval
+    records.
+    """
+    tasks = {}
+    for name in dict.fromkeys(names):
+        data = _task_records(recipe, name, data_dir, notes)
+        if data is not None:
+            tasks[name] = data
+    return tasks
 
 
 def score_model(
@@ -291,29 +327,52 @@ def default_tasks(bundle: Bundle, recipe: Any, version: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _task_records(recipe: Any, name: str, data_dir: Path) -> tuple[list[Any], str, list[str]]:
-    """(eval records of task `name`, capped by eval.max_samples, split label, dataset names)."""
+def _task_records(
+    recipe: Any, name: str, data_dir: Path, notes: list[str] | None
+) -> TaskData | None:
+    """Eval records of task `name` (capped by eval.max_samples), split label, dataset names;
+    None when it has no eval records and `notes` takes the reason (see `load_eval_tasks`)."""
     from medqwen_cli.data.readers import load_records
 
     specs = [s for s in recipe.task_datasets(name) if s.eval_split]
     if not specs:
-        raise EvaluationError(
-            f"task {name!r} has no evaluation split: every dataset sets eval_split: null",
-            "set eval_split (e.g. eval) for its datasets in the recipe, or pass a dataset path "
-            "with --task",
+        if notes is None:
+            raise EvaluationError(
+                f"task {name!r} has no evaluation split: every dataset sets eval_split: null",
+                "set eval_split (e.g. eval) for its datasets in the recipe, or pass a dataset "
+                "path with --task",
+            )
+        notes.append(
+            f"task {name!r} has no eval split and is not scored: every dataset sets "
+            "eval_split: null"
         )
-    records = []
+        return None
+    records: list[tuple[int, Any]] = []
+    read: list[Any] = []  # the specs whose eval split was found
+    missing: list[str] = []  # MissingSplit messages of the others
     for i, spec in enumerate(specs):
-        loaded = load_records(
-            spec, spec.eval_split, cache_dir=data_dir,
-            max_image_pixels=recipe.train.max_image_pixels,
-        )  # fmt: skip
+        try:
+            loaded = load_records(
+                spec, spec.eval_split, cache_dir=data_dir,
+                max_image_pixels=recipe.train.max_image_pixels,
+            )  # fmt: skip
+        except MissingSplit as exc:
+            if notes is None:
+                raise
+            missing.append(exc.message)
+            continue
+        read.append(spec)
         records += [(i, r.model_copy(update={"task": name})) for r in loaded]
+    if notes is not None and missing:
+        scored = ", ".join(s.display_name for s in read)
+        done = f"is scored on {scored} only" if read else "has no eval split and is not scored"
+        notes.append(f"task {name!r} {done}: {'; '.join(missing)}")
+    if not read:
+        return None
     if recipe.eval.max_samples is not None:
         records = stratified_head(records, recipe.eval.max_samples)
-    records = [r for _, r in records]
-    split = ",".join(dict.fromkeys(s.eval_split for s in specs))
-    return records, split, [s.display_name for s in specs]
+    split = ",".join(dict.fromkeys(s.eval_split for s in read))
+    return TaskData([r for _, r in records], split, [s.display_name for s in read])
 
 
 def stratified_head(items: list[tuple[int, Any]], n: int) -> list[tuple[int, Any]]:

@@ -58,6 +58,7 @@ def task_metrics(
     headline (a mixed task's headline is their mean); the note says which tasks were skipped.
     Built-in data are generated under `data_dir` (`Settings.data_cache_dir`)."""
     from medqwen_cli.data.readers import load_records
+    from medqwen_cli.errors import MissingSplit
     from medqwen_cli.evaluation.runner import Runner
     from medqwen_cli.evaluation.summary import score_task_predictions
 
@@ -68,12 +69,20 @@ def task_metrics(
         if not specs:
             skipped.append(name)
             continue
-        records = []
+        records, kept = [], []
         for spec in specs:
-            records += load_records(
-                spec, spec.eval_split, cache_dir=data_dir,
-                max_image_pixels=recipe.train.max_image_pixels,
-            )  # fmt: skip
+            try:
+                records += load_records(
+                    spec, spec.eval_split, cache_dir=data_dir,
+                    max_image_pixels=recipe.train.max_image_pixels,
+                )  # fmt: skip
+                kept.append(spec)
+            except MissingSplit:  # a single-file dataset: trained on, never scored
+                continue
+        if not kept:
+            skipped.append(name)
+            continue
+        specs = kept
         records = records[: recipe.eval.max_samples]
         row: dict[str, Any] = {"task": name, "n": len(records), "scoring": recipe.eval.scoring}
         for label, model in (("before", reference), ("after", candidate)):

@@ -14,7 +14,8 @@ publish  adapter + metrics.json + train_log.jsonl as a new version (main process
          evals.jsonl, stamped with the new version id (so they never name a missing version)
 
 `train_bundle` runs the five in a row; `continue_bundle` scores the parent on the new task
-between plan and data, and the new version on every task of its lineage after publish. Each
+between plan and data, and the new version on every task of its lineage after publish (a task
+without eval records is left out of the scores, and said once in `TrainResult.notes`). Each
 opens the bundle once; the processes other than the main one open it again after publish, to
 read the version the main process wrote.
 """
@@ -45,6 +46,7 @@ from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported fr
 )
 
 if TYPE_CHECKING:  # torch loads inside the phases, after the bundle, recipe and task checks
+    from medqwen_cli.evaluation.api import EvaluationResult
     from medqwen_cli.loading import AdaptedModel
     from medqwen_cli.training.loop import FitResult, ProgressFn
     from medqwen_cli.training.watch import CurveFn, Watch
@@ -71,6 +73,8 @@ class TrainResult:
     curves: list[dict[str, Any]] = field(default_factory=list)
     # The continual strategy: None, or {strategy, settings, earlier task -> records replayed from}
     continual: dict[str, Any] | None = None
+    # What the evaluations left out (a task without an eval split), one line each, once per task
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,8 +140,10 @@ def continue_bundle(
     With evaluation on, the parent is first scored on the new task (once: the cell R[i-1][i] that
     forward transfer needs) when the parent trained a task itself, and after training the new
     version is scored on every task of its lineage (and `eval.tasks`), so the forgetting matrix
-    fills itself. `watch` / `eval_every` / `curve_fn`: a forgetting curve, as in `train_bundle`
-    (independent of `evaluate`). Only the main process scores; the others only train.
+    fills itself. A task without eval records (a single data file holds its training split
+    only) is not scored: `result.notes` says so, once per task. `watch` / `eval_every` /
+    `curve_fn`: a forgetting curve, as in `train_bundle` (independent of `evaluate`; a watched
+    task must have eval records). Only the main process scores; the others only train.
     `settings`: as in `train_bundle`.
     """
     settings = settings if settings is not None else Settings.from_env()
@@ -148,14 +154,17 @@ def continue_bundle(
     )  # fmt: skip
     accelerator = make_accelerator(plan, bundle)
     evaluate = evaluate and accelerator.is_main_process
-    evaluations = score_parent(plan, bundle, task, eval_progress) if evaluate else []
+    scored = [score_parent(plan, bundle, task, eval_progress)] if evaluate else []
     result = run_plan(
         plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
         curve_fn=curve_fn,
     )  # fmt: skip
     if evaluate and result.version:
-        evaluations += score_lineage(plan, bundle, result.version, eval_progress)
-    result.evaluations = evaluations
+        scored.append(score_lineage(plan, bundle, result.version, eval_progress))
+    done = [e for e in scored if e is not None]
+    result.evaluations = [line for e in done for line in e.records]
+    # the new task is in both evaluations: its note, the same line, is kept once
+    result.notes = list(dict.fromkeys(note for e in done for note in e.notes))
     return result
 
 
@@ -393,7 +402,11 @@ def publish(
             parent=plan.parent,
             json_files={
                 "metrics.json": {
-                    "train": {k: v for k, v in summary.to_dict().items() if k != "evaluations"}
+                    "train": {
+                        k: v
+                        for k, v in summary.to_dict().items()
+                        if k not in ("evaluations", "notes")
+                    }
                 },
                 DATA_FILE: data.data,
                 **({CONTINUAL_FILE: plan.replay.to_json()} if plan.replay is not None else {}),
@@ -421,41 +434,41 @@ def publish(
 
 def score_parent(
     plan: TrainPlan, bundle: Bundle, task: str, progress: Any = None
-) -> list[dict[str, Any]]:
-    """The parent's evaluation rows on `task` (appended to evals.jsonl), or none when the
-    parent trained no task or its cell is already there."""
+) -> EvaluationResult | None:
+    """The parent's evaluation on `task` (its rows appended to evals.jsonl), or None when the
+    parent trained no task or its cell is already there. A task without eval records is not
+    scored: the result has no rows and says so in its notes."""
     from medqwen_cli.evaluation.api import evaluate_bundle
 
     if plan.parent is None or not bundle.entry(plan.parent).tasks:
-        return []
+        return None
     done = {
         (r.get("version"), r.get("task"))
         for r in bundle.read_evals()
         if r.get("headline") and r.get("step") is None  # curve points are not cells
     }
     if (plan.parent, task) in done:
-        return []
-    before = evaluate_bundle(
+        return None
+    return evaluate_bundle(
         bundle, version=plan.parent, tasks=[task], recipe=plan.recipe, progress=progress,
-        settings=plan.settings,
+        settings=plan.settings, empty_ok=True,
     )  # fmt: skip
-    return before.records
 
 
 def score_lineage(
     plan: TrainPlan, bundle: Bundle, version: str, progress: Any = None
-) -> list[dict[str, Any]]:
-    """`version`'s evaluation rows on every task of its lineage and eval.tasks (appended to
-    evals.jsonl); `bundle` is the one `publish` appended the version to."""
+) -> EvaluationResult:
+    """`version`'s evaluation on every task of its lineage and eval.tasks (its rows appended to
+    evals.jsonl; tasks without eval records left out, in its notes); `bundle` is the one
+    `publish` appended the version to."""
     from medqwen_cli.evaluation.api import evaluate_bundle
 
     seen = bundle.read_version_info(version).lineage_tasks
     seen = list(dict.fromkeys([*seen, *(plan.recipe.eval.tasks or [])]))
-    after = evaluate_bundle(
+    return evaluate_bundle(
         bundle, version=version, tasks=seen, recipe=plan.recipe, progress=progress,
-        settings=plan.settings,
+        settings=plan.settings, empty_ok=True,
     )  # fmt: skip
-    return after.records
 
 
 # --------------------------------------------------------------------------- helpers

@@ -81,17 +81,19 @@ def test_json_lists_problems_with_dataset_split_and_hint(cli, tmp_path: Path) ->
 
 
 def test_whole_file_problems_and_no_data(cli, tmp_path: Path) -> None:
-    """A dataset file with one split has no eval split: said once, with the fix."""
+    """A dataset file with one split has no eval split: a warning (evaluate leaves it out), said
+    once, with the fix; the exit code stays 0 (tests/cli/test_missing_eval_split.py)."""
     single = tmp_path / "one.jsonl"
     _png(tmp_path / "ok.png")
     single.write_text(json.dumps({"images": ["ok.png"], "question": "q", "answer": "no"}) + "\n")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"data:\n  datasets:\n    - path: {single}\n")
     result = cli("validate", recipe, "--format", "table")
-    assert result.code == 1 and f"{single}: the file has no split 'eval'" in result.err
-    assert "Hint: " in result.err and "eval_split: null" in result.err
+    assert result.code == 0 and f"warning: {single}: the file has no split 'eval'" in result.err
+    assert result.err.count("warning: ") == 1 and "eval_split: null" in result.err
     fixed = cli("validate", recipe, "--set", "data.datasets.0.eval_split=null", "-f", "json")
     assert fixed.code == 0, fixed.err
+    assert "warning: " not in fixed.err and json.loads(fixed.out)["warnings"] == []
     assert [d["records"] for d in json.loads(fixed.out)["datasets"]] == [1]
     assert cli("validate", recipe, "--no-data", "-f", "json").code == 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from medqwen_cli.data.images import ImageResolver
-from medqwen_cli.errors import DataError
+from medqwen_cli.errors import DataError, MissingSplit
 
 # Split names tried, in order, for a requested split: "eval" reads a test or validation file
 # when no eval file exists (the split a paper reports).
@@ -79,10 +79,11 @@ class ReadContext:
         return [*self.warnings, *(w for r in self._resolvers for w in r.warnings)]
 
     def require_whole_file_split(self, path: Path) -> None:
-        """A file without split information serves the training split only."""
+        """A file without split information serves the training split only: any other split
+        raises `MissingSplit` (a `DataError`; evaluation skips the dataset with a note)."""
         if self.split_in_path or self.split == self.train_split:
             return
-        raise DataError(
+        raise MissingSplit(
             f"{path}: the file has no split {self.split!r} (it holds one split, used for "
             f"{self.train_split!r})",
             f"point the dataset path at a directory with {self.train_split}.jsonl and "
