@@ -1,30 +1,37 @@
-"""Base models: find, build and load Qwen2-VL / Qwen2.5-VL bases, always offline.
+"""Base models: find and load Qwen2-VL / Qwen2.5-VL bases, always offline.
 
-A BASE is resolved in this order:
-1. a built-in preset (`tiny-qwen2-vl`, `tiny-qwen2.5-vl`, `nano-qwen2-vl`; medqwen_cli/presets),
-   built once into the cache (`settings.Settings.cache_dir`) and then loaded through the same
-   `from_pretrained` path as a real model;
+A BASE is resolved in this order (`resolve_base`):
+1. a built-in preset (`tiny-qwen2-vl`, `tiny-qwen2.5-vl`, `nano-qwen2-vl`): asked of the preset
+   registry (`medqwen_cli.presets`), which builds it once into the cache
+   (`settings.Settings.cache_dir`); it is then loaded through the same `from_pretrained` path as
+   a real model;
 2. an existing local directory holding `config.json`;
 3. an alias (`Qwen2-VL` -> `Qwen/Qwen2-VL-2B-Instruct`, ...) or a Hub id, looked up in the local
    Hugging Face cache only (never downloaded).
 
-The processor is `ImageOnlyQwen2VLProcessor`: Qwen2VLProcessor without the video processor, which
-needs torchvision (not installable with torch 2.13 CPU). `AutoProcessor` would silently return only
-the tokenizer for such a directory, so this class is always loaded explicitly.
+Layering: this module -> `presets` -> `base_files`, never back. What both need (the image-only
+processor class, `fingerprint` and `weights_sha256`, the cache directories, transformers'
+logging) lives in `medqwen_cli.base_files` and is re-exported here, with the preset registry's
+names, for the callers that import them from this module.
 
-The fingerprint of a base (sha256 over config.json and a sample of every tensor's bytes) is stored
-in bundles so that an adapter is never applied to a different base by accident.
+The processor is `ImageOnlyQwen2VLProcessor` (see `base_files.processor_class`): Qwen2VLProcessor
+without the video processor, loaded explicitly, never through `AutoProcessor`. The fingerprint of
+a base is stored in bundles so that an adapter is never applied to a different base by accident.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medqwen_cli._io import checkpoint_files, read_header
+# Re-exported: callers import these from here (init_experts, merge, the tests).
+from medqwen_cli._io import checkpoint_files as checkpoint_files
+from medqwen_cli.base_files import cache_dir as cache_dir
+from medqwen_cli.base_files import data_cache_dir as data_cache_dir
+from medqwen_cli.base_files import fingerprint as fingerprint
+from medqwen_cli.base_files import processor_class, quiet_transformers, read_config
+from medqwen_cli.base_files import weights_sha256 as weights_sha256
 from medqwen_cli.errors import BaseModelError
 
 # The preset registry, re-exported: a preset is a base like any other.
@@ -33,7 +40,6 @@ from medqwen_cli.presets import PRESET_VERSIONS as PRESET_VERSIONS
 from medqwen_cli.presets import PRESETS, ensure_preset
 from medqwen_cli.presets import TINY_PRESETS as TINY_PRESETS
 from medqwen_cli.presets import build_preset as build_preset
-from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     import torch
@@ -71,18 +77,7 @@ class BaseInfo:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- locations
-
-
-def cache_dir(settings: Settings | None = None) -> Path:
-    """Root of medqwen's cache (presets, built-in data): `settings.cache_dir`, by default
-    $MEDQWEN_CACHE_DIR or the user cache (see medqwen_cli/settings.py)."""
-    return (settings if settings is not None else Settings.from_env()).cache_dir
-
-
-def data_cache_dir(settings: Settings | None = None) -> Path:
-    """Where built-in datasets and converted images (MedMNIST, DICOM) are generated."""
-    return (settings if settings is not None else Settings.from_env()).data_cache_dir
+# --------------------------------------------------------------------------- resolving
 
 
 def resolve_base(
@@ -133,7 +128,7 @@ def _from_hf_cache(model_id: str, revision: str | None) -> Path | None:
 
 
 def _info(name: str, source: str, path: Path, model_id: str, revision: str | None) -> BaseInfo:
-    config = _read_config(path)
+    config = read_config(path)
     model_type = config.get("model_type", "")
     if model_type not in SUPPORTED_TYPES:
         raise BaseModelError(
@@ -144,92 +139,7 @@ def _info(name: str, source: str, path: Path, model_id: str, revision: str | Non
     return BaseInfo(name, source, str(path), model_id, model_type, revision, fingerprint(path))
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BaseModelError(
-            f"cannot read {path / 'config.json'}: {exc}", "re-export the model with save_pretrained"
-        ) from None
-
-
-def fingerprint(path: str | Path, sample_bytes: int = 4096) -> str:
-    """sha256 over the canonical config and, per tensor, its name, dtype, shape and a byte sample.
-
-    Reading only a sample keeps this fast on multi-GB checkpoints while still telling apart two
-    checkpoints that share a config (different fine-tunes, a different seed).
-    """
-    path = Path(path)
-    digest = hashlib.sha256()
-    config = _read_config(path)
-    for volatile in ("transformers_version", "_name_or_path"):
-        config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for file in checkpoint_files(path):
-        with open(file, "rb") as fh:
-            header, start = read_header(fh)
-            for key in sorted(header):
-                meta = header[key]
-                begin, end = meta["data_offsets"]
-                fh.seek(start + begin)
-                digest.update(f"{key}|{meta['dtype']}|{meta['shape']}".encode())
-                digest.update(fh.read(min(sample_bytes, end - begin)))
-    return digest.hexdigest()[:16]
-
-
-def weights_sha256(path: str | Path) -> str:
-    """sha256 over every tensor's name, dtype, shape and all of its bytes, in name order: equal
-    exactly when two checkpoints hold the same numbers (whatever their sharding or file
-    metadata). Reads every byte, unlike `fingerprint`; used to check a preset is the same model
-    on every machine."""
-    digest = hashlib.sha256()
-    tensors: dict[str, tuple[Path, dict[str, Any], int]] = {}
-    for file in checkpoint_files(path):
-        with open(file, "rb") as fh:
-            header, start = read_header(fh)
-        tensors.update({key: (file, meta, start) for key, meta in header.items()})
-    for key in sorted(tensors):
-        file, meta, start = tensors[key]
-        begin, end = meta["data_offsets"]
-        digest.update(f"{key}|{meta['dtype']}|{meta['shape']}|".encode())
-        with open(file, "rb") as fh:
-            fh.seek(start + begin)
-            remaining = end - begin
-            while remaining:
-                chunk = fh.read(min(remaining, 1 << 22))
-                digest.update(chunk)
-                remaining -= len(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- processor
-
-
-def _processor_class() -> type:
-    from transformers import Qwen2VLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor for images only: no video processor, hence no torchvision."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return ImageOnlyQwen2VLProcessor
-
-
-_PROCESSOR_CLASS: type | None = None
-
-
-def processor_class() -> type:
-    global _PROCESSOR_CLASS
-    if _PROCESSOR_CLASS is None:
-        _PROCESSOR_CLASS = _processor_class()
-    return _PROCESSOR_CLASS
 
 
 def load_processor(path: str | Path, max_pixels: int | None = None) -> Any:
@@ -291,7 +201,7 @@ def load_base(
     info = base if isinstance(base, BaseInfo) else resolve_base(base, revision, cache_dir=cache_dir)
     device = select_device(device)
     cls = getattr(transformers, SUPPORTED_TYPES[info.model_type])
-    _quiet_transformers()
+    quiet_transformers()
     try:
         model = cls.from_pretrained(
             info.path, dtype=select_dtype(dtype, device), local_files_only=True
@@ -303,10 +213,3 @@ def load_base(
         ) from None
     model.to(device).eval().requires_grad_(False)
     return model, load_processor(info.path, max_pixels), info
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

@@ -12,7 +12,7 @@ fingerprint and weights sha256 of the preset built from it, which a test checks 
 
 Alignment is deterministic only for one machine and thread count, so a rebuild elsewhere gives
 another tower (and a new preset fingerprint): ship a rebuilt tower only with a new preset
-version (`PRESET_VERSIONS` in medqwen_cli/presets/__init__.py).
+version (`VERSION` in medqwen_cli/presets/nano.py).
 """
 
 from __future__ import annotations

@@ -130,3 +130,13 @@ def test_the_preset_registry_imports_no_model_code() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
     assert not loaded & {"torch", "transformers", "medqwen_cli.modeling"}
+
+
+def test_the_registry_builds_each_preset_with_its_module_and_version(tmp_path: Path) -> None:
+    from medqwen_cli.presets import REGISTRY, nano, tiny
+
+    assert modeling.PRESETS == tuple(REGISTRY) == (*tiny.NAMES, *nano.NAMES)
+    assert {name: p.version for name, p in REGISTRY.items()} == modeling.PRESET_VERSIONS
+    assert REGISTRY[nano.NAME].build is nano.build and REGISTRY[tiny.NAMES[0]].build is tiny.build
+    with pytest.raises(BaseModelError, match="unknown preset"):
+        modeling.build_preset("no-such-preset", tmp_path)

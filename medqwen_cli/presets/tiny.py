@@ -13,6 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medqwen_cli.base_files import processor_class, quiet_transformers
+
+NAMES = ("tiny-qwen2-vl", "tiny-qwen2.5-vl")
+VERSION = 2  # bump when the construction changes (a new cache directory)
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -33,14 +37,17 @@ CHAT_TEMPLATE = (
 )
 
 
+def build(name: str, out: Path, *, seed: int = 0, cache_dir: Path | None = None) -> None:
+    """The registry's builder (`presets.REGISTRY`); `cache_dir` is unused (nothing is generated)."""
+    build_tiny(name, out, seed=seed, version=VERSION)
+
+
 def build_tiny(name: str, out: Path, seed: int = 0, *, version: int) -> None:
     """Write a tiny, deterministic Qwen2-VL or Qwen2.5-VL (model, tokenizer, processor) to `out`."""
     import torch
     import transformers
 
-    from medqwen_cli.modeling import _quiet_transformers, processor_class
-
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer = train_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
