@@ -478,6 +478,45 @@ def comparable(results: dict, settings: dict | None) -> tuple[list[dict], list[s
     return runs, notes
 
 
+def plot_tradeoff(runs: list[dict], path: Path, pair: str = "conflict") -> None:
+    """Retention against plasticity, one point per configuration (method and strategy), mean
+    over seeds with 95% intervals both ways: y = A after B / A after A (the share of A kept),
+    x = B after B. The targets (y >= 0.95, x >= 0.95: the paper's "about 5 % forgetting" with B
+    learned) bound the shaded corner."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = [r for r in runs if pair in r["pairs"]]
+    fig = Figure(figsize=(6.4, 5.2), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rows = [r for r in runs if r["label"] == label]
+        x = t_interval([MEASURES["B after B"][1](r, pair) for r in rows])
+        y = t_interval([MEASURES["A after B"][1](r, pair) / MEASURES["A after A"][1](r, pair)
+                        for r in rows])  # fmt: skip
+        ax.errorbar(
+            x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
+            marker="o", capsize=3, label=f"{label} ({len(rows)} seeds)",
+        )  # fmt: skip
+    ax.fill_between(
+        [0.95, 1.05], 0.95, 1.1, color="green", alpha=0.08, label="targets: both >= 0.95"
+    )
+    ax.set_xlabel(f"B after B: accuracy on {PAIRS[pair]} after training it (plasticity)")
+    ax.set_ylabel(f"A after B / A after A: share of {TASK_A} kept (retention)")
+    ax.set_title(f"{pair}: {TASK_A} -> {PAIRS[pair]}, mean and 95% interval over seeds",
+                 fontsize=10)  # fmt: skip
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(0, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.print_png(str(tmp))
+    os.replace(tmp, path)
+
+
 def report(results: dict, settings: dict | None) -> str:
     runs, notes = comparable(results, settings)
     base = results.get("base")
@@ -543,6 +582,10 @@ def main() -> None:
         help="recipe override for every run, e.g. adapter.rho=1 (repeatable; labels the rows)",
     )  # fmt: skip
     parser.add_argument("--plot", type=Path, default=None, help="draw the curves to this PNG")
+    parser.add_argument(
+        "--tradeoff", type=Path, default=None,
+        help="draw retention (A after B) against plasticity (B after B) to this PNG",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="print the tables, run nothing")
     parser.add_argument("--quick", action="store_true", help="tiny-qwen2-vl, 1 seed, 4 steps")
     args = parser.parse_args()
@@ -625,9 +668,11 @@ def main() -> None:
                       file=sys.stderr, flush=True)  # fmt: skip
     print(report(results, settings))
     print(f"machine: {results.get('machine')}; settings: {settings}")
+    runs, _ = comparable(results, settings)
     if args.plot:
-        runs, _ = comparable(results, settings)
         plot_curves(runs, results.get("base"), args.plot)
+    if args.tradeoff:
+        plot_tradeoff(runs, args.tradeoff)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,14 @@ def test_curves_plot_is_written(study, tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tradeoff_plot_is_written(study, tmp_path: Path) -> None:
+    runs = [fake_run(study, "lora", s, 0.95, 0.4) for s in range(3)]
+    runs += [fake_run(study, "lora replay:0.1:50", s, 0.95, 0.93) for s in range(3)]
+    out = tmp_path / "tradeoff.png"
+    study.plot_tradeoff(runs, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     import json
     import os
