@@ -33,8 +33,9 @@ BUILTIN_TASKS = (
 
 Scoring = Literal["likelihood", "generate"]  # = choices.SCORINGS (tests/test_recipe.py)
 DatasetFormat = Literal[
-    "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom"
-]
+    "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom",
+    "hf",
+]  # fmt: skip
 # Record types: each decides its prompt, scoring and headline metric (evaluation/tasks.py).
 TaskType = Literal["vqa_closed", "vqa_open", "report", "classification", "pope"]
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)

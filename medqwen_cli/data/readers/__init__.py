@@ -4,6 +4,9 @@ Where the data of a split is found:
 
 - `builtin:NAME`: the built-in task is generated on first use into
   `cache_dir/builtin/<NAME>-<generator version>-<seed>/` (atomically) and read from there.
+- a Hugging Face dataset copied as files (a `.parquet` file, a folder of parquet shards or
+  `data/` with them, a `save_to_disk` folder: see `hf_layout`): the `hf` reader finds the
+  split in it.
 - a directory: `<dir>/<split>.{jsonl,json,csv,tsv,npz}` or a `<dir>/<split>/` folder of DICOM
   files (split `eval` also finds test / val files, see `SPLIT_ALIASES`); else the single data
   file in the directory; else, if it holds DICOM files, the directory itself.
@@ -12,7 +15,8 @@ Where the data of a split is found:
 
 Formats (`spec.format`, `auto` detects): `jsonl` (native records; a line may also be a
 `messages` or `conversations` object), `llava`, `messages`,
-`vqa_rad`, `slake`, `pathvqa`, `medmnist`, `csv`, `dicom`. Detection: `.npz` -> medmnist,
+`vqa_rad`, `slake`, `pathvqa`, `medmnist`, `csv`, `dicom`, `hf`. Detection: `.parquet`, parquet
+shards and save_to_disk folders -> hf, `.npz` -> medmnist,
 `.csv`/`.tsv` -> csv, DICOM files or folders -> dicom, JSON / JSONL by the keys of the first
 item (`conversations` -> llava, `messages` -> messages, VQA benchmark keys -> that benchmark
 unless the item has a key only native records have (`type`, `labels`, `task`, `meta`, ...),
@@ -43,6 +47,8 @@ from medqwen_cli.data.readers.base import ReadContext, split_aliases
 from medqwen_cli.data.readers.conversations import chat_item
 from medqwen_cli.data.readers.csv_reports import read_csv
 from medqwen_cli.data.readers.dicom_folder import read_dicom_folder
+from medqwen_cli.data.readers.hf import read_hf
+from medqwen_cli.data.readers.hf_layout import is_hf_dataset
 from medqwen_cli.data.readers.medmnist import read_medmnist
 from medqwen_cli.data.readers.vqa import detect_vqa_layout, read_vqa
 from medqwen_cli.data.records import (
@@ -172,6 +178,8 @@ def locate_split(root: Path, split: str, fmt: str = "auto") -> tuple[Path, bool]
     """(file or DICOM folder holding `split`, whether it was chosen by its split name)."""
     if root.is_file():
         return root, False
+    if fmt == "hf" or (fmt == "auto" and is_hf_dataset(root)):
+        return root, False  # the hf reader finds the split's files itself
     for name in split_aliases(split):
         for suffix in DATA_SUFFIXES:
             candidate = root / f"{name}{suffix}"
@@ -209,6 +217,8 @@ def _dicom_files_quick(folder: Path):  # generator: stop at the first hit
 
 def detect_format(path: Path) -> str:
     """Guess the reader of a file or folder from its name and first item."""
+    if is_hf_dataset(path):
+        return "hf"
     if path.is_dir():
         return "dicom"
     suffix = path.suffix.lower()
@@ -221,7 +231,7 @@ def detect_format(path: Path) -> str:
     if suffix not in (".jsonl", ".json"):
         raise DataError(
             f"{path}: cannot tell the dataset format from the name",
-            "use .jsonl/.json/.csv/.npz, DICOM files, or set `format:` in the recipe",
+            "use .jsonl/.json/.csv/.npz/.parquet, DICOM files, or set `format:` in the recipe",
         )
     skipped: list[DataError] = []  # a bad first line is reported by the reader, not here
     items = iter_jsonl(path, skipped) if suffix == ".jsonl" else iter_json_items(path, skipped)
@@ -244,6 +254,8 @@ def detect_format(path: Path) -> str:
 
 
 def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
+    if fmt == "hf":
+        return read_hf(path, ctx)
     if fmt == "dicom" or path.is_dir():
         if fmt not in ("dicom", "auto"):
             raise DataError(f"{path}: format {fmt!r} needs a file, found a directory")

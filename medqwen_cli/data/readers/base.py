@@ -83,9 +83,15 @@ class ReadContext:
         raises `MissingSplit` (a `DataError`; evaluation skips the dataset with a note)."""
         if self.split_in_path or self.split == self.train_split:
             return
+        what = "folder" if path.is_dir() else "file"
+        layout = (
+            f"parquet files named by split ({self.train_split}-*.parquet, test-*.parquet)"
+            if path.is_dir() or path.suffix.lower() in (".parquet", ".arrow")
+            else f"{self.train_split}.jsonl and {self.split}.jsonl (or test.*)"
+        )
         raise MissingSplit(
-            f"{path}: the file has no split {self.split!r} (it holds one split, used for "
+            f"{path}: the {what} has no split {self.split!r} (it holds one split, used for "
             f"{self.train_split!r})",
-            f"point the dataset path at a directory with {self.train_split}.jsonl and "
-            f"{self.split}.jsonl (or test.*), or set eval_split: null for this dataset",
+            f"point the dataset path at a directory with {layout}, or set eval_split: null "
+            "for this dataset",
         )
