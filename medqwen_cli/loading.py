@@ -89,6 +89,7 @@ def load_adapted(
     `cache_dir`: where a preset base is found (see `bundle_base`).
     """
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
+    from medqwen_cli.adapters.inject import add_stored_branches
 
     if adapter is None:
         adapter = adapter_config(bundle)
@@ -102,6 +103,7 @@ def load_adapted(
     info = bundle_base(bundle, cache_dir=cache_dir)
     model, processor, info = load_base(info, dtype=dtype, device=device, max_pixels=max_pixels)
     report = inject_adapters(model, adapter, init)
+    add_stored_branches(model, trained, adapter)  # a protected version's branches, if any
     load_adapter_state(model, trained)
     model.eval()
     return AdaptedModel(model, processor, info, vid, report)

@@ -183,6 +183,25 @@ class ContinualConfig(_Strict):
         description="Replay from a fixed, seeded buffer of this many records per earlier task "
         "(only a sample of old data is kept); null: every record of the earlier tasks.",
     )
+    protect: bool = Field(
+        False,
+        description="Protected branches (`continue --protect`): freeze every adapter trained so "
+        "far and train a new branch per layer whose input side lies outside the span of the "
+        "earlier tasks' layer inputs, so their outputs cannot move there; the run also records "
+        "its own task's input basis, so a later --protect needs no old data.",
+    )
+    protect_energy: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="Share of each earlier task's layer-input energy its basis keeps (GPM's "
+        "threshold): higher keeps old tasks closer, leaves fewer directions for new ones.",
+    )
+    protect_records: int = Field(
+        100,
+        ge=1,
+        description="Train records per task (a seeded sample) whose layer inputs make its basis.",
+    )
 
 
 class Recipe(_Strict):

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         balance_loss,
         init_state_dict,
         load_adapter_state,
+        reproject_branches,
         reset_router_stats,
         router_load,
     )
@@ -89,6 +90,7 @@ _MODULES = {
     "load_adapter_state": "state",
     "load_balance_loss": "router",
     "looped_forward": "layer",
+    "reproject_branches": "state",
     "reset_router_stats": "state",
     "router_load": "state",
     "segment_indices": "spectral",
@@ -122,6 +124,7 @@ __all__ = [
     "load_adapter_state",
     "load_balance_loss",
     "looped_forward",
+    "reproject_branches",
     "reset_router_stats",
     "router_load",
     "segment_indices",

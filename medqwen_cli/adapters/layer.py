@@ -32,6 +32,7 @@ cast back to the base output's dtype. Single-expert layers (lora, pissa) have no
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,32 +51,32 @@ def _in_backward() -> bool:
     return task_id is not None and task_id() != -1
 
 
-class RoutedLoRALinear(nn.Module):
-    """Wraps a frozen nn.Linear with E routed LoRA experts (E = 1: plain LoRA / PiSSA)."""
+class _Experts(nn.Module):
+    """E routed LoRA experts (E = 1: plain LoRA / PiSSA) on an n -> m map, without the base
+    weight: the adapter term of `RoutedLoRALinear` and of each of its protected branches."""
 
     # Adapter state, declared once: save, load and freeze follow these names.
     trainable_names: tuple[str, ...] = ("lora_A", "lora_B", "router.weight")
     frozen_names: tuple[str, ...] = ("init_A", "init_B", "scale")
 
-    def __init__(
+    def _init_experts(
         self,
-        base_layer: nn.Linear,
+        in_features: int,
+        out_features: int,
+        device: torch.device,
         init: Mapping[str, Tensor],
         *,
         experts: int,
         top_k: int,
-        dropout: float = 0.0,
-        dropout_masks: str = "shared",
-        router_init_std: float = DEFAULT_ROUTER_INIT_STD,
-        router_seed: int = 0,
+        dropout: float,
+        dropout_masks: str,
+        router_init_std: float,
+        router_seed: int,
     ) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.in_features, self.out_features = in_features, out_features
         rank = init["lora_A"].shape[0]
         self.experts, self.top_k, self.rank = experts, top_k, rank
         self.expert_rank = rank // experts  # d
-        device = base_layer.weight.device
         self.lora_A = nn.Parameter(init["lora_A"].detach().to(device, torch.float32).clone())
         self.lora_B = nn.Parameter(init["lora_B"].detach().to(device, torch.float32).clone())
         self.register_buffer("scale", init["scale"].detach().to(device, torch.float32).reshape(()))
@@ -98,16 +99,8 @@ class RoutedLoRALinear(nn.Module):
         self.token_mask: Tensor | None = None  # (batch, seq), set by the model-level hook
         self.last_balance_loss: Tensor | None = None  # L_b of the latest forward (0-d)
 
-    @property
-    def weight(self) -> Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base_layer.bias
-
-    def adapter_tensors(self, kind: str = "trainable") -> dict[str, Tensor]:
-        """Declared adapter state present on this layer: `trainable` or `frozen` names."""
+    def own_tensors(self, kind: str = "trainable") -> dict[str, Tensor]:
+        """Declared adapter state present here: `trainable` or `frozen` names."""
         names = self.trainable_names if kind == "trainable" else self.frozen_names
         out = {}
         for name in names:
@@ -139,20 +132,6 @@ class RoutedLoRALinear(nn.Module):
             self.load_counts += counts
             self.routed_tokens += counts.sum() // self.top_k
         return routing.gates
-
-    def forward(self, x: Tensor) -> Tensor:
-        # W0 x on the flattened tokens: its output is then no view, so accumulating into it in
-        # place costs no copy in backward (a view would add a CopySlices clone of (N, m))
-        y = self.base_layer(x.reshape(-1, self.in_features))  # (N, m), base dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.float()  # (..., n)
-            codes, b = self._codes(xf)  # (N, q), (m, q); q = r, or 2r with the residual
-            if y.dtype == torch.float32 and type(self.base_layer) is nn.Linear:
-                # nn.Linear's backward keeps x and W0, not its output: safe to accumulate in place
-                y = y.addmm_(codes, b.t())  # (N, m)
-            else:  # bf16 base (or a subclass): adapter sum in float32, cast once
-                y = y + (codes @ b.t()).to(y.dtype)  # (N, m)
-        return y.view(*x.shape[:-1], self.out_features)
 
     def _codes(self, xf: Tensor) -> tuple[Tensor, Tensor]:
         """Scaled codes c (N, q) and the matching B columns (m, q): the adapter term is c B^T."""
@@ -192,6 +171,142 @@ class RoutedLoRALinear(nn.Module):
     def extra_repr(self) -> str:
         kind = "spectral" if self.init_A is not None else "random"
         return f"experts={self.experts}, top_k={self.top_k}, rank={self.rank}, init={kind}"
+
+
+class Branch(_Experts):
+    """A protected branch (DESIGN.md §2b): experts added for a later task beside the frozen ones
+    of its layer, every input-side row (A, and the residual's A0) in the complement of the
+    earlier tasks' input basis M, so that A x = 0 for x in span(M).
+
+    `protect` (n x k, orthonormal; a non-persistent buffer, stored in the version's
+    protect.safetensors) is set while the branch trains: A's gradient is projected onto the
+    complement, and `reproject` puts A back there after each optimizer step (AdamW's
+    per-coordinate scaling and weight decay move it out otherwise).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        init: Mapping[str, Tensor],
+        *,
+        experts: int,
+        top_k: int,
+        dropout: float = 0.0,
+        dropout_masks: str = "shared",
+        router_init_std: float = DEFAULT_ROUTER_INIT_STD,
+        router_seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_experts(
+            in_features, out_features, torch.device(device or "cpu"), init, experts=experts,
+            top_k=top_k, dropout=dropout, dropout_masks=dropout_masks,
+            router_init_std=router_init_std, router_seed=router_seed,
+        )  # fmt: skip
+        self.register_buffer("protect", None, persistent=False)
+        self._hook: Any = None
+
+    def set_protect(self, basis: Tensor | None) -> None:
+        """Keep lora_A in the complement of span(`basis`) (n x k) from now on; None: stop."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if basis is None:
+            self.protect = None
+            return
+        self.protect = basis.detach().to(self.lora_A.device, torch.float32)
+        self._hook = self.lora_A.register_hook(self._project)
+        self.reproject()
+
+    def _project(self, grad: Tensor) -> Tensor:
+        m = self.protect
+        return grad if m is None else grad - (grad @ m) @ m.t()
+
+    @torch.no_grad()
+    def reproject(self) -> None:
+        """A <- A (I - M M^T): after every optimizer step (a no-op without a basis)."""
+        m = self.protect
+        if m is not None and m.shape[1]:
+            self.lora_A.sub_((self.lora_A @ m) @ m.t())
+
+
+class RoutedLoRALinear(_Experts):
+    """Wraps a frozen nn.Linear with E routed LoRA experts (E = 1: plain LoRA / PiSSA), and
+    the protected branches of later tasks (`branches`, empty unless a version added some).
+
+    State names: the experts' own (`trainable_names`, `frozen_names`), and per branch i,
+    `branches.<i>.<name>` for every name of both kinds: a branch's frozen factors were made by
+    the version that added it (from W0 and the basis), so they travel with the version's
+    adapter, not with the bundle's init.safetensors.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        init: Mapping[str, Tensor],
+        *,
+        experts: int,
+        top_k: int,
+        dropout: float = 0.0,
+        dropout_masks: str = "shared",
+        router_init_std: float = DEFAULT_ROUTER_INIT_STD,
+        router_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._init_experts(
+            base_layer.in_features, base_layer.out_features, base_layer.weight.device, init,
+            experts=experts, top_k=top_k, dropout=dropout, dropout_masks=dropout_masks,
+            router_init_std=router_init_std, router_seed=router_seed,
+        )  # fmt: skip
+        self.branches = nn.ModuleList()
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    def adapter_tensors(self, kind: str = "trainable") -> dict[str, Tensor]:
+        """Adapter state present on this layer: `trainable` (the version's: own trainable
+        tensors and every tensor of every branch) or `frozen` (the own init tensors, as
+        init.safetensors holds them)."""
+        out = self.own_tensors(kind)
+        if kind == "trainable":
+            for i, branch in enumerate(self.branches):
+                for part in ("trainable", "frozen"):
+                    out.update(
+                        {f"branches.{i}.{k}": v for k, v in branch.own_tensors(part).items()}
+                    )
+        return out
+
+    def add_branch(self, branch: Branch) -> Branch:
+        self.branches.append(branch.to(self.base_layer.weight.device))
+        return branch
+
+    def forward(self, x: Tensor) -> Tensor:
+        # W0 x on the flattened tokens: its output is then no view, so accumulating into it in
+        # place costs no copy in backward (a view would add a CopySlices clone of (N, m))
+        y = self.base_layer(x.reshape(-1, self.in_features))  # (N, m), base dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.float()  # (..., n)
+            codes, b = self._codes(xf)  # (N, q), (m, q); q = r, or 2r with the residual
+            if len(self.branches):  # each branch adds its codes and B columns: still two GEMMs
+                parts = [(codes, b)]
+                for branch in self.branches:
+                    branch.token_mask = self.token_mask
+                    parts.append(branch._codes(xf))
+                codes = torch.cat([c for c, _ in parts], dim=-1)
+                b = torch.cat([m for _, m in parts], dim=1)
+            if y.dtype == torch.float32 and type(self.base_layer) is nn.Linear:
+                # nn.Linear's backward keeps x and W0, not its output: safe to accumulate in place
+                y = y.addmm_(codes, b.t())  # (N, m)
+            else:  # bf16 base (or a subclass): adapter sum in float32, cast once
+                y = y + (codes @ b.t()).to(y.dtype)  # (N, m)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 def looped_forward(

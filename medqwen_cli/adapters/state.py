@@ -16,6 +16,9 @@ checkpoint layout, so a state saved from one loads into the other. Adapter layer
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -81,14 +84,21 @@ def load_adapter_state(model: nn.Module, state: dict[str, Tensor], strict: bool 
                 value.copy_(state[key].to(device=value.device, dtype=value.dtype))
 
 
+def _expert_sets(model: nn.Module) -> Iterator[Any]:
+    """Every set of experts: each adapter layer's own, then its protected branches."""
+    for _, layer in adapter_layers(model):
+        yield layer
+        yield from layer.branches
+
+
 def balance_loss(model: nn.Module) -> Tensor:
-    """Sum over routed layers of the load-balance loss of the latest forward (0 if none), as
-    GOAT sums its layers' losses: each router's push does not shrink with the layer count."""
-    losses = [
-        layer.last_balance_loss
-        for _, layer in adapter_layers(model)
-        if layer.last_balance_loss is not None
-    ]
+    """Sum over routed layers (and their branches) of the load-balance loss of the latest
+    forward (0 if none), as GOAT sums its layers' losses: each router's push does not shrink
+    with the layer count. A frozen router's loss is a constant: when some router trains, only
+    the training ones count."""
+    routed = [s for s in _expert_sets(model) if s.last_balance_loss is not None]
+    training = [s for s in routed if s.router is not None and s.router.weight.requires_grad]
+    losses = [s.last_balance_loss for s in (training or routed)]
     if not losses:
         return torch.zeros(())
     return torch.stack([loss.to(losses[0].device) for loss in losses]).sum()
@@ -107,5 +117,12 @@ def router_load(model: nn.Module) -> dict[str, list[float]]:
 
 
 def reset_router_stats(model: nn.Module) -> None:
+    for experts in _expert_sets(model):
+        experts.reset_stats()
+
+
+def reproject_branches(model: nn.Module) -> None:
+    """Put every protected branch's A back into its complement (after an optimizer step)."""
     for _, layer in adapter_layers(model):
-        layer.reset_stats()
+        for branch in layer.branches:
+            branch.reproject()

@@ -110,14 +110,16 @@ def _render(fmt: str, result: Any) -> None:
         {"field": "time", "value": f"{r['seconds']:.1f} s"},
         {"field": "precision", "value": f"{r['precision']} (base weights {r['dtype']})"},
     ]
-    if r["continual"]:
-        c = r["continual"]
+    c = r["continual"]
+    if c and c["strategy"] == "replay":
         pools = ", ".join(f"{t} ({n} records)" for t, n in c["tasks"].items())
         rows.append({
             "field": "strategy",
             "value": f"replay {c['replay']}: {c['replayed_per_batch']} record(s) per batch "
             f"from {pools}",
         })  # fmt: skip
+    elif c and c["strategy"] == "protect":
+        rows.append({"field": "strategy", "value": _protect_line(c)})
     for kind, load in r["router_load"].items():
         rows.append(
             {
@@ -193,16 +195,27 @@ def continue_(
         "task: --set continual.replay_per_task=N). See docs/continual.md.",
         show_default=False,
     ),
+    protect: bool = typer.Option(
+        False,
+        "--protect",
+        help="Protected branches: freeze every adapter trained so far and train a new branch "
+        "per layer that cannot move the outputs of the earlier tasks' layer inputs (up to "
+        "continual.protect_energy of their energy); the version stores the input bases, so the "
+        "next --protect needs no old data (sets continual.protect). See docs/continual.md.",
+    ),
     fmt: FormatOpt = "",
 ) -> None:
     """Train the head on the next task only, append a version, then evaluate every task seen.
     With --watch A, task A is scored every --eval-every steps while training (a forgetting curve).
-    With --replay F, earlier tasks' records fill a share F of every batch.
+    With --replay F, earlier tasks' records fill a share F of every batch; with --protect, a
+    new branch learns the task outside the earlier tasks' input subspace.
     """
     from medqwen_cli.training.run import continue_bundle
 
     if replay is not None:  # after --set: the option is what was typed last
         overrides = [*(overrides or []), f"continual.replay={replay}"]
+    if protect:
+        overrides = [*(overrides or []), "continual.protect=true"]
     run_args = _run_args(ctx, recipe, overrides, restart, watch, eval_every)
     fmt = resolve_format(fmt)
     settings = read_settings()
@@ -217,3 +230,21 @@ def continue_(
             **run_args,
         )
     _render(fmt, result)
+
+
+def _protect_line(c: dict) -> str:
+    """One line on a protected run: what it kept out, its branch, the bases, the leak."""
+    if not c["protected_tasks"]:
+        what = "nothing to protect yet (no earlier task)"
+    else:
+        sources = ", ".join(f"{t} from {s}" for t, s in c["bases_from"].items()
+                            if t in c["protected_tasks"])  # fmt: skip
+        lo, hi = c["basis_share"]
+        what = (
+            f"branch {c['branches']} kept out of the inputs of {sources} "
+            f"(energy {c['protect_energy']}; bases {lo:.0%}-{hi:.0%} of each layer's inputs)"
+        )
+        inside = c.get("new_task_energy_in_bases")
+        if inside:
+            what += f"; {inside[0]:.0%}-{inside[1]:.0%} of the new task's input energy lies inside"
+    return f"protect: {what}; this task's basis is stored for the next --protect"

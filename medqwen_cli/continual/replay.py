@@ -137,8 +137,6 @@ def plan_replay(
     """The replay of a run on `parent` training `new_tasks`, or None when the recipe asks for
     none. Reads the earlier tasks' train records and checks them against the digests their
     versions recorded; every refusal is one MedqwenError with a hint."""
-    from medqwen_cli.data.readers import load_records
-
     cfg, batch = recipe.continual, recipe.train.batch_size
     if cfg.replay == 0:
         if cfg.replay_per_task is not None:
@@ -155,7 +153,7 @@ def plan_replay(
             "raise train.batch_size (e.g. --set train.batch_size=8) or lower --replay",
         )
     lineage = bundle.read_version_info(parent).lineage_tasks if parent else []
-    earlier = [t for t in dict.fromkeys(lineage) if t not in new_tasks]
+    earlier = earlier_tasks(bundle, parent, new_tasks)
     if not earlier:
         trained = (
             f"trained only {', '.join(lineage)}, the task of this run"
@@ -170,30 +168,9 @@ def plan_replay(
         )
     tasks, pools, checked = [], [], {}
     for index, task in enumerate(earlier):
-        try:
-            specs = recipe.task_datasets(task)
-        except RecipeError as exc:
-            raise RecipeError(
-                f"cannot replay earlier task {task!r}: {exc.message}",
-                "define the task in the recipe (--recipe) as it was trained, or continue "
-                "without --replay",
-            ) from None
-        records = []
-        for spec in specs:
-            try:
-                records.append(
-                    load_records(
-                        spec, spec.split, cache_dir=data_dir,
-                        max_image_pixels=recipe.train.max_image_pixels,
-                    )[: spec.max_samples]
-                )  # fmt: skip
-            except MedqwenError as exc:
-                raise DataError(
-                    f"cannot replay earlier task {task!r} from {spec.path}: {exc.message}",
-                    "restore the data the task was trained on, or continue without --replay",
-                ) from None
-        checked[task] = _check_unchanged(bundle, parent, task, specs, records)
-        pool = [r for part in records for r in part]
+        pool, checked[task] = task_train_records(
+            bundle, recipe, parent, task, data_dir=data_dir, option="--replay"
+        )
         if cfg.replay_per_task is not None and cfg.replay_per_task < len(pool):
             rng = np.random.default_rng([recipe.train.seed, _BUFFER_SALT, index])
             keep = np.sort(rng.choice(len(pool), size=cfg.replay_per_task, replace=False))
@@ -203,8 +180,53 @@ def plan_replay(
     return ReplayPlan(cfg.replay, cfg.replay_per_task, per_batch, batch, tasks, pools, checked)
 
 
+def earlier_tasks(bundle: Any, parent: str | None, new_tasks: Sequence[str]) -> list[str]:
+    """The tasks of `parent`'s lineage other than the run's own, in lineage order."""
+    lineage = bundle.read_version_info(parent).lineage_tasks if parent else []
+    return [t for t in dict.fromkeys(lineage) if t not in new_tasks]
+
+
+def task_train_records(
+    bundle: Any, recipe: Any, parent: str, task: str, *, data_dir: Path, option: str
+) -> tuple[list[Any], str | None]:
+    """(earlier task `task`'s train records as `recipe` defines the task, the version whose
+    data.json vouches for them); refuses a task the recipe lacks, data that is gone or has
+    changed since, naming `option` (the strategy that needs the data) in the hint."""
+    from medqwen_cli.data.readers import load_records
+
+    try:
+        specs = recipe.task_datasets(task)
+    except RecipeError as exc:
+        raise RecipeError(
+            f"cannot read earlier task {task!r} for {option}: {exc.message}",
+            f"define the task in the recipe (--recipe) as it was trained, or continue "
+            f"without {option}",
+        ) from None
+    records = []
+    for spec in specs:
+        try:
+            records.append(
+                load_records(
+                    spec, spec.split, cache_dir=data_dir,
+                    max_image_pixels=recipe.train.max_image_pixels,
+                )[: spec.max_samples]
+            )  # fmt: skip
+        except MedqwenError as exc:
+            raise DataError(
+                f"cannot read earlier task {task!r} for {option} from {spec.path}: {exc.message}",
+                f"restore the data the task was trained on, or continue without {option}",
+            ) from None
+    checked = _check_unchanged(bundle, parent, task, specs, records, option)
+    return [r for part in records for r in part], checked
+
+
 def _check_unchanged(
-    bundle: Any, parent: str, task: str, specs: Sequence[Any], records: Sequence[Sequence[Any]]
+    bundle: Any,
+    parent: str,
+    task: str,
+    specs: Sequence[Any],
+    records: Sequence[Sequence[Any]],
+    option: str = "--replay",
 ) -> str | None:
     """The version whose `data.json` vouches for `task`'s data (the latest in the lineage that
     trained it), or None when that version predates data.json; refuses changed data."""
@@ -222,8 +244,8 @@ def _check_unchanged(
                 f"earlier task {task!r} was trained in {entry.id} on {len(recorded)} dataset(s) "
                 f"({', '.join(d['path'] for d in recorded)}); the recipe now gives {len(now)} "
                 f"({', '.join(p for p, _, _ in now)})",
-                "replay the task as it was trained (its recipe: `medqwen inspect`), or continue "
-                "without --replay",
+                "define the task as it was trained (its recipe: `medqwen inspect`), or continue "
+                f"without {option}",
             )
         for old, (path, n, digest) in zip(recorded, now, strict=True):
             if old["sha256"] != digest:
@@ -231,7 +253,7 @@ def _check_unchanged(
                     f"earlier task {task!r}: the data at {path} has changed since {entry.id} "
                     f"trained on it ({n} records now, {old['records']} then; digest "
                     f"{digest[:12]} now, {old['sha256'][:12]} then)",
-                    "restore the data as it was, or continue without --replay",
+                    f"restore the data as it was, or continue without {option}",
                 )
         return entry.id
     return None

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medqwen_cli.adapters import balance_loss
+from medqwen_cli.adapters import balance_loss, reproject_branches
 from medqwen_cli.errors import Interrupted, TrainingError
 from medqwen_cli.recipe import TrainConfig
 from medqwen_cli.training.checkpoint import (
@@ -179,6 +179,7 @@ def fit(
                     "is kept and the same command resumes from it (add --restart to start over)",
                 )
             optimizer.step()
+            reproject_branches(unwrapped)  # protected branches back into their complement
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 

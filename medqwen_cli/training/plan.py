@@ -8,6 +8,8 @@ plan_run checks, in this order, and fails on the first problem before any work i
     watch    the watched tasks exist and have an eval split (their records are read here)
     replay   with continual.replay, the lineage's earlier tasks and their train records, checked
              against the digests their versions recorded (continual/replay.py)
+    protect  with continual.protect, the earlier tasks' stored input bases, or the train records
+             to compute them from (continual/protect.py)
     device   train.precision and model.dtype can train on the device; trackers are installed
     key      run_key(parent, tasks, resolved recipe, kind): the work directory a crash resumes from
 
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.continual import ReplayPlan, plan_replay
+from medqwen_cli.continual.protect import ProtectPlan, plan_protect
 from medqwen_cli.errors import RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
 from medqwen_cli.settings import Settings
@@ -46,6 +49,7 @@ class TrainPlan:
     specs: list[DatasetSpec]  # the datasets trained on
     spec_tasks: list[str]  # the task of each dataset in `specs` (data.json)
     replay: ReplayPlan | None  # continual.replay: what each batch mixes in from earlier tasks
+    protect: ProtectPlan | None  # continual.protect: the bases the new branch is kept out of
     regime: Any  # how the datasets are mixed
     watch: dict[str, TaskData]  # watched task -> its eval records (empty: no watch)
     eval_every: int  # steps between two watch points
@@ -85,6 +89,7 @@ def plan_run(
     # a watched task without an eval split fails here
     watch_tasks = load_eval_tasks(recipe, watched, data_dir=data_dir) if watched else {}
     replay = plan_replay(bundle, recipe, bundle.head, names, data_dir=data_dir)
+    protect = plan_protect(bundle, recipe, bundle.head, names, data_dir=data_dir)
 
     from medqwen_cli.modeling import select_device  # torch from here on
     from medqwen_cli.training.checkpoint import run_key
@@ -102,6 +107,7 @@ def plan_run(
         specs=specs,
         spec_tasks=spec_task_names(recipe, tasks, specs),
         replay=replay,
+        protect=protect,
         regime=regime,
         watch=watch_tasks,
         eval_every=every,

@@ -46,6 +46,7 @@ from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported fr
 )
 
 if TYPE_CHECKING:  # torch loads inside the phases, after the bundle, recipe and task checks
+    from medqwen_cli.continual.bases import Protection
     from medqwen_cli.evaluation.api import EvaluationResult
     from medqwen_cli.loading import AdaptedModel
     from medqwen_cli.training.loop import FitResult, ProgressFn
@@ -182,14 +183,21 @@ def run_plan(
     start_run(plan, bundle, accelerator, restart=restart)
     data = load_data(plan, accelerator)
     loaded = load_model(plan, bundle, accelerator)
+    protection = protect_model(plan, bundle, loaded, accelerator)
     batches = data.batches(loaded.processor, plan.recipe.train)
     watch = make_watch(plan, loaded.processor, curve_fn if accelerator.is_main_process else None)
     result = fit_plan(
         plan, loaded.model, batches, data, accelerator, watch=watch,
         progress_fn=progress_fn if accelerator.is_main_process else None,
     )  # fmt: skip
-    summary = summarize(plan, bundle, result, loaded.model)
-    publish(plan, bundle, accelerator, loaded.model, summary, watch, data, command=command)
+    if protection is not None:  # the run's own task joins the bases, for the next --protect
+        new = [r for part in data.records[: len(plan.specs)] for r in part]
+        protection.finish(loaded.model, plan.tasks, new)
+    summary = summarize(plan, bundle, result, loaded.model, protection)
+    publish(
+        plan, bundle, accelerator, loaded.model, summary, watch, data, protection,
+        command=command,
+    )  # fmt: skip
     if plan.recipe.train.trackers:  # flushes the trackers; it also ends the process group: last
         accelerator.end_training()
     return summary
@@ -305,6 +313,21 @@ def load_model(plan: TrainPlan, bundle: Bundle, accelerator: Any) -> AdaptedMode
     return loaded
 
 
+def protect_model(
+    plan: TrainPlan, bundle: Bundle, loaded: AdaptedModel, accelerator: Any
+) -> Protection | None:
+    """With continual.protect: the earlier tasks' bases (stored, or computed here from their
+    data on the parent model), and the new branches they guard added to the model (frozen
+    experts before them); None without."""
+    if plan.protect is None:
+        return None
+    from medqwen_cli.continual.bases import Protection
+
+    protection = Protection(plan.protect, plan.recipe, loaded.processor, accelerator.device)
+    protection.prepare(loaded.model, bundle, plan.recipe.adapter)
+    return protection
+
+
 def make_watch(plan: TrainPlan, processor: Any, curve_fn: CurveFn | None) -> Watch | None:
     """The plan's watch (None without watched tasks), buffering in the run's work directory."""
     if not plan.watch:
@@ -345,7 +368,13 @@ def fit_plan(
     )
 
 
-def summarize(plan: TrainPlan, bundle: Bundle, result: FitResult, model: Any) -> TrainResult:
+def summarize(
+    plan: TrainPlan,
+    bundle: Bundle,
+    result: FitResult,
+    model: Any,
+    protection: Protection | None = None,
+) -> TrainResult:
     """The run's result, before it has a version id: counters, losses, dtypes, router load."""
     from medqwen_cli.adapters import router_load
 
@@ -365,8 +394,12 @@ def summarize(plan: TrainPlan, bundle: Bundle, result: FitResult, model: Any) ->
         precision=plan.precision,
         dtype=str(next(p for p in model.parameters() if not p.requires_grad).dtype)[6:],
         router_load=router_load(model),
-        continual=plan.replay.summary() if plan.replay is not None else None,
-    )
+        continual=(
+            plan.replay.summary() if plan.replay is not None
+            else protection.summary(model) if protection is not None
+            else None
+        ),
+    )  # fmt: skip
 
 
 def publish(
@@ -377,6 +410,7 @@ def publish(
     summary: TrainResult,
     watch: Watch | None,
     data: TrainData,
+    protection: Protection | None = None,
     *,
     command: str,
 ) -> None:
@@ -386,7 +420,10 @@ def publish(
     `bundle.append_version` keeps the main process's manifest current. The other processes
     wrote nothing: they open the bundle again, after the barrier, for the version's id.
     """
+    from medqwen_cli._io import save_tensors
     from medqwen_cli.adapters import adapter_state_dict
+    from medqwen_cli.continual.bases import to_file
+    from medqwen_cli.continual.protect import PROTECT_FILE
     from medqwen_cli.training.watch import headline_points
 
     accelerator.wait_for_everyone()
@@ -394,6 +431,14 @@ def publish(
         curve = sorted(watch.rows(), key=lambda r: r["step"]) if watch is not None else []
         summary.curves = headline_points(curve)
         log = plan.run_dir / "train_log.jsonl"
+        files = {"train_log.jsonl": log} if log.is_file() else {}
+        continual = plan.replay.to_json() if plan.replay is not None else None
+        if protection is not None:
+            continual = protection.to_json(model, plan.protect.earlier)
+            files[PROTECT_FILE] = plan.run_dir / PROTECT_FILE
+            save_tensors(
+                files[PROTECT_FILE], to_file(protection.bases), {"format": "medqwen-bases"}
+            )
         entry = bundle.append_version(
             adapter_state_dict(model),
             command=command,
@@ -409,9 +454,9 @@ def publish(
                     }
                 },
                 DATA_FILE: data.data,
-                **({CONTINUAL_FILE: plan.replay.to_json()} if plan.replay is not None else {}),
+                **({CONTINUAL_FILE: continual} if continual is not None else {}),
             },
-            files={"train_log.jsonl": log} if log.is_file() else None,
+            files=files or None,
         )
         summary.version = entry.id
         # only now that the version exists: evals.jsonl never names a version that does not

@@ -111,7 +111,10 @@ def test_continue_with_replay_mixes_a_fixed_buffer_and_records_ids_only(
     b = Bundle.open(bundle_dir)
     info = b.read_version_info(result.version)
     assert {"continual.json", "data.json"} <= set(info.files)  # checksummed like every file
-    assert info.recipe["continual"] == {"replay": 0.25, "replay_per_task": 3}
+    assert info.recipe["continual"] == {
+        "replay": 0.25, "replay_per_task": 3, "protect": False, "protect_energy": 0.99,
+        "protect_records": 100,
+    }  # fmt: skip
     record = b.read_json("continual.json", result.version)
     ids = record["tasks"]["xray"]["ids"]
     assert len(ids) == 3 and record["tasks"]["xray"]["data_checked_against"] == "v0002"
