@@ -112,15 +112,18 @@ def recipe_for(args: argparse.Namespace, method: str, seed: int, sets: list[str]
 
 
 def strategy_overrides(strategy: str) -> list[str]:
-    """The `--set` items of a strategy of the B phase: `none`, or `replay:F` / `replay:F:N`
-    (continual.replay F, with a buffer of N records of A)."""
+    """The `--set` items of a strategy of the B phase: `none`, `replay:F` / `replay:F:N`
+    (continual.replay F, with a buffer of N records of A), or `protect:E` (protected branches at
+    continual.protect_energy E; A's basis computed from its data before B, as --protect does)."""
     kind, *values = strategy.split(":")
     if kind == "none" and not values:
         return []
     if kind == "replay" and 1 <= len(values) <= 2:
         sets = [f"continual.replay={float(values[0])}"]
         return sets + ([f"continual.replay_per_task={int(values[1])}"] if len(values) == 2 else [])
-    raise ValueError(f"unknown strategy {strategy!r}: none, replay:F or replay:F:N")
+    if kind == "protect" and len(values) == 1:
+        return ["continual.protect=true", f"continual.protect_energy={float(values[0])}"]
+    raise ValueError(f"unknown strategy {strategy!r}: none, replay:F, replay:F:N or protect:E")
 
 
 def label_of(method: str, sets: list[str], strategy: str = "none") -> str:
@@ -230,6 +233,7 @@ def run_job(job: dict) -> dict:
         out["cells"].setdefault(strategy, {})[pair] = {
             "task": task, "loss": result.final_loss, "seconds": result.seconds,
             "steps": result.steps, "curve": _curve(bundle, result.version), "scores": scores,
+            "continual": result.continual,
         }  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
     out["seconds"] = round(time.perf_counter() - start, 1)
@@ -567,7 +571,8 @@ def main() -> None:
     parser.add_argument(
         "--strategies", nargs="+", default=["none"], metavar="STRATEGY",
         help="B-phase strategies, each from the same A version: none, replay:F (continual.replay "
-        "F), replay:F:N (with a buffer of N records of A)",
+        "F), replay:F:N (with a buffer of N records of A), protect:E (protected branches at "
+        "energy E)",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per task")
     parser.add_argument("--lr", type=float, default=2e-4)

@@ -1,0 +1,157 @@
+"""Protected branches at the layer: the guarantee (outputs on span(M) never move), for every
+method, through AdamW training with weight decay; the bases' energy rule; the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medqwen_cli.adapters import AdapterConfig, inject_adapters
+from medqwen_cli.adapters.inject import add_stored_branches
+from medqwen_cli.adapters.state import adapter_state_dict, load_adapter_state, reproject_branches
+from medqwen_cli.continual.bases import (
+    add_protected_branches,
+    complement,
+    energy_in,
+    grow_basis,
+    input_grams,
+)
+from medqwen_cli.errors import TrainingError
+
+N, M_OUT, K = 32, 40, 10  # input dim, output dim, basis size
+
+
+class TwoLayers(nn.Module):
+    """q and k read the same input (a group), o reads q's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(N, N)
+        self.k_proj = nn.Linear(N, N)
+        self.o_proj = nn.Linear(N, M_OUT)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.o_proj(torch.tanh(self.q_proj(x))) + self.k_proj(x).sum(-1, keepdim=True)
+
+
+def model_for(method: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = TwoLayers()
+    cfg = AdapterConfig(
+        method=method, experts=4, top_k=2, rank=8, targets=[r"(q|k|o)_proj$"], exclude=[]
+    )
+    inject_adapters(model, cfg)
+    return model, cfg
+
+
+def orthonormal(k: int, seed: int = 5) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(N, k, generator=torch.Generator().manual_seed(seed)))
+    return q  # (N, k)
+
+
+@pytest.mark.parametrize("method", ["sslora", "moelora", "lora", "pissa"])
+def test_outputs_on_the_protected_span_never_move(method: str) -> None:
+    model, cfg = model_for(method)
+    basis = orthonormal(K)
+    # o_proj's input is q's output: it gets a basis of its own (here: all of span(tanh(q x)) is
+    # not known, so give it the same kind of random basis and check it separately)
+    bases = {"q_proj": basis.double(), "o_proj": orthonormal(K, seed=6).double()}
+    groups = {"q_proj": "q_proj", "k_proj": "q_proj", "o_proj": "o_proj"}
+    old = torch.randn(64, K, generator=torch.Generator().manual_seed(1)) @ basis.t()  # in span
+    layers = dict(model.named_modules())
+    before = {n: layers[n](old).detach() for n in ("q_proj", "k_proj")}
+    o_in = (
+        torch.randn(64, K, generator=torch.Generator().manual_seed(2)) @ bases["o_proj"].float().t()
+    )
+    before["o_proj"] = layers["o_proj"](o_in).detach()
+    frozen = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+    branches = add_protected_branches(model, bases, groups, cfg)
+    assert len(branches) == 3
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(
+        any(p is q for b in branches for q in b.parameters()) for p in trainable
+    )
+    optimizer = torch.optim.AdamW(trainable, lr=0.05, weight_decay=0.1)
+    new = torch.randn(64, N, generator=torch.Generator().manual_seed(3))  # anywhere
+    target = torch.randn(64, M_OUT, generator=torch.Generator().manual_seed(4))
+    for _ in range(30):
+        loss = (model(new) - target).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        reproject_branches(model)
+        optimizer.zero_grad()
+    moved = [float(b.lora_B.detach().abs().max()) for b in branches]
+    assert max(moved) > 1e-3, "the branches did not learn"
+    for name in ("q_proj", "k_proj"):
+        torch.testing.assert_close(layers[name](old), before[name], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(layers["o_proj"](o_in), before["o_proj"], atol=2e-5, rtol=1e-5)
+    # and elsewhere the layer did change; the old tensors did not
+    assert not torch.allclose(layers["q_proj"](new), layers["q_proj"].base_layer(new), atol=1e-4)
+    state = adapter_state_dict(model)
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    # a version's state rebuilds the same model: branches from the saved tensors
+    again, _ = model_for(method)
+    add_stored_branches(again, state, cfg)
+    load_adapter_state(again, state)
+    torch.testing.assert_close(again(new), model(new), atol=1e-6, rtol=1e-6)
+
+
+def test_without_reprojection_adamw_leaves_the_complement() -> None:
+    """Why `reproject_branches` runs after every step: projected gradients alone drift."""
+    model, cfg = model_for("lora")
+    basis = orthonormal(K).double()
+    (branch, *_rest) = add_protected_branches(
+        model, {"q_proj": basis, "o_proj": basis}, {"k_proj": "q_proj"}, cfg
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    x = torch.randn(16, N)
+    for _ in range(5):
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    leak = float((branch.lora_A @ basis.float()).norm() / branch.lora_A.norm())
+    assert leak > 1e-3  # weight decay and Adam's scaling moved A into span(M)
+    reproject_branches(model)
+    assert float((branch.lora_A @ basis.float()).norm()) < 1e-5
+
+
+def test_basis_keeps_the_asked_energy_and_grows_over_tasks() -> None:
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -3, N, dtype=torch.float64)
+    x = torch.randn(500, N, generator=g, dtype=torch.float64) * scales  # decaying spectrum
+    gram = x.t() @ x
+    basis = grow_basis(None, gram, 0.9)
+    assert energy_in(basis, gram) >= 0.9
+    smaller = basis[:, :-1]
+    assert energy_in(smaller, gram) < 0.9  # the fewest directions
+    torch.testing.assert_close(basis.t() @ basis, torch.eye(basis.shape[1], dtype=torch.float64))
+    assert grow_basis(basis, gram, 0.9).shape == basis.shape  # already enough: unchanged
+    y = torch.randn(500, N, generator=g, dtype=torch.float64) * scales.flip(0)  # another task
+    grown = grow_basis(basis, y.t() @ y, 0.9)
+    assert grown.shape[1] > basis.shape[1] and energy_in(grown, y.t() @ y) >= 0.9
+    torch.testing.assert_close(grown[:, : basis.shape[1]].abs(), basis.abs(), atol=1e-8, rtol=0)
+    q = complement(grown)
+    assert q.shape == (N, N - grown.shape[1])
+    assert float((q.t() @ grown).abs().max()) < 1e-10
+
+
+def test_layers_reading_one_tensor_share_a_basis() -> None:
+    model, _ = model_for("sslora")
+    x = torch.randn(3, 7, N)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 5:] = 0  # padding is left out
+    grams, groups, tokens = input_grams(model, [{"x": x, "attention_mask": mask}], "cpu")
+    assert groups == {"q_proj": "q_proj", "k_proj": "q_proj", "o_proj": "o_proj"}
+    assert set(grams) == {"q_proj", "o_proj"} and tokens == 19
+    kept = x[mask.bool()].double()
+    torch.testing.assert_close(grams["q_proj"], kept.t() @ kept)
+
+
+def test_a_layer_the_bases_fill_is_refused_by_name() -> None:
+    model, cfg = model_for("lora")
+    full = orthonormal(N - 4).double()  # 4 directions left, rank 8 needed
+    with pytest.raises(
+        TrainingError, match=r"layer q_proj: .* fills 28 of its 32 input directions \(88%\)"
+    ):
+        add_protected_branches(model, {"q_proj": full}, {"k_proj": "q_proj"}, cfg)
