@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,11 @@ def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
         with contextlib.suppress(BundleError):  # a damaged adapter is already in `damaged`
             adapter = tensor_shapes(vdir / ADAPTER_FILE)
             summary["trainable_parameters"] = numel(adapter.values())
-            summary["adapted_layers"] = sum(1 for k in adapter if k.endswith(".lora_A"))
+            own = [k for k in adapter if k.endswith(".lora_A") and ".branches." not in k]
+            summary["adapted_layers"] = len(own)
+            summary.update(_branches(adapter))
+        with contextlib.suppress(BundleError, OSError, ValueError, KeyError):
+            summary.update(_continual(bundle, vdir))
     if (bundle.root / INIT_FILE).is_file():
         with contextlib.suppress(BundleError):
             summary["frozen_init_parameters"] = count_parameters(bundle.root / INIT_FILE)
@@ -53,8 +58,50 @@ def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
             )
         except Exception:  # the base may have moved; counts are informative only
             summary["base_parameters"] = None
-    if summary.get("base_parameters") and summary.get("trainable_parameters"):
-        summary["trainable_percent"] = (
-            100.0 * summary["trainable_parameters"] / summary["base_parameters"]
-        )
+    trained = summary.get("trained_in_version") or summary.get("trainable_parameters")
+    if summary.get("base_parameters") and trained:
+        summary["trainable_percent"] = 100.0 * trained / summary["base_parameters"]
     return summary
+
+
+def _branches(adapter: dict[str, list[int]]) -> dict[str, Any]:
+    """Protected branches of a version's adapter: how many, and the tensors' size of each."""
+    sizes: dict[int, int] = {}
+    for key, shape in adapter.items():
+        match = re.search(r"\.branches\.(\d+)\.", key)
+        if match:
+            index = int(match.group(1))
+            sizes[index] = sizes.get(index, 0) + numel([shape])
+    if not sizes:
+        return {}
+    last = max(sizes)
+    trained = [
+        shape for key, shape in adapter.items()
+        if f".branches.{last}." in key and key.endswith((".lora_A", ".lora_B", ".router.weight"))
+    ]  # fmt: skip
+    return {
+        "branches": len(sizes),
+        "branch_parameters": [sizes[i] for i in sorted(sizes)],
+        "trained_in_version": numel(trained),  # the newest branch: the rest was frozen
+    }
+
+
+def _continual(bundle: Bundle, vdir: Path) -> dict[str, Any]:
+    """The version's continual strategy, and its stored input bases (protect.safetensors)."""
+    from medqwen_cli.continual import version_strategy
+    from medqwen_cli.continual.protect import PROTECT_FILE
+
+    out: dict[str, Any] = {"strategy": version_strategy(bundle, vdir.name)}
+    path = vdir / PROTECT_FILE
+    if path.is_file():
+        shapes = tensor_shapes(path)
+        shares = [k / n for n, k in shapes.values()]
+        record = bundle.read_json("continual.json", vdir.name)
+        out["protect_bases"] = {
+            "what": "layer-input directions: derived statistics, no records",
+            "tasks": record["bases"]["tasks"],
+            "groups": len(shapes),
+            "floats": numel(shapes.values()),
+            "share_of_inputs": [round(min(shares), 4), round(max(shares), 4)],
+        }
+    return out

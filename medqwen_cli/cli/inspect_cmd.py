@@ -51,6 +51,26 @@ def inspect(
         {"field": "trainable %", "value": summary.get("trainable_percent")},
         {"field": "integrity", "value": "ok" if not summary["problems"] else summary["problems"]},
     ]
+    if "strategy" in summary:
+        rows.insert(-1, {"field": "strategy", "value": summary["strategy"]})
+    if summary.get("branches"):
+        rows[[r["field"] for r in rows].index("trainable parameters")]["value"] = (
+            f"{summary['trained_in_version']} in this version's branch "
+            f"({summary['trainable_parameters']} adapter parameters in all, the rest frozen)"
+        )
+        sizes = ", ".join(f"{n:,}" for n in summary["branch_parameters"])
+        rows.insert(
+            -1,
+            {"field": "protected branches", "value": f"{summary['branches']} ({sizes} parameters)"},
+        )
+    bases = summary.get("protect_bases")
+    if bases:
+        lo, hi = bases["share_of_inputs"]
+        rows.insert(-1, {
+            "field": "input bases",
+            "value": f"{', '.join(bases['tasks'])}: {bases['groups']} layer inputs, {lo:.0%}-{hi:.0%} "
+            f"of each, {bases['floats']:,} floats ({bases['what']})",
+        })  # fmt: skip
     _output.emit(fmt, _output.Rows(rows, FIELDS, title="bundle"), data=summary)
     damaged = summary["damaged"]
     if damaged:

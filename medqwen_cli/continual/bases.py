@@ -115,9 +115,13 @@ def grow_basis(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
     rest = (rest + rest.t()) / 2
     values, vectors = torch.linalg.eigh(rest)  # ascending
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    # directions the inputs do not reach (rounding-level eigenvalues) are never added, so
+    # energy 1 keeps exactly the span of the inputs
+    reached = int((values > values[0] * 1e-12).sum()) if float(values[0]) > 0 else 0
     need = energy * total - kept
-    count = int(torch.searchsorted(torch.cumsum(values, 0), torch.tensor(need, dtype=values.dtype)))
-    count = min(count + 1, n - m.shape[1])
+    cumulative = torch.cumsum(values[:reached], 0)
+    count = int(torch.searchsorted(cumulative, torch.tensor(need, dtype=values.dtype))) + 1
+    count = min(count, reached, n - m.shape[1])
     new = vectors[:, :count]
     new = new - m @ (m.t() @ new)  # orthogonal to M up to rounding: make it exact
     grown = torch.cat([m, new], dim=1)
@@ -264,6 +268,7 @@ class Protection:
         self.groups: dict[str, str] = {}
         self.tasks: dict[str, dict[str, Any]] = {}  # task -> where its basis came from
         self.new_energy: dict[str, float] = {}  # group -> new task's energy inside old bases
+        self.guarded: dict[str, int] = {}  # group -> basis columns guarding the new branch
         self.branches = 0
 
     def _add(self, model: nn.Module, tasks: list[str], records: Sequence[Any]) -> dict[str, float]:
@@ -305,6 +310,8 @@ class Protection:
                 self.tasks[task] = {"source": f"version {plan.stored_from}"}
         for task, records, _ in plan.from_data:
             self._add(model, [task], records)
+        # the columns guarding this version's branch: the bases keep them first as they grow
+        self.guarded = {g: int(b.shape[1]) for g, b in self.bases.items()}
         if plan.earlier:
             add_protected_branches(model, self.bases, self.groups, cfg)
             self.branches = max((len(layer.branches) for _, layer in adapter_layers(model)))
@@ -326,7 +333,9 @@ class Protection:
             "protected_tasks": protected,  # the new branch cannot move these tasks' inputs
             "branches": self.branches,
             "branch_params": branch_params(model),
-            "bases": {"tasks": list(self.tasks), "sizes": sizes},
+            # sizes: [n, k] per group; guarded: the first columns, the earlier tasks' (the
+            # branch of this version lies in their complement)
+            "bases": {"tasks": list(self.tasks), "sizes": sizes, "guarded": self.guarded},
             "tasks": self.tasks,
             "groups": self.groups,
             # per group: the share of the new task's input energy inside the earlier bases

@@ -110,8 +110,8 @@ def plan_protect(
             records, checked = task_train_records(
                 bundle, recipe, parent, task, data_dir=data_dir, option="--protect"
             )
-        except DataError as exc:
-            raise DataError(
+        except (DataError, RecipeError) as exc:
+            raise type(exc)(
                 f"{exc.message}; no version of the lineage stored task {task!r}'s input basis, "
                 "so --protect needs its data once",
                 exc.hint,

@@ -260,10 +260,16 @@ def _check_unchanged(
 
 
 def version_strategy(bundle: Any, version: str) -> str:
-    """How `version` kept earlier tasks, in words: `none`, or `replay 0.1, 50 per task`."""
+    """How `version` kept earlier tasks, in words: `none`, `replay 0.1, 50 per task`, or
+    `protect 0.99, branch 1`."""
     if CONTINUAL_FILE not in bundle.read_version_info(version).files:
         return "none"
     record = bundle.read_json(CONTINUAL_FILE, version)
+    if record.get("strategy") == "protect":
+        protected = record.get("protected_tasks") or []
+        if not protected:
+            return f"protect {record['protect_energy']} (first task: basis recorded)"
+        return f"protect {record['protect_energy']}, branch {record['branches']}"
     if record.get("strategy") != "replay":
         return str(record.get("strategy"))
     per_task = record.get("replay_per_task")

@@ -97,3 +97,43 @@ def test_two_processes_continue_with_replay(bundle_dir: Path) -> None:
     assert metrics["samples"] == 24 and metrics["continual"]["tasks"] == {
         "xray": record["tasks"]["xray"]["records"]
     }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="--multi_gpu would use the GPUs: this test is for CPU/gloo"
+)
+def test_two_processes_continue_with_protect(bundle_dir: Path) -> None:
+    """Both processes build the same bases and branch; the branch trains in its complement under
+    DDP; one version with its bases is written and loads."""
+    from medqwen_cli.loading import load_adapted
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run(
+        [sys.executable, "-m", "medqwen_cli", "continue", str(bundle_dir), "--task", "xray",
+         "--no-eval", "-f", "json", *STEPS],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    launched = subprocess.run(
+        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medqwen_cli", "continue",
+         str(bundle_dir), "--task", "ct", "--no-eval", "--protect", "-f", "json",
+         "--set", "continual.protect_energy=0.6", "--set", "continual.protect_records=8", *STEPS],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    b = Bundle.open(bundle_dir)
+    assert [e.id for e in b.manifest.versions] == ["v0001", "v0002", "v0003"]
+    record = b.read_json("continual.json", "v0003")
+    assert record["branches"] == 1 and record["protected_tasks"] == ["xray"]
+    from medqwen_cli.adapters import adapter_layers
+    from medqwen_cli.bundle import load_tensors
+
+    bases = load_tensors(b.version_dir("v0003") / "protect.safetensors")
+    layers = dict(adapter_layers(load_adapted(b, "v0003").model))
+    for name, layer in layers.items():  # the trained branch stayed in xray's complement
+        group = record["groups"][name]
+        guard = bases[group][:, : record["bases"]["guarded"][group]]
+        a = layer.branches[0].lora_A.detach()
+        assert guard.shape[1] > 0 and float((a @ guard).norm() / a.norm()) < 1e-4, name

@@ -1,0 +1,148 @@
+"""`continue --protect` end to end on the tiny preset: the first task's outputs are kept exactly
+on the inputs its basis spans, the bases are stored and reused without old data, resume is
+exact, and the refusals come with their reasons."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from medqwen_cli.bundle import Bundle
+from medqwen_cli.errors import MedqwenError, RecipeError, TrainingError
+from medqwen_cli.training.run import continue_bundle
+
+QUICK = ["train.max_steps=3", "train.checkpoint_every=1000"]
+PROTECT = ["continual.protect=true", "continual.protect_energy=0.6", "continual.protect_records=8"]
+
+
+def _task_dir(root: Path, n: int) -> Path:
+    """A task whose eval split is its train split (text-only records)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {
+            "id": f"q{i}",
+            "type": "vqa_closed",
+            "question": f"Is finding {i} present?",
+            "answer": "yes" if i % 2 else "no",
+            "labels": ["yes", "no"],
+        }  # fmt: skip
+        for i in range(n)
+    ]
+    text = "".join(json.dumps(x) + "\n" for x in lines)
+    for split in ("train", "eval"):
+        (root / f"{split}.jsonl").write_text(text)
+    return root
+
+
+def _logits(bundle: Bundle, version: str, records: list) -> torch.Tensor:
+    from medqwen_cli.data.collate import Collator
+    from medqwen_cli.loading import load_adapted
+
+    adapted = load_adapted(bundle, version)
+    batch = Collator(adapted.processor, max_image_pixels=56 * 56)(records)
+    batch.pop("labels")
+    with torch.no_grad():
+        return adapted.model(**batch).logits
+
+
+def test_protect_keeps_the_first_tasks_outputs_exactly(bundle_dir: Path, tmp_path: Path) -> None:
+    from medqwen_cli.data import load_records
+    from medqwen_cli.recipe import DatasetSpec
+    from medqwen_cli.settings import Settings
+
+    cache = Settings.from_env().data_cache_dir
+
+    task_a = _task_dir(tmp_path / "a", 1)
+    continue_bundle(bundle_dir, task=str(task_a), overrides=QUICK, evaluate=False)  # v0002
+    energy_one = ["continual.protect=true", "continual.protect_energy=1.0",
+                  "continual.protect_records=1", "train.max_steps=5", "train.lr=0.01"]  # fmt: skip
+    result = continue_bundle(bundle_dir, task="ct", overrides=energy_one, evaluate=False)
+    assert result.version == "v0003"
+    assert result.continual["bases_from"][str(task_a.resolve())] == "data"
+    bundle = Bundle.open(bundle_dir)
+    a_records = load_records(DatasetSpec(path=str(task_a)), "eval", cache_dir=cache)
+    before, after = _logits(bundle, "v0002", a_records), _logits(bundle, "v0003", a_records)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)  # A's inputs span M exactly
+    ct = load_records(DatasetSpec(path="builtin:ct"), "eval", cache_dir=cache)[:2]
+    moved = (_logits(bundle, "v0003", ct) - _logits(bundle, "v0002", ct)).abs().max()
+    assert moved > 1e-3  # the branch learned something elsewhere
+    # (evaluation's likelihood scoring also reads the wrong candidate's tokens, which A's
+    # training sequences never held: those inputs are outside span(M) and may move)
+
+
+def test_bases_are_stored_and_reused_without_old_data(
+    bundle_dir: Path, tmp_path: Path, cli
+) -> None:
+    task_a = _task_dir(tmp_path / "a", 6)
+    first = continue_bundle(bundle_dir, task=str(task_a), overrides=[*QUICK, *PROTECT])
+    assert first.continual["protected_tasks"] == [] and first.continual["branches"] == 0
+    b = Bundle.open(bundle_dir)
+    assert "protect.safetensors" in b.read_version_info(first.version).files  # checksummed
+    shutil.rmtree(task_a)  # the hospital keeps no old data: the stored basis is enough
+    second = continue_bundle(bundle_dir, task="ct", overrides=[*QUICK, *PROTECT], evaluate=False)
+    assert second.continual["bases_from"][str(task_a.resolve())] == f"version {first.version}"
+    assert second.continual["branches"] == 1
+    record = Bundle.open(bundle_dir).read_json("continual.json", second.version)
+    assert record["bases"]["tasks"] == [str(task_a.resolve()), "ct"]
+    assert record["protected_tasks"] == [str(task_a.resolve())]
+    text = (Bundle.open(bundle_dir).version_dir(second.version) / "continual.json").read_text()
+    assert "question" not in text and "Is finding" not in text  # ids, never record text
+    shown = cli("inspect", str(bundle_dir), "--format", "json")
+    assert shown.code == 0, shown.err
+    summary = json.loads(shown.out)
+    assert summary["branches"] == 1 and summary["strategy"] == "protect 0.6, branch 1"
+    assert summary["protect_bases"]["tasks"] == record["bases"]["tasks"]
+    assert "no records" in summary["protect_bases"]["what"]
+    report = json.loads(cli("forgetting-report", str(bundle_dir), "--format", "json").out)
+    assert report["runs"][0]["strategies"][second.version] == "protect 0.6, branch 1"
+    # every command loads the two-branch version: a third task, then evaluate and predict
+    third = continue_bundle(bundle_dir, task="xray", overrides=[*QUICK, *PROTECT], evaluate=False)
+    assert third.continual["branches"] == 2
+    assert cli("evaluate", str(bundle_dir), "--task", "ct", "--format", "json").code == 0
+
+
+def test_an_interrupted_protected_run_resumes_to_the_same_adapter(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nan_loss_at
+) -> None:
+    run = ["train.max_steps=6", "train.checkpoint_every=2", *PROTECT]
+    continue_bundle(bundle_dir, task="xray", overrides=QUICK, evaluate=False)
+    reference = tmp_path / "reference"
+    shutil.copytree(bundle_dir, reference)
+    want = continue_bundle(reference, task="ct", overrides=run, evaluate=False)
+    nan_loss_at(5)
+    with pytest.raises(TrainingError, match="step 5"):
+        continue_bundle(bundle_dir, task="ct", overrides=run, evaluate=False)
+    monkeypatch.undo()
+    got = continue_bundle(bundle_dir, task="ct", overrides=run, evaluate=False)
+    assert got.resumed_from == 4 and got.version == want.version
+    a = Bundle.open(bundle_dir).read_adapter(got.version)
+    b = Bundle.open(reference).read_adapter(want.version)
+    assert a.keys() == b.keys() and any(".branches.0." in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refusals(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task_a = _task_dir(tmp_path / "a", 6)
+    continue_bundle(bundle_dir, task=str(task_a), overrides=QUICK, evaluate=False)  # no basis
+    with pytest.raises(RecipeError, match="--protect and --replay together"):
+        continue_bundle(bundle_dir, task="ct", overrides=[*PROTECT, "continual.replay=0.1"])
+    # a layer the bases fill: named, with its share
+    with pytest.raises(
+        TrainingError, match=r"layer language_model\.layers\.\d+\..*fills \d+ of its"
+    ):
+        continue_bundle(
+            bundle_dir, task="ct", evaluate=False,
+            overrides=[*QUICK, "continual.protect=true", "continual.protect_energy=0.999"],
+        )  # fmt: skip
+    import medqwen_cli.loading as loading
+
+    monkeypatch.setattr(loading, "load_adapted", lambda *a, **k: pytest.fail("model loaded"))
+    shutil.rmtree(task_a)  # no stored basis and no data: refused before any model loads
+    with pytest.raises(MedqwenError) as err:
+        continue_bundle(bundle_dir, task="ct", overrides=[*QUICK, *PROTECT])
+    assert "--protect" in err.value.message and "input basis" in err.value.message
+    assert str(task_a.resolve()) in err.value.message
