@@ -46,3 +46,12 @@ def test_init_experts_quick() -> None:
     assert all(is_number(r["stream/bare route"]) for r in wall)
     assert [r["pass"] for r in memory] == ["stream", "bare", "whole"]
     assert all(is_number(r["peak anonymous above it MB"]) for r in memory)
+
+
+def test_branches_quick() -> None:
+    out = run_script("branches.py", "--quick")
+    assert out.startswith("machine: CPU")
+    (rows,) = tables(out)
+    assert [r["variant"] for r in rows] == [f"{n} branches" for n in range(4)]
+    assert rows[0]["x no branch"] == "1.00" and all(is_number(r["s/step"]) for r in rows)
+    assert len({r["trained params"] for r in rows}) == 1  # only the newest branch trains
