@@ -114,16 +114,19 @@ def recipe_for(args: argparse.Namespace, method: str, seed: int, sets: list[str]
 def strategy_overrides(strategy: str) -> list[str]:
     """The `--set` items of a strategy of the B phase: `none`, `replay:F` / `replay:F:N`
     (continual.replay F, with a buffer of N records of A), or `protect:E` (protected branches at
-    continual.protect_energy E; A's basis computed from its data before B, as --protect does)."""
+    continual.protect_energy E; A's basis computed from its data before B, as --protect does).
+    `joint` (the upper bound) is no B phase: A and B mixed from the init for twice the steps."""
     kind, *values = strategy.split(":")
-    if kind == "none" and not values:
+    if kind in ("none", "joint") and not values:
         return []
     if kind == "replay" and 1 <= len(values) <= 2:
         sets = [f"continual.replay={float(values[0])}"]
         return sets + ([f"continual.replay_per_task={int(values[1])}"] if len(values) == 2 else [])
     if kind == "protect" and len(values) == 1:
         return ["continual.protect=true", f"continual.protect_energy={float(values[0])}"]
-    raise ValueError(f"unknown strategy {strategy!r}: none, replay:F, replay:F:N or protect:E")
+    raise ValueError(
+        f"unknown strategy {strategy!r}: none, replay:F, replay:F:N, protect:E or joint"
+    )
 
 
 def label_of(method: str, sets: list[str], strategy: str = "none") -> str:
@@ -191,7 +194,7 @@ def run_job(job: dict) -> dict:
     from medqwen_cli.bundle import Bundle
     from medqwen_cli.init_experts import init_experts
     from medqwen_cli.recipe import build_recipe
-    from medqwen_cli.training.run import continue_bundle
+    from medqwen_cli.training.run import continue_bundle, train_bundle
 
     start = time.perf_counter()
     root = Path(job["dir"])
@@ -223,11 +226,19 @@ def run_job(job: dict) -> dict:
         task = PAIRS[pair]
         work = root / re.sub(r"[^A-Za-z0-9.]+", "-", f"{strategy}-{pair}")
         shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(snapshot, work / "bundle")
-        result = continue_bundle(
-            work / "bundle", task=task, evaluate=False, watch=[TASK_A],
-            eval_every=job["eval_every"], overrides=strategy_overrides(strategy),
-        )  # fmt: skip
+        if strategy == "joint":  # from the same init (seeded): A and B mixed, same total steps
+            init_experts(build_recipe(job["recipe"], check_paths=False), work / "bundle")
+            steps = 2 * job["recipe"]["train"]["max_steps"]
+            result = train_bundle(
+                work / "bundle", tasks=[TASK_A, task], watch=[TASK_A],
+                eval_every=job["eval_every"], overrides=[f"train.max_steps={steps}"],
+            )  # fmt: skip
+        else:
+            shutil.copytree(snapshot, work / "bundle")
+            result = continue_bundle(
+                work / "bundle", task=task, evaluate=False, watch=[TASK_A],
+                eval_every=job["eval_every"], overrides=strategy_overrides(strategy),
+            )  # fmt: skip
         bundle = Bundle.open(work / "bundle")
         scores = _scores(bundle, result.version, [TASK_A, task], work)
         out["cells"].setdefault(strategy, {})[pair] = {
@@ -572,7 +583,8 @@ def main() -> None:
         "--strategies", nargs="+", default=["none"], metavar="STRATEGY",
         help="B-phase strategies, each from the same A version: none, replay:F (continual.replay "
         "F), replay:F:N (with a buffer of N records of A), protect:E (protected branches at "
-        "energy E)",
+        "energy E), joint (no B phase: A and B mixed from the init for twice the steps, the "
+        "upper bound)",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per task")
     parser.add_argument("--lr", type=float, default=2e-4)

@@ -121,13 +121,15 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     env = dict(os.environ)  # the test session's cache dir (conftest) included
     cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--workers", "1",
            "--pairs", "conflict", "--plot", str(tmp_path / "curves.png"),
-           "--strategies", "none", "replay:0.25:4"]  # fmt: skip
+           "--strategies", "none", "replay:0.25:4", "protect:0.5", "joint"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert {(r["label"], r["strategy"]) for r in results["runs"]} == {
         ("lora", "none"), ("sslora", "none"),
         ("lora replay:0.25:4", "replay:0.25:4"), ("sslora replay:0.25:4", "replay:0.25:4"),
+        ("lora protect:0.5", "protect:0.5"), ("sslora protect:0.5", "protect:0.5"),
+        ("lora joint", "joint"), ("sslora joint", "joint"),
     }  # fmt: skip
     by = {(r["label"], r["seed"]): r for r in results["runs"]}
     # both strategies continued from the same A version
@@ -135,6 +137,11 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert by[("lora", 0)]["env"]["base_fingerprint"] == results["base_settings"]["fingerprint"]
     assert "| lora replay:0.25:4 - lora | 1 | A after B |" in done.stdout
     assert "s/step of B" in done.stdout
+    protect = by[("sslora protect:0.5", 0)]["pairs"]["conflict"]
+    assert protect["continual"]["branches"] == 1  # B trained in a branch guarding A
+    assert protect["continual"]["bases_from"] == {"cxr-rules": "data", "derm-rules": "data"}
+    joint = by[("lora joint", 0)]["pairs"]["conflict"]
+    assert joint["steps"] == 8 and joint["continual"] is None  # A and B mixed, twice the steps
     run = by[("lora", 0)]
     conflict = run["pairs"]["conflict"]
     assert [p[0] for p in conflict["curve"]] == [0, 2, 4]  # step 0, every 2, the last
