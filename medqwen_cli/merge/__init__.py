@@ -22,6 +22,14 @@ peft    (approx.) the same update D = s * sum_i wbar_i B_i A_i - W_res as a PEFT
                   QRs; `rank` components are kept (default: all of them, lossless), with
                   lora_alpha = rank so PEFT's scaling is 1.
 
+Protected branches (a version of `medqwen continue --protect`): each branch j of a layer is one
+more set of experts of the same kind, with its own router, scale and residual, added to the
+layer's sum. routed carries their tensors (`<layer>.branches.<j>.*`) and rebuilds them (exact);
+dense and peft fold every set alike, each with its own mean gates (`mean_gates` keys
+`<layer>.branches.<j>`): P and Q are the sets' factors side by side, so rank(D) <= 2r (1 + b)
+(r (1 + b) without residuals). Single-expert sets (lora, pissa) have wbar = [1]: their fold is
+exact, and a lora version's peft export is one LoRA of rank r (1 + b) holding every branch.
+
 Calibration: the training split of the calibration tasks (default: the version's lineage tasks),
 `calibration_samples` records drawn evenly over the tasks (seeded), the last 20% held out.
 Fidelity is measured on the files written, loaded back the way a user loads them, over every

@@ -95,36 +95,54 @@ def to_model(batch: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
     }
 
 
+def gate_key(layer: str, branch: int | None = None) -> str:
+    """The key of a set of experts in `mean_gates`: the layer's canonical name for its own
+    experts, `<layer>.branches.<j>` for its protected branch j (the names of their tensors)."""
+    return layer if branch is None else f"{layer}.branches.{branch}"
+
+
+def expert_sets(model: Any) -> list[tuple[str, Any]]:
+    """(gate key, experts) of every set of experts: each adapter layer's own, then its
+    protected branches (same method, E and k as the layer; their own routers and scales)."""
+    out = []
+    for name, layer in adapter_layers(model):
+        out.append((gate_key(name), layer))
+        out += [(gate_key(name, j), branch) for j, branch in enumerate(layer.branches)]
+    return out
+
+
 @torch.no_grad()
 def mean_gates(
     model: Any, batches: Sequence[dict[str, Tensor]], progress: ProgressFn | None = None
 ) -> dict[str, Tensor]:
-    """Mean routing weight of each expert, per routed layer, over non-padding tokens: (E,) float64.
+    """Mean routing weight of each expert, per set of experts (a layer's own, keyed by the
+    layer's name, and each protected branch, keyed `<layer>.branches.<j>`), over non-padding
+    tokens: (E,) float64.
 
     Gates are read from each router's output by a forward hook (0 for experts outside the
-    top-k); the padding mask is the one the model-level hook gives every adapter layer (a mask
-    of another shape, e.g. vision patches, is ignored and every position counts). Layers without
-    a router (lora, pissa) get [1.0].
+    top-k); the padding mask is the one the model-level hook gives every adapter layer (and the
+    layer to its branches; a mask of another shape, e.g. vision patches, is ignored and every
+    position counts). Sets without a router (lora, pissa) get [1.0].
     """
     sums: dict[str, Tensor] = {}
     counts: dict[str, Tensor] = {}
     handles = []
-    for name, layer in adapter_layers(model):
-        if layer.router is None:
+    for key, experts in expert_sets(model):
+        if experts.router is None:
             continue
 
-        def hook(_module: Any, _args: Any, routing: Any, name: str = name, layer: Any = layer):
-            gates = routing.gates.detach().double().reshape(-1, layer.experts)  # (N, E)
-            mask = layer.token_mask
+        def hook(_module: Any, _args: Any, routing: Any, key: str = key, experts: Any = experts):
+            gates = routing.gates.detach().double().reshape(-1, experts.experts)  # (N, E)
+            mask = experts.token_mask
             if mask is not None and tuple(mask.shape) == tuple(routing.gates.shape[:-1]):
                 keep = mask.reshape(-1).to(gates.device, torch.float64)  # (N,)
             else:
                 keep = gates.new_ones(gates.shape[0])  # (N,)
             kept = torch.where(keep[:, None] > 0, gates, torch.zeros_like(gates))  # NaN-safe
-            sums[name] = sums.get(name, 0) + (kept * keep[:, None]).sum(0).cpu()
-            counts[name] = counts.get(name, 0) + keep.sum().cpu()
+            sums[key] = sums.get(key, 0) + (kept * keep[:, None]).sum(0).cpu()
+            counts[key] = counts.get(key, 0) + keep.sum().cpu()
 
-        handles.append(layer.router.register_forward_hook(hook))
+        handles.append(experts.router.register_forward_hook(hook))
     try:
         for i, batch in enumerate(batches):
             model(**to_model(batch, model))
@@ -133,7 +151,7 @@ def mean_gates(
     finally:
         for handle in handles:
             handle.remove()
-    means = {name: sums[name] / counts[name].clamp_min(1.0) for name in sums}
-    for name, layer in adapter_layers(model):
-        means.setdefault(name, torch.ones(layer.experts, dtype=torch.float64))
+    means = {key: sums[key] / counts[key].clamp_min(1.0) for key in sums}
+    for key, experts in expert_sets(model):
+        means.setdefault(key, torch.ones(experts.experts, dtype=torch.float64))
     return means

@@ -9,7 +9,8 @@ from typing import Any
 from medqwen_cli.errors import MedqwenError
 
 MODES = ("routed", "dense", "peft")
-FORMAT = 1
+FORMAT = 2  # 2: a routed export of a version with protected branches (every other export
+# is written as 1, which a medqwen from before branches reads as it did)
 MANIFEST_FILE = "merge_manifest.json"
 REPORT_FILE = "merge_report.json"
 ADAPTER_FILE = "medqwen_adapter.safetensors"  # routed: adapter tensors, checkpoint key layout

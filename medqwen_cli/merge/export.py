@@ -219,8 +219,9 @@ def _manifest(
 ) -> dict[str, Any]:
     """Provenance of an export; `files` holds the sha256 of every file medqwen wrote itself."""
     info = bundle.read_version_info(vid)
+    branches = any(layer.branches for _, layer in adapter_layers(adapted.model))
     return {
-        "format": FORMAT,
+        "format": FORMAT if mode == "routed" and branches else 1,
         "kind": "medqwen-export",
         "mode": mode,
         "exact": mode == "routed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,11 @@ def _export_base(manifest: dict[str, Any], cache_dir: Path | None = None) -> Bas
 
 def _load_routed(path: Path, manifest: dict[str, Any], cls: Any, torch_dtype: Any) -> Any:
     """The standard class from the linked base shards, then medqwen's routed layers injected
-    with the adapter tensors (checksum verified)."""
+    with the adapter tensors (checksum verified): the layers' own frozen init, then the
+    protected branches of the version (if any) rebuilt from their tensors, then every trainable
+    tensor, as `load_adapted` does with a bundle."""
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
+    from medqwen_cli.adapters.inject import add_stored_branches
     from medqwen_cli.bundle import load_tensors
 
     adapter = path / ADAPTER_FILE
@@ -164,16 +168,28 @@ def _load_routed(path: Path, manifest: dict[str, Any], cls: Any, torch_dtype: An
     model = cls.from_pretrained(str(path), config=config, dtype=torch_dtype, local_files_only=True)
     tensors = {_canonical_key(k): v for k, v in load_tensors(adapter).items()}
     trainable = ("lora_A", "lora_B", "router.weight")
-    init = {k: v for k, v in tensors.items() if not k.endswith(trainable)}
-    inject_adapters(model, AdapterConfig.model_validate(manifest["source"]["method"]), init)
-    load_adapter_state(model, {k: v for k, v in tensors.items() if k.endswith(trainable)})
+    # A branch's tensors, frozen ones included, are version state (`<layer>.branches.<i>.*`).
+    version = {k: v for k, v in tensors.items() if k.endswith(trainable) or _BRANCH.search(k)}
+    init = {k: v for k, v in tensors.items() if k not in version}
+    cfg = AdapterConfig.model_validate(manifest["source"]["method"])
+    inject_adapters(model, cfg, init)
+    add_stored_branches(model, version, cfg)
+    load_adapter_state(model, version)
     return model
+
+
+_BRANCH = re.compile(r"\.branches\.\d+\.")
+_NAMES = "|".join(map(re.escape, TENSOR_NAMES))
+_KEY = re.compile(rf"^(?P<layer>.+?)(?P<branch>\.branches\.\d+)?\.(?P<name>{_NAMES})$")
 
 
 def _canonical_key(key: str) -> str:
     """`model.layers.0.mlp.up_proj.router.weight` ->
-    `language_model.layers.0.mlp.up_proj.router.weight` (module part made canonical)."""
-    for name in TENSOR_NAMES:
-        if key.endswith("." + name):
-            return f"{canonical_module_name(key[: -len(name) - 1])}.{name}"
-    raise MergeError(f"unexpected tensor {key} in {ADAPTER_FILE}", "re-run `medqwen merge`")
+    `language_model.layers.0.mlp.up_proj.router.weight`, and
+    `model.layers.0.mlp.up_proj.branches.1.lora_A` ->
+    `language_model.layers.0.mlp.up_proj.branches.1.lora_A` (the layer's part made canonical)."""
+    match = _KEY.match(key)
+    if match is None:
+        raise MergeError(f"unexpected tensor {key} in {ADAPTER_FILE}", "re-run `medqwen merge`")
+    layer, branch, name = match.group("layer", "branch", "name")
+    return f"{canonical_module_name(layer)}{branch or ''}.{name}"

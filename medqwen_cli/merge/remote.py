@@ -13,11 +13,18 @@ transformers (never medqwen). Every adapted linear layer computes, exactly as me
     A0, B0     the frozen spectral init (W_res = (s/E) B0 A0; absent for lora / moelora)
     w(x)       router: p = softmax(W_r x) in float32, keep the top-k, renormalise to sum 1
 
+A version trained with `medqwen continue --protect` adds protected branches to its layers: each
+branch j is one more set of experts of the same kind (E, k, rank; its own router, scale s_j and
+residual), whose codes and B columns join the layer's, so the layer stays two GEMMs:
+
+    y = W0 x + b  +  [B, B0, B^1, B0^1, ...] [c; c^1; ...]      c^j: branch j's codes, as c
+
 Adapter and router maths run in float32 with autocast off, whatever the base dtype; the adapter
 tensors are created in float32 and stay so when the model is loaded in bfloat16.
 
 config.json says which layers are adapted (`medqwen_routed.layers`, canonical names such as
-`language_model.layers.0.self_attn.q_proj`) and with which shapes; the model class wraps those
+`language_model.layers.0.self_attn.q_proj`), with which shapes, and how many branches each has
+(`medqwen_routed.branches`; absent or empty: none); the model class wraps those
 layers when it is built, so transformers loads the base weights and the adapter tensors
 (`medqwen_adapter.safetensors`, listed in `model.safetensors.index.json`) in one pass.
 """
@@ -58,23 +65,22 @@ def canonical_module_name(module_name: str) -> str:
     return ".".join(parts)
 
 
-class RoutedLinear(nn.Linear):
-    """nn.Linear (W0, b) plus E routed LoRA experts and the residual compensation."""
+class _Experts:
+    """E routed LoRA experts and their residual on an n -> m map, without W0: the adapter term
+    of `RoutedLinear` and of each of its protected branches (mixed into an nn.Module)."""
 
-    def __init__(
+    def _init_experts(
         self,
         in_features: int,
         out_features: int,
-        bias: bool,
         *,
         experts: int,
         top_k: int,
         rank: int,
         spectral: bool,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        device: torch.device | str | None,
     ) -> None:
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.in_features, self.out_features = in_features, out_features
         self.experts, self.top_k, self.rank = experts, top_k, rank
         self.expert_rank = rank // experts  # d
         f32 = {"device": device, "dtype": torch.float32}
@@ -93,28 +99,86 @@ class RoutedLinear(nn.Linear):
         weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (..., k)
         return torch.zeros_like(probs).scatter(-1, top_i, weights)  # (..., E)
 
+    def codes(self, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled codes c (N, q) and the matching B columns (m, q): the adapter term is c B^T.
+        One GEMM projects x on the experts' and the residual's A (q = 2r; r without one)."""
+        x2 = xf.reshape(-1, self.in_features)  # (N, n)
+        r, s = self.rank, self.scale
+        spectral = self.init_A is not None
+        a = torch.cat([self.lora_A.float(), self.init_A]) if spectral else self.lora_A.float()
+        proj = x2 @ a.t()  # (N, q)
+        h, h0 = (proj[:, :r], proj[:, r:]) if spectral else (proj, None)  # (N, r) each
+        if self.router is not None:
+            e, d = self.experts, self.expert_rank
+            gates = self.gates(xf).reshape(-1, e, 1)  # (N, E, 1)
+            h = (h.reshape(-1, e, d) * (gates * s)).reshape(-1, r)  # (N, r)
+        else:
+            h = h * s  # (N, r)
+        b = self.lora_B.float()  # (m, r)
+        if h0 is None:
+            return h, b
+        return torch.cat([h, h0 * (-s / self.experts)], dim=-1), torch.cat([b, self.init_B], dim=1)
+
+
+class Branch(_Experts, nn.Module):
+    """A protected branch: experts added by a later task beside the layer's own (same E, k,
+    rank and kind), with its own router, scale and residual; state `branches.<i>.<name>`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        experts: int,
+        top_k: int,
+        rank: int,
+        spectral: bool,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_experts(
+            in_features, out_features, experts=experts, top_k=top_k, rank=rank,
+            spectral=spectral, device=device,
+        )  # fmt: skip
+
+
+class RoutedLinear(_Experts, nn.Linear):
+    """nn.Linear (W0, b) plus E routed LoRA experts and the residual compensation, and the
+    protected branches of later tasks (`branches`, empty unless the version has some)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        *,
+        experts: int,
+        top_k: int,
+        rank: int,
+        spectral: bool,
+        branches: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        shape = {"experts": experts, "top_k": top_k, "rank": rank, "spectral": spectral}
+        self._init_experts(in_features, out_features, **shape, device=device)
+        self.branches = nn.ModuleList(
+            Branch(in_features, out_features, **shape, device=device) for _ in range(branches)
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The op order of medqwen's RoutedLoRALinear (inference): one GEMM projects x on the
-        # experts' and the residual's A, one GEMM applies [B, B0] to the scaled codes.
+        # experts' and the residual's A (per set of experts), one GEMM applies [B, B0, ...] to
+        # the scaled codes of the layer's own experts and of every branch.
         y = F.linear(x, self.weight, self.bias)  # (..., m), base dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float()  # (..., n)
-            x2 = xf.reshape(-1, self.in_features)  # (N, n)
-            r, s = self.rank, self.scale
-            spectral = self.init_A is not None
-            a = torch.cat([self.lora_A.float(), self.init_A]) if spectral else self.lora_A.float()
-            proj = x2 @ a.t()  # (N, q), q = 2r with the residual, else r
-            h, h0 = (proj[:, :r], proj[:, r:]) if spectral else (proj, None)  # (N, r) each
-            if self.router is not None:
-                e, d = self.experts, self.expert_rank
-                gates = self.gates(xf).reshape(-1, e, 1)  # (N, E, 1)
-                h = (h.reshape(-1, e, d) * (gates * s)).reshape(-1, r)  # (N, r)
-            else:
-                h = h * s  # (N, r)
-            b = self.lora_B.float()  # (m, r)
-            if h0 is not None:
-                h = torch.cat([h, h0 * (-s / self.experts)], dim=-1)  # (N, 2r)
-                b = torch.cat([b, self.init_B], dim=1)  # (m, 2r)
+            h, b = self.codes(xf)  # (N, q), (m, q)
+            if len(self.branches):
+                parts = [(h, b), *(branch.codes(xf) for branch in self.branches)]
+                h = torch.cat([c for c, _ in parts], dim=-1)
+                b = torch.cat([m for _, m in parts], dim=1)
             y2 = y.reshape(-1, self.out_features)  # (N, m)
             if y2.dtype == torch.float32:
                 out = y2.addmm_(h, b.t())  # (N, m)
@@ -136,6 +200,7 @@ def wrap_routed_layers(model: nn.Module, settings: dict) -> None:
             f"({FORMAT}); re-export the model with the medqwen that reads it"
         )
     wanted = set(settings["layers"])
+    branches = settings.get("branches", {})  # layer -> protected branches (absent: none)
     found = set()
     for name, module in list(model.named_modules()):
         canonical = canonical_module_name(name)
@@ -149,6 +214,7 @@ def wrap_routed_layers(model: nn.Module, settings: dict) -> None:
             top_k=int(settings["top_k"]),
             rank=int(settings["rank"]),
             spectral=bool(settings["spectral"]),
+            branches=int(branches.get(canonical, 0)),
             device=module.weight.device,
             dtype=module.weight.dtype,
         )

@@ -16,6 +16,7 @@ from medqwen_cli.adapters import adapter_layers, canonical_from_checkpoint_key
 from medqwen_cli.adapters.naming import canonical_module_name
 from medqwen_cli.bundle import atomic_write_json, save_tensors, tensor_shapes
 from medqwen_cli.loading import AdaptedModel
+from medqwen_cli.merge.calibration import gate_key
 from medqwen_cli.merge.core import (
     ADAPTER_FILE,
     INDEX_FILE,
@@ -34,19 +35,48 @@ from medqwen_cli.modeling import (
 )
 
 
-def update_factors(layer: Any, gates: Tensor) -> tuple[Tensor, Tensor]:
-    """(P, Q), float64 on CPU, with P @ Q = s * sum_i wbar_i B_i A_i - (s/E) B0 A0.
+def update_factors(
+    layer: Any, gates: Tensor, branch_gates: Sequence[Tensor] = ()
+) -> tuple[Tensor, Tensor]:
+    """(P, Q), float64 on CPU, with P @ Q the layer's folded update: for its own experts and
+    then each protected branch j (own gates `gates`, branch j's `branch_gates[j]`),
 
-    P: (m, r) or (m, 2r) with the residual, Q: (r, n) or (2r, n).
+        s_j * sum_i wbar_ji B_ji A_ji - (s_j/E) B0_j A0_j      summed over j
+
+    P: (m, q), Q: (q, n) with q = r per set of experts, 2r with a residual (the sets' factors
+    side by side: P's columns, Q's rows). A single-expert set (lora, pissa) has wbar = [1]:
+    its fold is exact.
     """
-    s = float(layer.scale)
-    cols = gates.double().cpu().repeat_interleave(layer.expert_rank)  # (r,)
-    p = [layer.lora_B.detach().double().cpu() * (s * cols)[None, :]]  # (m, r)
-    q = [layer.lora_A.detach().double().cpu()]  # (r, n)
-    if layer.init_A is not None:
-        p.append(layer.init_B.detach().double().cpu() * (-s / layer.experts))  # (m, r)
-        q.append(layer.init_A.detach().double().cpu())  # (r, n)
+    if len(branch_gates) != len(layer.branches):
+        raise ValueError(
+            f"{len(layer.branches)} branch(es) in the layer, {len(branch_gates)} gate vector(s)"
+        )
+    p, q = [], []
+    for experts, wbar in ((layer, gates), *zip(layer.branches, branch_gates, strict=True)):
+        p_j, q_j = _expert_factors(experts, wbar)
+        p += p_j
+        q += q_j
     return torch.cat(p, dim=1), torch.cat(q, dim=0)
+
+
+def _expert_factors(experts: Any, gates: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """One set of experts (a layer's own, or a branch): [s B diag(wbar (x) 1_d), -(s/E) B0]
+    and [A; A0] as lists of float64 blocks ((m, r) and (r, n) each)."""
+    s = float(experts.scale)
+    cols = gates.double().cpu().repeat_interleave(experts.expert_rank)  # (r,)
+    p = [experts.lora_B.detach().double().cpu() * (s * cols)[None, :]]  # (m, r)
+    q = [experts.lora_A.detach().double().cpu()]  # (r, n)
+    if experts.init_A is not None:
+        p.append(experts.init_B.detach().double().cpu() * (-s / experts.experts))  # (m, r)
+        q.append(experts.init_A.detach().double().cpu())  # (r, n)
+    return p, q
+
+
+def layer_factors(name: str, layer: Any, gates: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """`update_factors` of layer `name` with its gates from `mean_gates` (own: `name`, branch
+    j: `name.branches.j`)."""
+    branch_gates = [gates[gate_key(name, j)] for j in range(len(layer.branches))]
+    return update_factors(layer, gates[name], branch_gates)
 
 
 def lowrank_svd(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,6 +148,7 @@ def write_routed(adapted: AdaptedModel, staging: Path, copy_base: bool) -> str:
         "rank": first.rank,
         "spectral": first.init_A is not None,
         "layers": sorted(layers),
+        "branches": {name: len(layer.branches) for name, layer in layers.items() if layer.branches},
     }
     config["model_type"] = remote.routed_model_type(base.model_type)
     config["architectures"] = [model_class]
@@ -173,7 +204,7 @@ def write_dense(adapted: AdaptedModel, gates: dict[str, Tensor], staging: Path) 
             metadata = handle.metadata() or {"format": "pt"}
         tensors = load_file(str(file))
         for key in tensors.keys() & by_key.keys():
-            p, q = update_factors(layers[by_key[key]], gates[by_key[key]])
+            p, q = layer_factors(by_key[key], layers[by_key[key]], gates)
             w0 = tensors[key]  # (m, n), stored dtype
             tensors[key] = (w0.double() + p @ q).to(w0.dtype)
         save_tensors(staging / file.name, tensors, metadata)
@@ -200,7 +231,7 @@ def write_peft(
     }
     tensors, ranks, dropped = {}, {}, {}
     for name, layer in adapter_layers(adapted.model):
-        p, q = update_factors(layer, gates[name])
+        p, q = layer_factors(name, layer, gates)
         u, s, vh = lowrank_svd(p, q)
         keep = min(rank or p.shape[1], s.numel())
         root = s[:keep].sqrt()  # (k,)
