@@ -1,9 +1,12 @@
 """`medqwen demo`: the whole continual loop on built-in medical tasks, step by step.
 
-For each method (lora, moelora, sslora at the same total rank) the demo creates a bundle, scores
-the base zero-shot, then `continue`s through a 3-task sequence (radiograph -> CT -> pathology),
-each step evaluating every task seen; finally one forgetting report puts the methods side by side
-with a plot. The plan is plain data (`Step`s): the CLI prints each step as the command line it
+Two plans. On a tiny base (`make demo`), for each method (lora, moelora, sslora at the same
+total rank) the demo creates a bundle, scores the base zero-shot, then `continue`s through a
+3-task sequence (radiograph -> CT -> pathology), each step evaluating every task seen; finally
+one forgetting report puts the methods side by side with a plot. On `nano-qwen2-vl` (a real
+pretrained language model) it shows what the product is for (`strategy_plan`): one lora bundle
+learns `cxr-rules`, is copied, and each copy learns the contradicting `derm-rules`, one without a
+strategy (it forgets) and one with `--protect` (no old data), then one table compares them. The plan is plain data (`Step`s): the CLI prints each step as the command line it
 stands for, which a user can copy and run by hand, then calls the library function behind that
 command. Each step's result is summed up in one line (`step_summary`) instead of its JSON; the
 scores in those lines and in the report are each task's headline metric, `headline_mean`
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("xray", "ct", "pathology")
+CONFLICT = ("cxr-rules", "derm-rules")  # the strategy demo's pair: B contradicts 2/3 of A
+STRATEGY_BASES = ("nano-qwen2-vl",)  # bases whose demo is the strategy plan
+STRATEGIES = {"none": (), "protect": ("--protect",)}  # bundle name -> continue's options for B
 HEADLINE_NOTE = (
     "scores are headline_mean: the unweighted mean over a task's record types of each type's "
     "headline metric (closed VQA accuracy, open VQA token F1, report ROUGE-L, classification "
@@ -41,14 +47,30 @@ SETTINGS = {
     ("tiny-qwen2-vl", False): Settings(steps=150, lr=0.005, eval_samples=32),
     ("tiny-qwen2.5-vl", True): Settings(steps=30, lr=0.01, eval_samples=16),
     ("tiny-qwen2.5-vl", False): Settings(steps=150, lr=0.005, eval_samples=32),
-    ("nano-qwen2-vl", True): Settings(steps=20, lr=0.002, eval_samples=16, batch_size=2),
-    ("nano-qwen2-vl", False): Settings(steps=150, lr=0.001, eval_samples=32, batch_size=4),
+    # the forgetting study's settings (docs/forgetting-study.md); quick scores fewer records
+    ("nano-qwen2-vl", True): Settings(steps=50, lr=2e-4, eval_samples=40, batch_size=8),
+    ("nano-qwen2-vl", False): Settings(steps=50, lr=2e-4, eval_samples=100, batch_size=8),
 }
 
 
 def demo_recipe(base: str, quick: bool) -> dict[str, Any]:
     """The recipe every demo bundle starts from (written next to the bundles)."""
     s = SETTINGS[(base, quick)]
+    if base in STRATEGY_BASES:  # the study's recipe: lora rank 16, likelihood scoring
+        return {
+            "model": {"base": base, "dtype": "float32", "device": "cpu"},
+            "adapter": {"method": "lora", "experts": 4, "top_k": 2, "rank": 16},
+            "tasks": {name: {"datasets": [{"path": f"builtin:{name}"}]} for name in CONFLICT},
+            "train": {
+                "lr": s.lr, "max_steps": s.steps, "batch_size": s.batch_size,
+                "warmup_ratio": 0.1, "checkpoint_every": 1000, "log_every": 10,
+                "max_image_pixels": 56 * 56, "max_length": 256,
+            },
+            "eval": {
+                "batch_size": 16, "max_samples": s.eval_samples, "scoring": "likelihood",
+                "tasks": list(CONFLICT),
+            },
+        }  # fmt: skip
     return {
         "model": {"base": base, "dtype": "float32", "device": "cpu"},
         "adapter": {"method": "sslora", "experts": 4, "top_k": 2, "rank": 16, "alpha": 32.0},
@@ -82,6 +104,8 @@ class Step:
     bundles: tuple[Path, ...]  # the bundle it works on; the forgetting report: all of them
     method: str | None = None  # init-experts
     task: str | None = None  # continue
+    tasks: tuple[str, ...] = TASKS  # evaluate --base-only
+    overrides: tuple[str, ...] = ()  # continue: the recipe items its options set
 
     @property
     def command(self) -> str:
@@ -89,6 +113,8 @@ class Step:
 
     @property
     def line(self) -> str:
+        if self.command == "cp":  # a shell step: a bundle copied is a second future of its head
+            return shlex.join(self.argv)
         return "medqwen " + shlex.join(self.argv)
 
 
@@ -109,6 +135,60 @@ def demo_plan(
     report = ("forgetting-report", *map(str, bundles), "--plot", str(out / "forgetting.png"))
     plan.append(Step((*report, "--format", "table"), bundles))
     return plan
+
+
+def strategy_plan(out: Path, recipe_file: Path, base: str) -> list[Step]:
+    """The strategy demo: A once, the bundle copied, B without and with each strategy."""
+    a, b = CONFLICT
+    first = out / "none"
+    init = ("init-experts", "--base", base, "--recipe", str(recipe_file), "--out", str(first))
+    both = ("--task", a, "--task", b)
+    plan = [
+        Step((*init, "--method", "lora", *JSON), (first,), method="lora"),
+        Step(("evaluate", str(first), "--base-only", *both, *JSON), (first,), tasks=CONFLICT),
+        # --protect on the first task only records A's input basis: B needs no data of A later
+        Step(("continue", str(first), "--task", a, "--protect", *JSON), (first,), task=a,
+             overrides=("continual.protect=true",)),
+    ]  # fmt: skip
+    bundles = tuple(out / name for name in STRATEGIES)
+    plan += [Step(("cp", "-r", str(first), str(other)), (first, other)) for other in bundles[1:]]
+    for bundle, options in zip(bundles, STRATEGIES.values(), strict=True):
+        sets = ("continual.protect=true",) if "--protect" in options else ()
+        plan.append(
+            Step(
+                ("continue", str(bundle), "--task", b, *options, *JSON),
+                (bundle,),
+                task=b,
+                overrides=sets,
+            )  # fmt: skip
+        )
+    report = ("forgetting-report", *map(str, bundles), "--plot", str(out / "forgetting.png"))
+    plan.append(Step((*report, "--format", "table"), bundles))
+    return plan
+
+
+def strategy_table(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per strategy from the continue results of the strategy demo (by bundle name):
+    A after A, A after B, the share of A kept, B after B (headline scores)."""
+    a, b = CONFLICT
+    rows = []
+    for name in STRATEGIES:
+        first, second = results.get(f"{name}:{a}", {}), results.get(f"{name}:{b}", {})
+        after_a = _headline(first, a) if first else _headline(results.get(f"none:{a}", {}), a)
+        after_b = _headline(second, a)
+        rows.append({
+            "strategy": name, f"{a} after {a}": after_a, f"{a} after {b}": after_b,
+            f"{a} kept": None if not after_a or after_b is None else after_b / after_a,
+            f"{b} after {b}": _headline(second, b),
+        })  # fmt: skip
+    return rows
+
+
+def _headline(result: dict[str, Any], task: str) -> float | None:
+    for e in result.get("evaluations", []):
+        if e.get("headline") and e["version"] == result.get("version") and e["task"] == task:
+            return e["value"]
+    return None
 
 
 def step_summary(step: Step, result: dict[str, Any]) -> str:

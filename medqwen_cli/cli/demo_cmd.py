@@ -4,6 +4,7 @@ call it stands for, then run by the library function behind that command."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import typer
 
 from medqwen_cli.cli import _output, evaluate_cmd, forgetting_cmd
 from medqwen_cli.cli._common import SetOpt, one_of, read_settings
-from medqwen_cli.demo import SETTINGS, TASKS, Step
+from medqwen_cli.demo import SETTINGS, Step
 from medqwen_cli.settings import Settings
 
 BASES = sorted({b for b, _ in SETTINGS})
@@ -33,12 +34,25 @@ def demo(
     ),
     overrides: SetOpt = None,
 ) -> None:
-    """Run the whole loop on built-in medical tasks (radiograph -> CT -> pathology) for lora,
-    moelora and sslora at the same rank, then print the forgetting report side by side."""
+    """Run the whole loop on built-in medical tasks, each step printed as the command it is.
+
+    On a tiny base: radiograph -> CT -> pathology for lora, moelora and sslora at the same rank,
+    then the forgetting report side by side. On nano-qwen2-vl: cxr-rules, then derm-rules (which
+    contradicts 2/3 of it) without a strategy and with --protect, from the same first version,
+    then one table of what each kept.
+    """
     import yaml
 
     from medqwen_cli.bundle import atomic_write_bytes
-    from medqwen_cli.demo import HEADLINE_NOTE, check_demo, demo_plan, demo_recipe, step_summary
+    from medqwen_cli.demo import (
+        HEADLINE_NOTE,
+        STRATEGY_BASES,
+        check_demo,
+        demo_plan,
+        demo_recipe,
+        step_summary,
+        strategy_plan,
+    )
     from medqwen_cli.errors import MedqwenError
     from medqwen_cli.recipe import apply_overrides, build_recipe
 
@@ -53,8 +67,10 @@ def demo(
     atomic_write_bytes(recipe_file, (header + yaml.safe_dump(raw, sort_keys=False)).encode())
     _output.note(f"demo recipe: {recipe_file}")
     start = time.perf_counter()
-    plan = demo_plan(out, recipe_file, base)
+    strategies = base in STRATEGY_BASES
+    plan = (strategy_plan if strategies else demo_plan)(out, recipe_file, base)
     _output.note(HEADLINE_NOTE)
+    trained: dict[str, dict[str, Any]] = {}  # "<bundle name>:<task>" -> continue's result
     with _each_warning_once():
         for i, step in enumerate(plan, 1):
             _output.note(f"[{i}/{len(plan)}] $ {step.line}")
@@ -66,12 +82,16 @@ def demo(
                     f"demo step {i} failed: {step.line}",
                     "the error is printed above; rerun that command by hand to investigate",
                 ) from None
+            if step.command == "continue" and result is not None:
+                trained[f"{step.bundles[0].name}:{step.task}"] = result
             if result is not None:
                 try:
                     summary = step_summary(step, result)
                 except (ValueError, KeyError, TypeError):  # never fail a finished step on a summary
                     summary = "done (no summary: the result was not the expected JSON)"
                 _output.note("  " + summary)
+    if strategies:
+        _strategy_table(trained)
     _output.stdout.print(HEADLINE_NOTE, markup=False, highlight=False)
     _output.note(
         f"demo finished in {time.perf_counter() - start:.0f} s; bundles, recipe and plot in {out}"
@@ -92,12 +112,15 @@ def _run(step: Step, recipe_file: Path, base: str, settings: Settings) -> dict[s
                 recipe, bundle, command=step.line, progress=bar, settings=settings
             )
             return summary.to_dict()
+    if step.command == "cp":
+        shutil.copytree(step.bundles[0], step.bundles[1])  # the demo's --out was empty
+        return None
     if step.command == "evaluate":
         from medqwen_cli.evaluation.api import evaluate_bundle
 
         with _output.progress("evaluate") as bar:
             result = evaluate_bundle(
-                bundle, tasks=TASKS, base_only=True, progress=bar, settings=settings
+                bundle, tasks=list(step.tasks), base_only=True, progress=bar, settings=settings
             )
         evaluate_cmd.note_result(result)
         return result.to_dict()
@@ -107,7 +130,7 @@ def _run(step: Step, recipe_file: Path, base: str, settings: Settings) -> dict[s
         with _output.TrainProgress() as bar, _output.progress("evaluate") as ebar:
             result = continue_bundle(
                 bundle, task=step.task, command=step.line, progress_fn=bar, eval_progress=ebar,
-                settings=settings,
+                settings=settings, overrides=list(step.overrides),
             )  # fmt: skip
         return result.to_dict()
     plot = Path(step.argv[step.argv.index("--plot") + 1])
@@ -115,6 +138,22 @@ def _run(step: Step, recipe_file: Path, base: str, settings: Settings) -> dict[s
         list(step.bundles), metric=None, fmt="table", plot=plot, settings=settings
     )
     return None
+
+
+def _strategy_table(trained: dict[str, dict[str, Any]]) -> None:
+    """The strategy demo's answer on stdout: per strategy, what it kept of A and learned of B."""
+    from medqwen_cli.demo import CONFLICT, strategy_table
+
+    rows = strategy_table(trained)
+    shown = [
+        {k: v if isinstance(v, str) else "n/a" if v is None else f"{v:.2f}" for k, v in r.items()}
+        for r in rows
+    ]
+    a, b = CONFLICT
+    _output.emit(
+        "table",
+        _output.Rows(shown, list(rows[0]), title=f"what each strategy kept of {a} after {b}"),
+    )
 
 
 @contextlib.contextmanager

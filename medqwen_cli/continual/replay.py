@@ -268,7 +268,7 @@ def version_strategy(bundle: Any, version: str) -> str:
     if record.get("strategy") == "protect":
         protected = record.get("protected_tasks") or []
         if not protected:
-            return f"protect {record['protect_energy']} (first task: basis recorded)"
+            return f"protect {record['protect_energy']}: basis recorded"
         return f"protect {record['protect_energy']}, branch {record['branches']}"
     if record.get("strategy") != "replay":
         return str(record.get("strategy"))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from medqwen_cli.bundle import Bundle
+
 
 @pytest.mark.slow
 def test_demo_quick_fills_the_forgetting_matrix(cli, tmp_path: Path) -> None:
@@ -56,3 +58,29 @@ def test_demo_stops_with_130_when_a_step_is_interrupted(cli, tmp_path: Path, mon
     result = cli("demo", "--quick", "--out", tmp_path / "d")
     assert result.code == 130, result.err
     assert "interrupted" in result.err and "demo step 1 failed" not in result.err
+
+
+@pytest.mark.slow
+def test_nano_demo_compares_no_strategy_and_protect_from_one_first_version(
+    cli, tmp_path: Path, require_nano
+) -> None:
+    out = tmp_path / "demo"
+    result = cli(
+        "demo", "--base", "nano-qwen2-vl", "--quick", "--out", out, "--set", "train.max_steps=2",
+        "--set", "eval.max_samples=2", "--set", "continual.protect_records=4",
+    )  # fmt: skip
+    assert result.code == 0, result.err[-3000:]
+    lines = [line for line in result.err.splitlines() if "$ " in line]
+    assert [line.split("$ ", 1)[1].split()[:2] for line in lines] == [
+        ["medqwen", "init-experts"], ["medqwen", "evaluate"], ["medqwen", "continue"],
+        ["cp", "-r"], ["medqwen", "continue"], ["medqwen", "continue"],
+        ["medqwen", "forgetting-report"],
+    ]  # fmt: skip
+    assert "--task cxr-rules --protect" in lines[2] and lines[5].endswith("--protect --format json")
+    none, protect = (Bundle.open(out / name) for name in ("none", "protect"))
+    # both second tasks continued from the same first version
+    assert none.read_adapter("v0002").keys() == protect.read_adapter("v0002").keys()
+    assert json.loads((out / "protect/versions/v0003/continual.json").read_text())["branches"] == 1
+    assert "what each strategy kept of cxr-rules after derm-rules" in result.out
+    table = result.out.split("what each strategy kept", 1)[1]
+    assert "│ none " in table and "│ protect " in table
