@@ -393,6 +393,33 @@ def summarise(runs: list[dict], pair: str) -> str:
     return "\n".join(lines)
 
 
+def targets_table(runs: list[dict], pair: str) -> str:
+    """Markdown, when some run used a strategy: per configuration, the share of A it kept
+    (A after B / A after A, per seed), B after B, whether both mean values reach 0.95 (issue 21's
+    target: about 5 % forgetting with the new task learned), and what B trained and added."""
+    runs = [r for r in runs if pair in r["pairs"]]
+    if all(r.get("strategy", "none") == "none" for r in runs):
+        return ""
+    lines = [
+        "| configuration | seeds | A kept (A after B / A after A) | B after B | both >= 0.95 | "
+        "params trained in B | params added by B |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rows = [r for r in runs if r["label"] == label]
+        kept = [MEASURES["A after B"][1](r, pair) / MEASURES["A after A"][1](r, pair) for r in rows]
+        plastic = [MEASURES["B after B"][1](r, pair) for r in rows]
+        met = statistics.mean(kept) >= 0.95 and statistics.mean(plastic) >= 0.95
+        added = max(  # a branch per protected B phase (the same size on every seed)
+            sum((r["pairs"][pair].get("continual") or {}).get("branch_params") or [0]) for r in rows
+        )
+        lines.append(
+            f"| {label} | {len(rows)} | {fmt_ci(kept)} | {fmt_ci(plastic)} | "
+            f"{'yes' if met else 'no'} | {rows[0]['trainable_params']:,} | {added:,} |"
+        )
+    return "\n".join(lines)
+
+
 def curve_table(runs: list[dict], pair: str) -> str:
     """Mean accuracy (and NLL) of A over seeds at each watched step of the second task."""
     runs = [r for r in runs if pair in r["pairs"]]
@@ -553,6 +580,9 @@ def report(results: dict, settings: dict | None) -> str:
         parts += [f"## {pair}: {TASK_A} -> {PAIRS[pair]}", summarise(runs, pair), "",
                   f"{TASK_A} accuracy while training {PAIRS[pair]} (mean over seeds):",
                   curve_table(runs, pair)]  # fmt: skip
+        targets = targets_table(runs, pair)
+        if targets:
+            parts += ["", "Targets (kept >= 0.95 of A with B after B >= 0.95):", targets]
     parts.append("definitions: " + "; ".join(f"{k} = {v[0]}" for k, v in MEASURES.items()))
     return "\n".join(parts)
 

@@ -205,3 +205,24 @@ def test_report_pairs_only_runs_on_the_base_the_zero_shot_row_used(study) -> Non
     # a results file from before fingerprints were recorded pairs its runs as before
     legacy = {"runs": [fake_run(study, "lora", 0, 0.9, 0.4)], "base_settings": {}}
     assert study.comparable(legacy, None) == (legacy["runs"], [])
+
+
+def test_targets_table_says_which_configuration_keeps_a_and_learns_b(study) -> None:
+    def protected(seed: int, a_after_b: float) -> dict:
+        run = fake_run(study, "lora protect:0.99", seed, 1.0, a_after_b)
+        run["strategy"] = "protect:0.99"
+        run["pairs"]["conflict"]["scores"][study.TASK_B]["acc"] = 0.97
+        run["pairs"]["conflict"]["continual"] = {"branch_params": [25]}
+        return run
+
+    runs = [fake_run(study, "lora", s, 1.0, 0.40) for s in range(3)]
+    assert study.targets_table(runs, "conflict") == ""  # no strategy: no targets block
+    runs += [protected(s, 0.96) for s in range(3)]
+    table = study.targets_table(runs, "conflict").splitlines()
+    assert (
+        table[2].startswith("| lora | 3 | 0.400 [0.400, 0.400] | 0.900")
+        and "| no | 10 | 0 |" in table[2]
+    )
+    assert (
+        table[3].startswith("| lora protect:0.99 | 3 | 0.960") and "| yes | 10 | 25 |" in table[3]
+    )
