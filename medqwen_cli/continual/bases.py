@@ -41,55 +41,100 @@ from medqwen_cli.errors import TrainingError
 # --------------------------------------------------------------------------- Gram matrices
 
 
+GRAM_BUDGET = 2 * 2**30  # bytes of Gram matrices held at once; more groups: more passes
+
+
 @torch.no_grad()
 def input_grams(
     model: nn.Module,
-    batches: Iterable[dict[str, Tensor]],
+    batches: Callable[[], Iterable[dict[str, Tensor]]],
     device: torch.device | str,
+    *,
+    budget: int = GRAM_BUDGET,
 ) -> tuple[dict[str, Tensor], dict[str, str], int]:
     """(group -> C = X X^T (n x n, float64), layer -> group, non-padding tokens seen) over
-    `batches` (collated records) run through `model` as it is."""
+    the collated records `batches()` yields, run through `model` as it is.
+
+    One forward of the first batch finds the groups (the layers that read one tensor); then
+    the groups' Gram matrices are summed over every batch, as many groups per pass as fit in
+    `budget` bytes (Qwen2-VL-2B's down_proj input alone is 8960 x 8960 x 8 B = 640 MB, 28 of
+    them 18 GB: several passes over the records instead of one that would not fit).
+    """
     layers = dict(adapter_layers(model))
+    groups = _groups(model, layers, next(iter(batches())), device)
+    leaders = list(dict.fromkeys(groups.values()))
+    chunks: list[list[str]] = [[]]
+    for group in leaders:  # greedy, in model order
+        size = layers[group].in_features ** 2 * 8
+        used = sum(layers[g].in_features ** 2 * 8 for g in chunks[-1])
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+        chunks[-1].append(group)
     grams: dict[str, Tensor] = {}
-    groups: dict[str, str] = {}
-    # id(input) -> (input, first layer reading it) within one forward; holding the tensor keeps
-    # its id from being reused by a later layer's input
-    readers: dict[int, tuple[Tensor, str]] = {}
     tokens = 0
+    for number, chunk in enumerate(chunks):
+
+        def hook(name: str) -> Callable:
+            def capture(layer: RoutedLoRALinear, args: tuple) -> None:
+                x = args[0]
+                mask = layer.token_mask
+                if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
+                    rows = x[mask.bool()]
+                else:
+                    rows = x.reshape(-1, x.shape[-1])
+                rows = rows.reshape(-1, x.shape[-1]).double()
+                gram = rows.t() @ rows
+                grams[name] = grams[name] + gram if name in grams else gram
+
+            return capture
+
+        handles = [layers[name].register_forward_pre_hook(hook(name)) for name in chunk]
+        try:
+            for batch in batches():
+                mask = _forward(model, batch, device).get("attention_mask")
+                if number == 0:
+                    tokens += int(mask.sum()) if isinstance(mask, Tensor) else 0
+        finally:
+            for handle in handles:
+                handle.remove()
+    return grams, groups, tokens
+
+
+def _forward(model: nn.Module, batch: dict[str, Tensor], device: Any) -> dict[str, Tensor]:
+    """One eval-mode forward of a collated batch (labels dropped); the batch on `device`."""
+    batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    batch.pop("labels", None)
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        model.train(was_training)
+    return batch
+
+
+def _groups(
+    model: nn.Module, layers: dict[str, RoutedLoRALinear], batch: dict[str, Tensor], device: Any
+) -> dict[str, str]:
+    """Layer -> the first layer reading the same input tensor, from one forward."""
+    groups: dict[str, str] = {}
+    # id(input) -> (input, first layer reading it); holding the tensor keeps its id from being
+    # reused by a later layer's input
+    readers: dict[int, tuple[Tensor, str]] = {}
 
     def hook(name: str) -> Callable:
         def capture(layer: RoutedLoRALinear, args: tuple) -> None:
-            x = args[0]
-            group = groups.setdefault(name, readers.setdefault(id(x), (x, name))[1])
-            if group != name:  # another layer of the group already added this tensor
-                return
-            mask = layer.token_mask
-            if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
-                rows = x[mask.bool()]
-            else:
-                rows = x.reshape(-1, x.shape[-1])
-            rows = rows.reshape(-1, x.shape[-1]).double()
-            gram = rows.t() @ rows
-            grams[group] = grams[group] + gram if group in grams else gram
+            groups[name] = readers.setdefault(id(args[0]), (args[0], name))[1]
 
         return capture
 
     handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            readers.clear()
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            batch.pop("labels", None)
-            model(**batch)
-            mask = batch.get("attention_mask")
-            tokens += int(mask.sum()) if isinstance(mask, Tensor) else 0
+        _forward(model, batch, device)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
-    return grams, groups, tokens
+    return groups
 
 
 def energy_in(basis: Tensor | None, gram: Tensor) -> float:
@@ -274,8 +319,10 @@ class Protection:
     def _add(self, model: nn.Module, tasks: list[str], records: Sequence[Any]) -> dict[str, float]:
         """Grow the bases by the inputs of `records` (of `tasks`); the share of their energy
         already inside the bases, per group."""
-        batches = batches_of(records, self.collator, self.recipe.train.batch_size)
-        grams, groups, tokens = input_grams(model, batches, self.device)
+        size = self.recipe.train.batch_size
+        grams, groups, tokens = input_grams(
+            model, lambda: batches_of(records, self.collator, size), self.device
+        )
         if self.groups and groups != self.groups:
             raise TrainingError(
                 "the layers' input groups differ from the stored bases' "

@@ -141,11 +141,19 @@ def test_layers_reading_one_tensor_share_a_basis() -> None:
     x = torch.randn(3, 7, N)
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[0, 5:] = 0  # padding is left out
-    grams, groups, tokens = input_grams(model, [{"x": x, "attention_mask": mask}], "cpu")
+    batches = [{"x": x[:2], "attention_mask": mask[:2]}, {"x": x[2:], "attention_mask": mask[2:]}]
+    grams, groups, tokens = input_grams(model, lambda: batches, "cpu")
     assert groups == {"q_proj": "q_proj", "k_proj": "q_proj", "o_proj": "o_proj"}
     assert set(grams) == {"q_proj", "o_proj"} and tokens == 19
     kept = x[mask.bool()].double()
     torch.testing.assert_close(grams["q_proj"], kept.t() @ kept)
+    # a budget of one group at a time: one pass per group, the same sums
+    passes = []
+    again, _, tokens_again = input_grams(
+        model, lambda: passes.append(1) or batches, "cpu", budget=N * N * 8
+    )
+    assert len(passes) == 1 + 2 and tokens_again == 19  # the groups' pass, then one per group
+    assert all(torch.equal(again[g], grams[g]) for g in grams)
 
 
 def test_a_layer_the_bases_fill_is_refused_by_name() -> None:
