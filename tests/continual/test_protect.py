@@ -103,6 +103,13 @@ def test_bases_are_stored_and_reused_without_old_data(
     third = continue_bundle(bundle_dir, task="xray", overrides=[*QUICK, *PROTECT], evaluate=False)
     assert third.continual["branches"] == 2
     assert cli("evaluate", str(bundle_dir), "--task", "ct", "--format", "json").code == 0
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 40, 160)).save(tmp_path / "scan.png")
+    answer = cli("predict", str(bundle_dir), "--image", tmp_path / "scan.png", "--question",
+                 "Is there an effusion?", "--format", "json")  # fmt: skip
+    assert answer.code == 0 and f"{third.version}: 1 answer" in answer.err
+    assert json.loads(answer.out.splitlines()[0])["prediction"] is not None
 
 
 def test_an_interrupted_protected_run_resumes_to_the_same_adapter(
