@@ -45,12 +45,27 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: Path | str, directory: bool = False) -> None:
+    """Give a file or directory made by mkstemp / mkdtemp (owner-only) the mode open / mkdir
+    would have given it (0666 / 0777 less the umask): a bundle or cache on a shared disk stays
+    readable by the team, as the umask says."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Any]:
     """A binary file handle whose content replaces `path` only if the block finishes.
 
-    Written to a temporary file in the same directory, fsynced, then `os.replace`d; on an error the
-    temporary file is removed and `path` is untouched.
+    Written to a temporary file in the same directory, fsynced, then `os.replace`d (with the
+    mode a plain open would give); on an error the temporary file is removed and `path` is
+    untouched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -59,6 +74,7 @@ def atomic_file(path: Path) -> Iterator[Any]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -86,7 +102,7 @@ def build_dir_atomic(
     temporary directory is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
+    as_created(tmp, directory=True)  # mkdtemp makes it private; the cache may be shared
     try:
         fill(tmp)
         try:

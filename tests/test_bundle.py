@@ -406,3 +406,24 @@ def test_format_2_stores_the_adapter_settings_once(tmp_path: Path) -> None:
     (b.root / "bundle.json").write_text(json.dumps(written))
     with pytest.raises(BundleError, match="invalid at method"):
         Bundle.open(b.root)
+
+
+def test_files_get_the_mode_the_umask_gives_not_owner_only(bundle_dir: Path) -> None:
+    """A bundle on a shared disk stays readable by the team: temporary files (mkstemp,
+    mkdtemp: owner-only) get open / mkdir's mode before they are renamed into place."""
+    import os
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        b = Bundle.open(bundle_dir)
+        entry = b.append_version(
+            b.read_adapter(), command="test", tasks=["xray"], recipe=b.manifest.recipe
+        )
+    finally:
+        os.umask(old)
+    vdir = bundle_dir / "versions" / entry.id
+    assert stat.S_IMODE(vdir.stat().st_mode) == 0o775
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in vdir.iterdir()}
+    assert modes and set(modes.values()) == {0o664}, modes
+    assert stat.S_IMODE((bundle_dir / "bundle.json").stat().st_mode) == 0o664

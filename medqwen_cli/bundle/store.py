@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from medqwen_cli import __version__
 from medqwen_cli._io import (
     TensorWriter,
+    as_created,
     atomic_write_json,
     fsync_dir,
     load_tensors,
@@ -344,6 +345,7 @@ class Bundle:
             versions = self.root / "versions"
             versions.mkdir(exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{vid}-", dir=versions))
+            as_created(tmp, directory=True)  # readable by the team, as the umask says
             try:
                 save_tensors(
                     tmp / ADAPTER_FILE, adapter, {"format": "medqwen-adapter", "version": vid}

@@ -29,6 +29,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from medqwen_cli._io import as_created
 from medqwen_cli.data.dicom import dicom_to_images, is_dicom_file
 from medqwen_cli.errors import DataError
 
@@ -164,6 +165,7 @@ def write_png_atomic(image: Image.Image, target: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PNG")
+        as_created(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
