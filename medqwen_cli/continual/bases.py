@@ -228,16 +228,13 @@ def add_protected_branches(
     """Freeze every adapter tensor of `model` and give each adapted layer a new branch in the
     complement of its group's basis, trainable and kept there (`Branch.set_protect`)."""
     layers = list(adapter_layers(model))
+    for name, layer in layers:  # every layer checked before the model changes
+        basis = bases.get(groups.get(name, name))
+        check_room(name, layer.in_features, 0 if basis is None else basis.shape[1], cfg.rank)
     for _, layer in layers:
         for value in layer.adapter_tensors("trainable").values():
             value.requires_grad_(False)
     experts = cfg.num_experts
-    for name, layer in layers:
-        n = layer.in_features
-        basis = bases.get(groups.get(name, name))
-        if basis is None:
-            basis = torch.zeros(n, 0, dtype=torch.float64)
-        check_room(name, n, basis.shape[1], cfg.rank)
     added = []
     for name, layer in layers:
         n = layer.in_features
