@@ -377,7 +377,10 @@ def summarise(runs: list[dict], pair: str) -> str:
         (r["label"], r["label"][: -len(r["strategy"]) - 1])
         for r in runs if r.get("strategy", "none") != "none"
     ]  # fmt: skip
-    for x, y in [*COMPARISONS, *dict.fromkeys(against_none)]:
+    # the methods under the same strategy (sslora's spectral branch against lora's random one)
+    strategies = dict.fromkeys(r["strategy"] for r in runs if r.get("strategy", "none") != "none")
+    across = [(f"{x} {s}", f"{y} {s}") for s in strategies for x, y in COMPARISONS]
+    for x, y in [*COMPARISONS, *dict.fromkeys(against_none), *across]:
         seeds = sorted(s for (label, s) in by if label == x and (y, s) in by)
         if not seeds:
             continue
