@@ -226,3 +226,20 @@ def test_targets_table_says_which_configuration_keeps_a_and_learns_b(study) -> N
     assert (
         table[3].startswith("| lora protect:0.99 | 3 | 0.960") and "| yes | 10 | 25 |" in table[3]
     )
+
+
+def test_continual_docs_tables_are_the_committed_strategy_study_report(study) -> None:
+    """docs/continual.md's answer (the targets table) and its full tables are the report of the
+    committed strategy-study results, so they cannot drift from the data."""
+    import json
+
+    repo = SCRIPT.parents[1]
+    results = json.loads((repo / "benchmarks/results/continual-strategies.json").read_text())
+    text = study.report(results, None)
+    conflict = text.split("## conflict:")[1].split("\n", 1)[1].split("\n## ")[0]
+    targets = conflict.split("Targets (kept >= 0.95 of A with B after B >= 0.95):\n")[1].strip()
+    full = conflict.split("\nTargets (")[0].strip()
+    doc = (repo / "docs/continual.md").read_text()
+    for name, part in (("targets", targets), ("tables", full)):
+        start, end = f"<!-- strategies-{name}:start -->\n", f"<!-- strategies-{name}:end -->"
+        assert doc.split(start)[1].split(end)[0].strip() == part, name
