@@ -34,9 +34,10 @@ from medqwen_cli.errors import Interrupted, MedqwenError
 app = typer.Typer(
     name="medqwen",
     help="Sparse Spectral LoRA for medical vision-language models: routed spectral experts, "
-    "continual tasks with their forgetting measured (and replay of earlier tasks), versioned "
-    "adapter bundles. Results go to stdout, "
-    "logs and progress to stderr.",
+    "continual tasks with their forgetting measured, two strategies that keep earlier tasks "
+    "(continue --protect: protected branches, no old data; --replay: earlier records; on the "
+    "built-in conflict study protect kept 97-100 % of the old task, docs/continual.md), "
+    "versioned adapter bundles. Results go to stdout, logs and progress to stderr.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
