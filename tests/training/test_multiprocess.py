@@ -74,20 +74,9 @@ def test_two_cpu_processes_equal_one(bundle_dir: Path, tmp_path: Path) -> None:
 def test_two_processes_continue_with_replay(bundle_dir: Path) -> None:
     """Each process mixes its shard of the earlier task's records into its batches; one version
     with the replay recorded is written."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env["OMP_NUM_THREADS"] = "1"
-    subprocess.run(
-        [sys.executable, "-m", "medqwen_cli", "continue", str(bundle_dir), "--task", "xray",
-         "--no-eval", "-f", "json", *STEPS],
-        check=True, capture_output=True, env=env,
-    )  # fmt: skip
-    launched = subprocess.run(
-        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medqwen_cli", "continue",
-         str(bundle_dir), "--task", "ct", "--no-eval", "--replay", "0.5", "-f", "json",
-         "--set", "train.batch_size=2", *STEPS],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    launched = _xray_then_two_processes_on_ct(
+        bundle_dir, "--replay", "0.5", "--set", "train.batch_size=2"
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     b = Bundle.open(bundle_dir)
     assert [e.id for e in b.manifest.versions] == ["v0001", "v0002", "v0003"]
@@ -108,20 +97,14 @@ def test_two_processes_continue_with_protect(bundle_dir: Path) -> None:
     DDP; one version with its bases is written and loads."""
     from medqwen_cli.loading import load_adapted
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env["OMP_NUM_THREADS"] = "1"
-    subprocess.run(
-        [sys.executable, "-m", "medqwen_cli", "continue", str(bundle_dir), "--task", "xray",
-         "--no-eval", "-f", "json", *STEPS],
-        check=True, capture_output=True, env=env,
-    )  # fmt: skip
-    launched = subprocess.run(
-        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medqwen_cli", "continue",
-         str(bundle_dir), "--task", "ct", "--no-eval", "--protect", "-f", "json",
-         "--set", "continual.protect_energy=0.6", "--set", "continual.protect_records=8", *STEPS],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    launched = _xray_then_two_processes_on_ct(
+        bundle_dir,
+        "--protect",
+        "--set",
+        "continual.protect_energy=0.6",
+        "--set",
+        "continual.protect_records=8",
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     b = Bundle.open(bundle_dir)
     assert [e.id for e in b.manifest.versions] == ["v0001", "v0002", "v0003"]
@@ -137,3 +120,20 @@ def test_two_processes_continue_with_protect(bundle_dir: Path) -> None:
         guard = bases[group][:, : record["bases"]["guarded"][group]]
         a = layer.branches[0].lora_A.detach()
         assert guard.shape[1] > 0 and float((a @ guard).norm() / a.norm()) < 1e-4, name
+
+
+def _xray_then_two_processes_on_ct(bundle_dir: Path, *options: str) -> subprocess.CompletedProcess:
+    """One process continues on xray; then two gloo processes continue on ct with `options`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run(
+        [sys.executable, "-m", "medqwen_cli", "continue", str(bundle_dir), "--task", "xray",
+         "--no-eval", "-f", "json", *STEPS],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    return subprocess.run(
+        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medqwen_cli", "continue",
+         str(bundle_dir), "--task", "ct", "--no-eval", "-f", "json", *options, *STEPS],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
