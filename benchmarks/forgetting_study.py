@@ -16,9 +16,12 @@ Per (method, seed), with the same seeds for every method (paired):
 Every score is likelihood scoring over the labels on the first `--samples` eval records per
 task (accuracy, and answer NLL = mean -log p(reference | labels)); every record's p(reference)
 is kept in the results file. The base's zero-shot scores are computed once (same model, same
-records). Results are appended to OUT/results.json as each job finishes (an interrupted study
-resumes; an unfinished job's scratch bundles are removed and redone); `--workers` jobs run at
-once, each in its own process with one thread (2 workers use both cores of a 2-core machine).
+records). A job is one (method, seed, strategy, pair) cell, run in the order the strategies
+are given; the cells of a (method, seed) share its A version (the first to need it trains it,
+the others wait on a lock). Results are appended to OUT/results.json as each cell finishes (an
+interrupted study resumes; an unfinished cell's scratch bundles are removed and redone);
+`--workers` jobs run at once, each in its own process with one thread (2 workers use both cores
+of a 2-core machine).
 
 Every run records what it ran on (`env`: the base's fingerprint, the CPU model, torch, threads).
 A run counts as done only on the same base fingerprint, and the tables pair only runs made on
@@ -38,6 +41,7 @@ sign-flip test; the forgetting curves (mean over seeds) as a PNG.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import math
@@ -185,9 +189,34 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _phase_a(job: dict, root: Path, snapshot: Path, a_json: Path) -> None:
+    """init-experts and train A; the A version is kept as `snapshot`, its scores in `a_json`."""
+    from medqwen_cli.bundle import Bundle
+    from medqwen_cli.init_experts import init_experts
+    from medqwen_cli.recipe import build_recipe
+    from medqwen_cli.training.run import continue_bundle
+
+    shutil.rmtree(snapshot, ignore_errors=True)
+    work = root / "a-work"
+    shutil.rmtree(work, ignore_errors=True)
+    summary = init_experts(build_recipe(job["recipe"], check_paths=False), work / "bundle")
+    result = continue_bundle(work / "bundle", task=TASK_A, evaluate=False)
+    scores = _scores(Bundle.open(work / "bundle"), result.version, [TASK_A, TASK_B, TASK_C], work)
+    fingerprint = Bundle.open(work / "bundle").manifest.base["fingerprint"]
+    phase = {
+        "version": result.version, "trainable_params": summary.trainable_params,
+        "loss": result.final_loss, "seconds": result.seconds, "scores": scores,
+        "env": run_env(fingerprint),
+    }  # fmt: skip
+    os.replace(work / "bundle", snapshot)
+    shutil.rmtree(work, ignore_errors=True)
+    a_json.write_text(json.dumps(phase), encoding="utf-8")
+
+
 def run_job(job: dict) -> dict:
-    """Train and score one (method, seed) through A, then each requested (strategy, pair) from
-    that A version; returns its result."""
+    """Train and score one (method, seed) through A (unless another job of the same (method,
+    seed) did: the A phase runs under a lock), then each requested (strategy, pair) from that A
+    version; returns its result."""
     import torch
 
     torch.set_num_threads(1)
@@ -199,24 +228,11 @@ def run_job(job: dict) -> dict:
     start = time.perf_counter()
     root = Path(job["dir"])
     snapshot, a_json = root / "after-A", root / "after-A.json"
-    if not a_json.is_file():  # phase A (shared by the pairs)
-        shutil.rmtree(snapshot, ignore_errors=True)
-        work = root / "a-work"
-        shutil.rmtree(work, ignore_errors=True)
-        summary = init_experts(build_recipe(job["recipe"], check_paths=False), work / "bundle")
-        result = continue_bundle(work / "bundle", task=TASK_A, evaluate=False)
-        scores = _scores(
-            Bundle.open(work / "bundle"), result.version, [TASK_A, TASK_B, TASK_C], work
-        )
-        fingerprint = Bundle.open(work / "bundle").manifest.base["fingerprint"]
-        phase = {
-            "version": result.version, "trainable_params": summary.trainable_params,
-            "loss": result.final_loss, "seconds": result.seconds, "scores": scores,
-            "env": run_env(fingerprint),
-        }  # fmt: skip
-        os.replace(work / "bundle", snapshot)
-        shutil.rmtree(work, ignore_errors=True)
-        a_json.write_text(json.dumps(phase), encoding="utf-8")
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "a.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not a_json.is_file():  # phase A (shared by the cells)
+            _phase_a(job, root, snapshot, a_json)
     phase_a = json.loads(a_json.read_text(encoding="utf-8"))
     out = {
         "trainable_params": phase_a["trainable_params"], "loss_A": phase_a["loss"],
@@ -679,22 +695,27 @@ def main() -> None:
                 None,
             )  # fmt: skip
 
-        jobs = []
-        for seed, method in itertools.product(args.seeds, args.methods):
-            cells = [
-                (strategy, pair)
-                for strategy, pair in itertools.product(args.strategies, args.pairs)
-                if pair not in (find(label_of(method, args.sets, strategy), seed) or {"pairs": {}})["pairs"]
-            ]  # fmt: skip
-            a_only = not args.pairs and find(label_of(method, args.sets), seed) is None
-            if not cells and not a_only:
-                continue
+        def job(method: str, seed: int, cells: list) -> dict:
             slug = re.sub(r"[^A-Za-z0-9.]+", "-", label_of(method, args.sets))
-            jobs.append({
+            return {
                 "method": method, "seed": seed, "cells": cells,
                 "dir": str(args.out / f"{args.base}-{slug}-seed{seed}"),
                 "recipe": recipe_for(args, method, seed, args.sets), "eval_every": args.eval_every,
-            })  # fmt: skip
+            }  # fmt: skip
+
+        jobs = [  # one per cell, in the order of the strategies given (the first run first)
+            job(method, seed, [(strategy, pair)])
+            for strategy, pair, seed, method in itertools.product(
+                args.strategies, args.pairs, args.seeds, args.methods
+            )
+            if pair not in (find(label_of(method, args.sets, strategy), seed) or {"pairs": {}})["pairs"]
+        ]  # fmt: skip
+        if not args.pairs:  # A only
+            jobs = [
+                job(method, seed, [])
+                for seed, method in itertools.product(args.seeds, args.methods)
+                if find(label_of(method, args.sets), seed) is None
+            ]
         with ProcessPoolExecutor(
             args.workers, mp_context=get_context("spawn"), initializer=_die_with_parent
         ) as pool:

@@ -119,7 +119,8 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     import sys
 
     env = dict(os.environ)  # the test session's cache dir (conftest) included
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--workers", "1",
+    # two workers: the cells of one (method, seed) run at once and wait on its A phase
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--workers", "2",
            "--pairs", "conflict", "--plot", str(tmp_path / "curves.png"),
            "--strategies", "none", "replay:0.25:4", "protect:0.5", "joint"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
