@@ -111,3 +111,28 @@ def reference() -> Callable[..., object]:
 def logits() -> Callable[..., torch.Tensor]:
     """logits(model, batch): float logits without gradients."""
     return _logits
+
+
+@pytest.fixture
+def routed_exact() -> Callable[..., tuple]:
+    """routed_exact(bundle, version, out, n=3): asserts the routed export at `out` gives the
+    version's logits bit for bit through load_merged and through transformers' remote code;
+    returns (merged, remote, batch, expected logits)."""
+    return _routed_exact
+
+
+def _routed_exact(bundle: Path, version: str, out: Path, n: int = 3) -> tuple:
+    from transformers import AutoModelForImageTextToText
+
+    from medqwen_cli.merge import load_merged
+
+    ref = _reference(bundle, version)
+    batch = _batch(ref.processor, _records(n=n))
+    expected = _logits(ref.model, batch)
+    merged = load_merged(out, dtype="float32", device="cpu")
+    assert torch.equal(_logits(merged, batch), expected)
+    remote = AutoModelForImageTextToText.from_pretrained(
+        out, trust_remote_code=True, dtype=torch.float32
+    ).eval()
+    assert torch.equal(_logits(remote, batch), expected)
+    return merged, remote, batch, expected

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.merge import MANIFEST_FILE, MergeError, load_merged, merge_bundle
+from medqwen_cli.merge import MANIFEST_FILE, MergeError, merge_bundle
 
 
 def test_routed_export_equals_the_bundle_through_both_loaders(
-    trained: Path, tmp_path: Path, reference, records, batch_of, logits
+    trained: Path, tmp_path: Path, routed_exact
 ) -> None:
     from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGeneration
 
@@ -36,20 +36,10 @@ def test_routed_export_equals_the_bundle_through_both_loaders(
     base = Path(manifest["base"]["path"]) / "model.safetensors"
     assert (out / "base-model.safetensors").stat().st_ino == base.stat().st_ino  # a hard link
 
-    ref = reference(trained)
-    batch = batch_of(ref.processor, records())
-    expected = logits(ref.model, batch)
-
-    merged = load_merged(out, dtype="float32", device="cpu")
+    merged, remote, _, _ = routed_exact(trained, "v0002", out)
     assert type(merged) is Qwen2VLForConditionalGeneration
     assert sum(isinstance(m, RoutedLoRALinear) for m in merged.modules()) == 14
-    assert torch.equal(logits(merged, batch), expected)
-
-    remote = AutoModelForImageTextToText.from_pretrained(
-        out, trust_remote_code=True, dtype=torch.float32
-    ).eval()
     assert type(remote).__name__ == "MedqwenRoutedQwen2VLForConditionalGeneration"
-    assert torch.equal(logits(remote, batch), expected)
     # Without remote code the export is refused, never silently loaded as the bare base.
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=False)
@@ -78,11 +68,8 @@ def test_routed_export_in_bfloat16_keeps_adapter_float32(
     assert torch.equal(logits(remote, batch), logits(ref.model, batch))
 
 
-def test_routed_qwen2_5_vl_export(
-    tmp_path: Path, tiny_recipe: Path, reference, records, batch_of, logits
-) -> None:
+def test_routed_qwen2_5_vl_export(tmp_path: Path, tiny_recipe: Path, routed_exact) -> None:
     """The Qwen2.5-VL classes of the modeling file; v0001's random routers already route."""
-    from transformers import AutoModelForImageTextToText
 
     from medqwen_cli.init_experts import init_experts
     from medqwen_cli.recipe import load_recipe
@@ -93,15 +80,8 @@ def test_routed_qwen2_5_vl_export(
     merge_bundle(bundle, out)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "medqwen_routed_qwen2_5_vl"
-    ref = reference(bundle, "v0001")
-    batch = batch_of(ref.processor, records(n=2))
-    expected = logits(ref.model, batch)
-    assert torch.equal(logits(load_merged(out, dtype="float32", device="cpu"), batch), expected)
-    remote = AutoModelForImageTextToText.from_pretrained(
-        out, trust_remote_code=True, dtype=torch.float32
-    ).eval()
+    _, remote, _, _ = routed_exact(bundle, "v0001", out, n=2)
     assert type(remote).__name__ == "MedqwenRoutedQwen2_5_VLForConditionalGeneration"
-    assert torch.equal(logits(remote, batch), expected)
 
 
 def test_existing_output_is_refused_and_replaced_only_with_overwrite(

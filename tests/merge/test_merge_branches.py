@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.merge import MANIFEST_FILE, REPORT_FILE, load_merged, merge_bundle
+from medqwen_cli.merge import MANIFEST_FILE, REPORT_FILE, merge_bundle
 
 PIXELS = 12544  # train.max_image_pixels of the tiny recipe
 BRANCHES = 2
@@ -161,10 +161,8 @@ def test_update_factors_fold_every_branch(method: str) -> None:
 
 
 def test_routed_export_with_branches_equals_the_bundle_through_both_loaders(
-    sslora_branches: Path, tmp_path: Path, reference, records, batch_of, logits
+    sslora_branches: Path, tmp_path: Path, reference, logits, routed_exact
 ) -> None:
-    from transformers import AutoModelForImageTextToText
-
     from medqwen_cli.adapters import adapter_layers
 
     out = tmp_path / "routed"
@@ -175,22 +173,12 @@ def test_routed_export_with_branches_equals_the_bundle_through_both_loaders(
     assert set(config["medqwen_routed"]["branches"].values()) == {BRANCHES}
     assert json.loads((out / MANIFEST_FILE).read_text())["format"] == 2  # older medqwen refuses
 
-    ref = reference(sslora_branches, "v0003")
-    batch = batch_of(ref.processor, records())
-    expected = logits(ref.model, batch)
+    merged, remote, batch, expected = routed_exact(sslora_branches, "v0003", out)
     parent = logits(reference(sslora_branches, "v0002").model, batch)
     assert not torch.allclose(parent, expected, atol=1e-3)  # the last branch matters
-
-    merged = load_merged(out, dtype="float32", device="cpu")
     assert all(len(layer.branches) == BRANCHES for _, layer in adapter_layers(merged))
-    assert torch.equal(logits(merged, batch), expected)
-
-    remote = AutoModelForImageTextToText.from_pretrained(
-        out, trust_remote_code=True, dtype=torch.float32
-    ).eval()
     layer = remote.model.language_model.layers[0].mlp.up_proj
     assert len(layer.branches) == BRANCHES and layer.branches[1].router is not None
-    assert torch.equal(logits(remote, batch), expected)
 
 
 def test_routed_export_without_branches_keeps_format_1(trained: Path, tmp_path: Path) -> None:
@@ -318,11 +306,9 @@ def test_routed_branches_fold_with_their_own_mean_gates(
 
 
 def test_a_version_of_continue_protect_exports_exactly(
-    bundle_dir: Path, tmp_path: Path, reference, records, batch_of, logits
+    bundle_dir: Path, tmp_path: Path, routed_exact
 ) -> None:
     """The real path: `continue --protect` (sslora, 2 steps per task), then a routed export."""
-    from transformers import AutoModelForImageTextToText
-
     from medqwen_cli.training.run import continue_bundle
 
     quick = ["train.max_steps=2", "train.checkpoint_every=1000"]
@@ -335,11 +321,4 @@ def test_a_version_of_continue_protect_exports_exactly(
     assert result.continual["branches"] == 1
     out = tmp_path / "routed"
     merge_bundle(bundle_dir, out)
-    ref = reference(bundle_dir, result.version)
-    batch = batch_of(ref.processor, records(n=2))
-    expected = logits(ref.model, batch)
-    assert torch.equal(logits(load_merged(out, dtype="float32", device="cpu"), batch), expected)
-    remote = AutoModelForImageTextToText.from_pretrained(
-        out, trust_remote_code=True, dtype=torch.float32
-    ).eval()
-    assert torch.equal(logits(remote, batch), expected)
+    routed_exact(bundle_dir, result.version, out, n=2)
