@@ -548,29 +548,37 @@ def plot_tradeoff(runs: list[dict], path: Path, pair: str = "conflict") -> None:
     from matplotlib.figure import Figure
 
     runs = [r for r in runs if pair in r["pairs"]]
-    fig = Figure(figsize=(6.4, 5.2), dpi=100)
+    fig = Figure(figsize=(9.6, 5.4), dpi=100)
     canvas = FigureCanvasAgg(fig)
     ax = fig.subplots()
+    # one colour per strategy (shared by the methods), one marker per method
+    strategies = list(dict.fromkeys(r.get("strategy", "none") for r in runs))
+    colours = {s: f"C{i % 10}" for i, s in enumerate(strategies)}
+    markers = dict(zip(METHODS, "osD^", strict=True))
+    lowest = 0.95
     for label in dict.fromkeys(r["label"] for r in runs):
         rows = [r for r in runs if r["label"] == label]
         x = t_interval([MEASURES["B after B"][1](r, pair) for r in rows])
         y = t_interval([MEASURES["A after B"][1](r, pair) / MEASURES["A after A"][1](r, pair)
                         for r in rows])  # fmt: skip
+        lowest = min(lowest, x[0] if math.isnan(x[1]) else x[1])
         ax.errorbar(
             x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
-            marker="o", capsize=3, label=f"{label} ({len(rows)} seeds)",
+            marker=markers.get(rows[0]["method"], "o"), color=colours[rows[0].get("strategy", "none")],
+            markersize=7, capsize=3, alpha=0.85, label=f"{label} ({len(rows)} seeds)",
         )  # fmt: skip
+    left = max(0.0, math.floor((lowest - 0.02) * 20) / 20)  # B after B is the narrow axis
     ax.fill_between(
         [0.95, 1.05], 0.95, 1.1, color="green", alpha=0.08, label="targets: both >= 0.95"
     )
     ax.set_xlabel(f"B after B: accuracy on {PAIRS[pair]} after training it (plasticity)")
     ax.set_ylabel(f"A after B / A after A: share of {TASK_A} kept (retention)")
-    ax.set_title(f"{pair}: {TASK_A} -> {PAIRS[pair]}, mean and 95% interval over seeds",
-                 fontsize=10)  # fmt: skip
-    ax.set_xlim(0, 1.05)
+    ax.set_title(f"{pair}: {TASK_A} -> {PAIRS[pair]}, mean and 95% interval over seeds "
+                 "(colour: strategy, marker: method)", fontsize=10)  # fmt: skip
+    ax.set_xlim(left, 1.02)
     ax.set_ylim(0, 1.1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
