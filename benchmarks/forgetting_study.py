@@ -133,6 +133,13 @@ def strategy_overrides(strategy: str) -> list[str]:
     )
 
 
+def strategy_order(strategy: str) -> tuple:
+    """Sort key of the tables: none, replay by fraction, protect by energy, joint."""
+    kind, *values = strategy.split(":")
+    rank = ("none", "replay", "protect", "joint")
+    return (rank.index(kind) if kind in rank else len(rank), *map(float, values))
+
+
 def label_of(method: str, sets: list[str], strategy: str = "none") -> str:
     return " ".join([method, *sets, *([strategy] if strategy != "none" else [])])
 
@@ -532,6 +539,7 @@ def comparable(results: dict, settings: dict | None) -> tuple[list[dict], list[s
             runs.append(run)
             continue
         left[why] = left.get(why, 0) + 1
+    runs.sort(key=lambda run: strategy_order(run.get("strategy", "none")))  # stable: methods
     notes = [f"{n} run(s) on {why}" for why, n in left.items()]
     if notes:
         notes = [f"left out: {', '.join(notes)}; the tables pair only runs on base "
