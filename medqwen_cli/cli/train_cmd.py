@@ -115,8 +115,9 @@ def _render(fmt: str, result: Any) -> None:
         pools = ", ".join(f"{t} ({n} records)" for t, n in c["tasks"].items())
         rows.append({
             "field": "strategy",
-            "value": f"replay {c['replay']}: {c['replayed_per_batch']} record(s) per batch "
-            f"from {pools}",
+            # the share actually replayed: ceil(f * batch), at least one record per batch
+            "value": f"replay {c['replay']}: {c['replayed_per_batch']} of {c['batch_size']} "
+            f"records per batch ({c['replayed_per_batch'] / c['batch_size']:.1%}) from {pools}",
         })  # fmt: skip
     elif c and c["strategy"] == "protect":
         rows.append({"field": "strategy", "value": _protect_line(c)})

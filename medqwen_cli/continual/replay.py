@@ -121,7 +121,7 @@ class ReplayPlan:
         """For the run's result: the settings and pool sizes, no ids."""
         return {
             "strategy": "replay", "replay": self.fraction, "replay_per_task": self.per_task,
-            "replayed_per_batch": self.per_batch,
+            "replayed_per_batch": self.per_batch, "batch_size": self.batch_size,
             "tasks": {t: len(p) for t, p in zip(self.tasks, self.pools, strict=True)},
         }  # fmt: skip
 
