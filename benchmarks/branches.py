@@ -4,7 +4,7 @@ The model is train_step.py's Qwen2-VL-shaped language model (real widths, few la
 weights, text-only batches). Variant `b branches` is an sslora (or --method) adapter whose own
 experts and b - 1 earlier branches are frozen and whose newest branch trains (b = 0: the plain
 adapter trains, no branch). Each branch is built as `continue --protect` builds it
-(continual/bases.py), against a random orthonormal basis of --basis-share of each layer's input
+(continual/protect.py), against a random orthonormal basis of --basis-share of each layer's input
 (the study's bases hold 4-20 %). Every branch adds one adapter's codes to the layer's two GEMMs
 and one router; only the newest branch has gradients and optimizer state.
 
@@ -26,7 +26,7 @@ import _common as common  # noqa: E402
 from train_step import SIZES, build_base, make_batch, stepper  # noqa: E402
 
 from medqwen_cli.adapters import adapter_layers, inject_adapters  # noqa: E402
-from medqwen_cli.continual.bases import add_protected_branches  # noqa: E402
+from medqwen_cli.continual.protect import add_protected_branches  # noqa: E402
 from medqwen_cli.recipe import AdapterConfig  # noqa: E402
 
 

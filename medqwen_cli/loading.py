@@ -89,7 +89,7 @@ def load_adapted(
     `cache_dir`: where a preset base is found (see `bundle_base`).
     """
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
-    from medqwen_cli.adapters.inject import add_stored_branches
+    from medqwen_cli.adapters.branches import add_stored_branches
 
     if adapter is None:
         adapter = adapter_config(bundle)

@@ -6,6 +6,7 @@ router     top-k router and load-balance loss
 layer      `RoutedLoRALinear`, the dense two-GEMM routed layer
 naming     canonical module names across transformers versions and checkpoint layouts
 inject     target selection, wrapping, freezing (`inject_adapters`)
+branches   experts a later version adds in a subspace of a layer's inputs (`attach_branch`)
 state      adapter / init state dicts, balance loss, router load
 
 Names are imported from their module on first use (PEP 562), so `medqwen_cli.adapters.config`
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
         balance_loss,
         init_state_dict,
         load_adapter_state,
-        reproject_branches,
         reset_router_stats,
         router_load,
     )
@@ -90,7 +90,6 @@ _MODULES = {
     "load_adapter_state": "state",
     "load_balance_loss": "router",
     "looped_forward": "layer",
-    "reproject_branches": "state",
     "reset_router_stats": "state",
     "router_load": "state",
     "segment_indices": "spectral",
@@ -124,7 +123,6 @@ __all__ = [
     "load_adapter_state",
     "load_balance_loss",
     "looped_forward",
-    "reproject_branches",
     "reset_router_stats",
     "router_load",
     "segment_indices",

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from medqwen_cli.adapters.config import AdapterConfig
-from medqwen_cli.adapters.layer import Branch, RoutedLoRALinear
+from medqwen_cli.adapters.layer import RoutedLoRALinear
 from medqwen_cli.adapters.naming import canonical_module_name, layer_kind
 from medqwen_cli.adapters.router import DEFAULT_ROUTER_INIT_STD
 from medqwen_cli.adapters.spectral import init_layer, layer_seed
@@ -212,26 +212,3 @@ def inject_adapters(
         trainable_params=trainable, total_params=sum(p.numel() for p in model.parameters()),
         full_moe_params=full_moe, ratio_to_full_moe=full_moe / max(trainable, 1), scales=scales,
     )  # fmt: skip
-
-
-def add_stored_branches(model: nn.Module, state: dict[str, Tensor], cfg: AdapterConfig) -> int:
-    """Give `model`'s layers the branches a version's adapter state holds
-    (`<layer>.branches.<i>.<name>`), with those tensors; returns the branches per layer."""
-    experts = cfg.num_experts
-    layers = dict(adapter_layers(model))
-    count = 0
-    for name, layer in layers.items():
-        index = len(layer.branches)
-        while f"{name}.branches.{index}.lora_A" in state:
-            prefix = f"{name}.branches.{index}."
-            init = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            dropout = layer.dropout.p if isinstance(layer.dropout, nn.Dropout) else 0.0
-            branch = Branch(
-                layer.in_features, layer.out_features, init, experts=experts,
-                top_k=min(cfg.top_k, experts), dropout=dropout, dropout_masks=layer.dropout_masks,
-                device=layer.weight.device,
-            )  # fmt: skip
-            layer.add_branch(branch)
-            index += 1
-        count = max(count, index)
-    return count

@@ -174,9 +174,9 @@ class _Experts(nn.Module):
 
 
 class Branch(_Experts):
-    """A protected branch (DESIGN.md §2b): experts added for a later task beside the frozen ones
-    of its layer, every input-side row (A, and the residual's A0) in the complement of the
-    earlier tasks' input basis M, so that A x = 0 for x in span(M).
+    """A branch (adapters/branches.py, docs/continual.md): experts added for a later task beside
+    the frozen ones of its layer, every input-side row (A, and the residual's A0) in the
+    complement of the earlier tasks' input basis M, so that A x = 0 for x in span(M).
 
     `protect` (n x k, orthonormal; a non-persistent buffer, stored in the version's
     protect.safetensors) is set while the branch trains: A's gradient is projected onto the

@@ -119,10 +119,3 @@ def router_load(model: nn.Module) -> dict[str, list[float]]:
 def reset_router_stats(model: nn.Module) -> None:
     for experts in _expert_sets(model):
         experts.reset_stats()
-
-
-def reproject_branches(model: nn.Module) -> None:
-    """Put every protected branch's A back into its complement (after an optimizer step)."""
-    for _, layer in adapter_layers(model):
-        for branch in layer.branches:
-            branch.reproject()

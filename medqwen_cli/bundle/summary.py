@@ -45,8 +45,6 @@ def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
             own = [k for k in adapter if k.endswith(".lora_A") and ".branches." not in k]
             summary["adapted_layers"] = len(own)
             summary.update(_branches(adapter))
-        with contextlib.suppress(BundleError, OSError, ValueError, KeyError):
-            summary.update(_continual(bundle, vdir))
     if (bundle.root / INIT_FILE).is_file():
         with contextlib.suppress(BundleError):
             summary["frozen_init_parameters"] = count_parameters(bundle.root / INIT_FILE)
@@ -84,24 +82,3 @@ def _branches(adapter: dict[str, list[int]]) -> dict[str, Any]:
         "branch_parameters": [sizes[i] for i in sorted(sizes)],
         "trained_in_version": numel(trained),  # the newest branch: the rest was frozen
     }
-
-
-def _continual(bundle: Bundle, vdir: Path) -> dict[str, Any]:
-    """The version's continual strategy, and its stored input bases (protect.safetensors)."""
-    from medqwen_cli.continual import version_strategy
-    from medqwen_cli.continual.protect import PROTECT_FILE
-
-    out: dict[str, Any] = {"strategy": version_strategy(bundle, vdir.name)}
-    path = vdir / PROTECT_FILE
-    if path.is_file():
-        shapes = tensor_shapes(path)
-        shares = [k / n for n, k in shapes.values()]
-        record = bundle.read_json("continual.json", vdir.name)
-        out["protect_bases"] = {
-            "what": "layer-input directions: derived statistics, no records",
-            "tasks": record["bases"]["tasks"],
-            "groups": len(shapes),
-            "floats": numel(shapes.values()),
-            "share_of_inputs": [round(min(shares), 4), round(max(shares), 4)],
-        }
-    return out

@@ -7,6 +7,8 @@ but harmless).
 
 from __future__ import annotations
 
+import contextlib
+
 import typer
 
 from medqwen_cli.cli import _output
@@ -22,10 +24,15 @@ def inspect(
 ) -> None:
     """Show a bundle's base, method, versions, parameter counts and integrity check."""
     from medqwen_cli.bundle import Bundle, summarize
-    from medqwen_cli.errors import BundleIntegrityError
+    from medqwen_cli.continual.record import inspect_fields
+    from medqwen_cli.errors import BundleError, BundleIntegrityError
 
     fmt = resolve_format(fmt)
-    summary = summarize(Bundle.open(bundle, read_settings()), version)
+    opened = Bundle.open(bundle, read_settings())
+    summary = summarize(opened, version)
+    if "version" in summary:  # the version's continual strategy (a damaged file: in problems)
+        with contextlib.suppress(BundleError, OSError, ValueError):
+            summary.update(inspect_fields(opened, summary["version"]))
     base, method = summary["base"], summary["method"]
     rows = [
         {"field": "path", "value": summary["path"]},

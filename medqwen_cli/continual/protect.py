@@ -1,62 +1,53 @@
-"""Protected branches, the plan (DESIGN.md §2b; the maths and the torch side are in bases.py).
+"""Protect: each new task trains a branch that cannot move the earlier tasks' layer inputs.
 
-With `continual.protect` (`continue --protect`), a run
+docs/continual.md has the maths and what it measured; continual/subspace.py the bases. With
+`continual.protect` (`continue --protect`), a run
 
-1. starts from the earlier tasks' input bases: the parent version's `protect.safetensors` when
-   it covers them, otherwise computed before training from each missing task's train records
-   (a seeded sample of `protect_records`, data checked against its version's digest, as replay
-   checks it), on the parent model;
-2. freezes every adapter tensor so far and trains one new branch per adapted layer in the
-   complement of those bases (none when the lineage has no earlier task: the first task of a
-   protected sequence just trains);
-3. after training, adds its own task's basis (on the trained model) and stores every basis in
-   the new version's `protect.safetensors`, so the next `--protect` needs no old data. Bases are
-   derived statistics (directions of layer inputs), not records.
+1. plan: finds the earlier tasks' input bases, from the parent's lineage (the latest version
+   whose `protect.safetensors` covers them) or, for a task no version covered, from a seeded
+   sample of `protect_records` of its train records (checked against its version's data
+   digest, continual/lineage.py);
+2. prepare: computes the missing bases on the parent model, freezes every adapter tensor so far
+   and adds one branch per adapted layer in the complement of its group's basis (none when the
+   lineage has no earlier task: the first task of a protected sequence just trains);
+3. after each optimizer step: puts every branch's input side back into its complement (AdamW's
+   per-coordinate steps and weight decay move it out);
+4. finish: adds the run's own task's basis (on the trained model), so that the next `--protect`
+   needs no old data; the version stores every basis (`protect.safetensors`, derived
+   statistics, not records) and its record says where each came from, each group's size, and
+   how much of the new task's input energy already lay inside the earlier bases (what limits
+   plasticity).
 
-`continual.json` of the version says which tasks the bases cover and where each came from, the
-records (ids only), the energy, each group's basis size, and how much of the new task's input
-energy already lay inside the earlier tasks' bases (what limits plasticity). Nothing here
-imports torch.
+Nothing imports torch until `prepare`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medqwen_cli.continual.replay import CONTINUAL_FILE, earlier_tasks, task_train_records
-from medqwen_cli.errors import DataError, RecipeError
+from medqwen_cli.continual.lineage import earlier_tasks, task_train_records
+from medqwen_cli.continual.record import (
+    PROTECT_FILE,
+    BasesInfo,
+    ProtectRecord,
+    read_record,
+    stored_bases,
+)
+from medqwen_cli.continual.strategy import Strategy
+from medqwen_cli.errors import DataError, RecipeError, TrainingError
 
-PROTECT_FILE = "protect.safetensors"  # in a protected version: the input bases per layer group
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from medqwen_cli.adapters.config import AdapterConfig
+    from medqwen_cli.adapters.layer import Branch
+
 _SAMPLE_SALT = 104_729  # separates the basis sample's random stream from the others
-
-
-@dataclass
-class ProtectPlan:
-    """What a protected run builds on; decided before any model loads (`plan_protect`)."""
-
-    energy: float
-    records: int  # records per task for a basis
-    earlier: list[str]  # the lineage's earlier tasks: the new branch is protected against them
-    stored_from: str | None  # version whose protect.safetensors covers `stored_tasks`
-    stored_tasks: list[str]
-    # earlier tasks without a stored basis: (task, sampled train records, version vouching)
-    from_data: list[tuple[str, list[Any], str | None]] = field(default_factory=list)
-    seed: int = 0  # the samples' seed (train.seed)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "strategy": "protect",
-            "protect_energy": self.energy,
-            "protected_tasks": self.earlier,
-            "bases_from": {
-                **{t: f"version {self.stored_from}" for t in self.stored_tasks},
-                **{t: f"data ({len(r)} records)" for t, r, _ in self.from_data},
-            },
-        }
 
 
 def sample(records: list[Any], count: int, seed: int, index: int) -> list[Any]:
@@ -67,36 +58,161 @@ def sample(records: list[Any], count: int, seed: int, index: int) -> list[Any]:
     return [records[i] for i in np.sort(rng.choice(len(records), size=count, replace=False))]
 
 
-def stored_bases(bundle: Any, parent: str | None) -> tuple[str | None, list[str]]:
-    """(the latest version of `parent`'s lineage that stored bases, the tasks they cover)."""
-    if parent is None:
-        return None, []
-    for entry in reversed(bundle.lineage(parent)):
-        if PROTECT_FILE in bundle.read_version_info(entry.id).files:
-            return entry.id, list(bundle.read_json(CONTINUAL_FILE, entry.id)["bases"]["tasks"])
-    return None, []
+@dataclass
+class ProtectStrategy(Strategy):
+    """One protected run: its plan (decided before any model loads, `plan_protect`), then its
+    bases and branches on the model."""
+
+    energy: float
+    records: int  # records per task for a basis
+    earlier: list[str]  # the lineage's earlier tasks: the new branch is protected against them
+    stored_from: str | None  # version whose protect.safetensors covers `stored_tasks`
+    stored_tasks: list[str]
+    # earlier tasks without a stored basis: (task, sampled train records, version vouching)
+    from_data: list[tuple[str, list[Any], str | None]] = field(default_factory=list)
+    seed: int = 0  # the samples' seed (train.seed)
+    own_tasks: list[str] = field(default_factory=list)  # the run's tasks
+    adapter: Any = None  # the recipe's adapter settings: the branches' method, rank, experts
+    train: Any = None  # the recipe's train settings: batch size, image and length limits
+    name = "protect"
+
+    # filled by the phases
+    collator: Any = None
+    device: Any = None
+    bases: dict[str, Tensor] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its basis' source
+    new_energy: dict[str, float] = field(default_factory=dict)  # group -> new task inside bases
+    guarded: dict[str, int] = field(default_factory=dict)  # group -> columns guarding the branch
+    branches: int = 0
+
+    # ------------------------------------------------------------------ phases
+
+    def prepare(self, model: nn.Module, *, bundle: Any, processor: Any, device: Any) -> None:
+        """Load or compute the earlier tasks' bases; add the new branches (if any earlier task)."""
+        from medqwen_cli.bundle import load_tensors
+        from medqwen_cli.data.collate import Collator
+
+        self.device = device
+        self.collator = Collator(
+            processor, max_image_pixels=self.train.max_image_pixels,
+            max_length=self.train.max_length,
+        )  # fmt: skip
+        if self.stored_from is not None:
+            stored = load_tensors(bundle.version_dir(self.stored_from) / PROTECT_FILE)
+            self.bases = {g: t.double() for g, t in stored.items()}
+            record = read_record(bundle, self.stored_from)
+            assert isinstance(record, ProtectRecord)
+            self.groups = dict(record.groups)
+            for task in self.stored_tasks:
+                self.tasks[task] = {"source": f"version {self.stored_from}"}
+        for task, records, _ in self.from_data:
+            self._add(model, [task], records)
+        # the columns guarding this version's branch: the bases keep them first as they grow
+        self.guarded = {g: int(b.shape[1]) for g, b in self.bases.items()}
+        if self.earlier:
+            add_protected_branches(model, self.bases, self.groups, self.adapter)
+            self.branches = max(len(layer.branches) for _, layer in _layers(model))
+
+    def after_step(self, model: nn.Module) -> None:
+        """Every protected branch's A back into its complement: A <- A (I - M M^T)."""
+        for _, layer in _layers(model):
+            for branch in layer.branches:
+                branch.reproject()
+
+    def finish(self, model: nn.Module, records: list[Any]) -> None:
+        """Add the run's own tasks (a sample of their train records) on the trained model."""
+        chosen = sample(list(records), self.records, self.seed, len(self.earlier))
+        self.new_energy = self._add(model, self.own_tasks, chosen)
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        """For the run's result: settings, sources, sizes (no ids)."""
+        from medqwen_cli.adapters.branches import branch_params
+
+        shares = [b.shape[1] / b.shape[0] for b in self.bases.values()]
+        inside = list(self.new_energy.values())
+        return {
+            "strategy": "protect",
+            "protect_energy": self.energy,
+            "protected_tasks": list(self.earlier),
+            "bases_from": {t: v["source"] for t, v in self.tasks.items()},
+            "branches": self.branches,
+            "branch_params": branch_params(model),
+            "basis_share": [min(shares), max(shares)] if shares else [0.0, 0.0],
+            "new_task_energy_in_bases": [min(inside), max(inside)] if inside else None,
+        }
+
+    def record(self, model: nn.Module) -> ProtectRecord:
+        from medqwen_cli.adapters.branches import branch_params
+
+        sizes = {g: [int(b.shape[0]), int(b.shape[1])] for g, b in self.bases.items()}
+        return ProtectRecord(
+            protect_energy=self.energy, protect_records=self.records,
+            protected_tasks=list(self.earlier), branches=self.branches,
+            branch_params=branch_params(model),
+            bases=BasesInfo(tasks=list(self.tasks), sizes=sizes, guarded=self.guarded),
+            tasks=self.tasks, groups=self.groups,
+            new_task_energy_in_bases={g: round(v, 6) for g, v in self.new_energy.items()},
+        )  # fmt: skip
+
+    def files(self, run_dir: Path) -> dict[str, Path]:
+        from medqwen_cli._io import save_tensors
+
+        path = run_dir / PROTECT_FILE
+        tensors = {g: b.float().contiguous() for g, b in self.bases.items()}  # stored as float32
+        save_tensors(path, tensors, {"format": "medqwen-bases"})
+        return {PROTECT_FILE: path}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _add(self, model: nn.Module, tasks: list[str], records: Sequence[Any]) -> dict[str, float]:
+        """Grow the bases by the inputs of `records` (of `tasks`); the share of their energy
+        already inside the bases, per group."""
+        from medqwen_cli.continual.subspace import energy_in, grow_basis, input_grams
+
+        size = self.train.batch_size
+        grams, groups, tokens = input_grams(
+            model, lambda: _batches(records, self.collator, size), self.device
+        )
+        if self.groups and groups != self.groups:
+            raise TrainingError(
+                "the layers' input groups differ from the stored bases' "
+                f"({len(groups)} groups now, {len(self.groups)} stored)",
+                "continue with the adapter settings the bases were made with",
+            )
+        self.groups = groups
+        inside = {}
+        for group, gram in grams.items():
+            inside[group] = energy_in(self.bases.get(group), gram)
+            self.bases[group] = grow_basis(self.bases.get(group), gram, self.energy)
+        for task in tasks:
+            self.tasks[task] = {
+                "source": "data", "records": len(records), "tokens": tokens,
+                "ids": [r.id for r in records],
+            }  # fmt: skip
+        return inside
+
+
+def _layers(model: Any) -> Any:
+    from medqwen_cli.adapters.inject import adapter_layers
+
+    return adapter_layers(model)
+
+
+def _batches(records: Sequence[Any], collator: Any, size: int) -> Iterable[dict[str, Any]]:
+    for start in range(0, len(records), size):
+        yield collator(list(records[start : start + size]))
 
 
 def plan_protect(
-    bundle: Any,
-    recipe: Any,
-    parent: str | None,
-    new_tasks: list[str],
-    *,
-    data_dir: Path,
-) -> ProtectPlan | None:
-    """The protection of a run on `parent` training `new_tasks`, or None
-    when the recipe asks for none; reads the train records of every earlier task no stored basis
-    covers, or fails naming the task and its path."""
+    bundle: Any, recipe: Any, parent: str | None, new_tasks: list[str], *, data_dir: Path
+) -> ProtectStrategy | None:
+    """The protection of a run on `parent` training `new_tasks`, or None when the recipe asks
+    for none; reads the train records of every earlier task no stored basis covers, or fails
+    naming the task and its path."""
     cfg = recipe.continual
     if not cfg.protect:
         return None
-    if cfg.replay > 0:
-        raise RecipeError(
-            "--protect and --replay together are not supported yet",
-            "choose one: --protect needs no old data after its bases are stored, --replay needs "
-            "the old data every run",
-        )
     seed = recipe.train.seed
     earlier = earlier_tasks(bundle, parent, new_tasks)
     version, covered = stored_bases(bundle, parent)
@@ -117,8 +233,53 @@ def plan_protect(
                 exc.hint,
             ) from None
         from_data.append((task, sample(records, cfg.protect_records, seed, index), checked))
-    return ProtectPlan(
+    return ProtectStrategy(
         energy=cfg.protect_energy, records=cfg.protect_records, earlier=earlier,
         stored_from=version if stored else None, stored_tasks=stored, from_data=from_data,
-        seed=seed,
+        seed=seed, own_tasks=list(new_tasks), adapter=recipe.adapter, train=recipe.train,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- branches
+
+
+def check_room(name: str, n: int, k: int, rank: int) -> None:
+    """A branch of rank r needs r input directions outside the basis."""
+    if n - k >= rank:
+        return
+    raise TrainingError(
+        f"layer {name}: the earlier tasks' input basis fills {k} of its {n} input directions "
+        f"({k / n:.0%}), leaving {n - k} for a new branch of rank {rank}: this layer could not "
+        "learn the new task without moving the old ones",
+        "lower continual.protect_energy (e.g. --set continual.protect_energy=0.97), or adapt "
+        "fewer layers",
+    )
+
+
+def add_protected_branches(
+    model: nn.Module, bases: dict[str, Tensor], groups: dict[str, str], cfg: AdapterConfig
+) -> list[Branch]:
+    """Freeze every adapter tensor of `model` and give each adapted layer a new branch in the
+    complement of its group's basis, trainable and kept there (`Branch.set_protect`)."""
+    import torch
+
+    from medqwen_cli.adapters.branches import attach_branch, branch_init, freeze_adapters
+    from medqwen_cli.continual.subspace import complement
+
+    layers = list(_layers(model))
+    for name, layer in layers:  # every layer checked before the model changes
+        basis = bases.get(groups.get(name, name))
+        check_room(name, layer.in_features, 0 if basis is None else basis.shape[1], cfg.rank)
+    freeze_adapters(model)
+    added = []
+    for name, layer in layers:
+        basis = bases.get(groups.get(name, name))
+        if basis is None:
+            basis = torch.zeros(layer.in_features, 0, dtype=torch.float64)
+        init = branch_init(layer.weight, complement(basis), cfg, name, len(layer.branches))
+        branch = attach_branch(layer, name, init, cfg)
+        for value in branch.own_tensors("trainable").values():
+            value.requires_grad_(True)
+        branch.set_protect(basis.float())
+        added.append(branch)
+    return added

@@ -12,9 +12,9 @@ defines the task, or, with `continual.replay_per_task = N`, a fixed buffer of N 
 drawn once with the run's seed (the hospital setting where only a sample of old data is kept).
 
 Records are referenced, never copied: the version stores the strategy, the fraction and the
-replayed records' ids (`continual.json`, ids only). Every version also records a digest of the
-data it trained on (`data.json`, `data_record`); a later replay recomputes it and refuses an
-earlier task whose data has changed (or is gone) since, naming the task and the path.
+replayed records' ids (`continual.json`, ids only). The earlier tasks' data is checked against
+the digests their versions recorded (continual/lineage.py): changed or missing data is refused,
+naming the task and the path.
 
 The sampler (`ReplayMix`) composes two regime samplers, one over the new task's datasets and
 one over the pools, each sharded by process like any other (`data.regimes`); its state (both
@@ -23,8 +23,6 @@ positions) goes into checkpoints, so a resumed run draws exactly what it would h
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from medqwen_cli.errors import DataError, MedqwenError, RecipeError
+from medqwen_cli.continual.lineage import earlier_tasks, task_train_records
+from medqwen_cli.continual.record import ReplayedTask, ReplayRecord
+from medqwen_cli.continual.strategy import Mix, Strategy
+from medqwen_cli.errors import DataError, RecipeError
 
-DATA_FILE = "data.json"  # in every version: what it trained on (digests, no record text)
-CONTINUAL_FILE = "continual.json"  # in a version trained with a strategy: its settings and ids
 _BUFFER_SALT = 7919  # separates the buffer's random stream from the data order's
 _OLD_SEED_SALT = 1_000_003  # the replay order's seed: train.seed + this
 
@@ -48,47 +47,11 @@ def replayed_per_batch(fraction: float, batch_size: int) -> int:
     return max(1, math.ceil(fraction * batch_size - 1e-9))
 
 
-# --------------------------------------------------------------------------- data digests
-
-
-def data_digest(records: Sequence[Any]) -> str:
-    """sha256 of the records' content in order: id, type, question, answer, labels, meta and
-    the images' file names. The images' directories, the source file and the task name are left
-    out, so data moved to another disk (or a built-in task generated in another cache) keeps
-    its digest; a changed, added, removed or reordered record changes it."""
-    digest = hashlib.sha256()
-    for r in records:
-        item = {
-            "id": r.id, "type": r.type, "question": r.question, "answer": r.answer,
-            "labels": r.labels, "meta": r.meta, "images": [Path(p).name for p in r.images],
-        }  # fmt: skip
-        digest.update(json.dumps(item, sort_keys=True, default=str).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def data_record(tasks: Sequence[str], specs: Sequence[Any], records: Sequence[Sequence[Any]]):
-    """`data.json` of a version: per dataset trained on, its task, path, split, record count
-    and digest (no record text)."""
-    return {
-        "datasets": [
-            {
-                "task": t,
-                "path": s.path,
-                "split": s.split,
-                "records": len(r),
-                "sha256": data_digest(r),
-            }  # fmt: skip
-            for t, s, r in zip(tasks, specs, records, strict=True)
-        ]
-    }
-
-
 # --------------------------------------------------------------------------- the plan
 
 
 @dataclass
-class ReplayPlan:
+class ReplayStrategy(Strategy):
     """What a replay run mixes in; decided before any model loads (`plan_replay`)."""
 
     fraction: float
@@ -98,26 +61,37 @@ class ReplayPlan:
     tasks: list[str]  # earlier tasks, in lineage order
     pools: list[list[Any]]  # per earlier task: the records replay draws from
     checked: dict[str, str | None] = field(default_factory=dict)  # task -> version checked against
+    name = "replay"
 
-    def to_json(self) -> dict[str, Any]:
+    def sampler(
+        self,
+        new: Any,
+        records: list[list[Any]],
+        *,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world: int,
+    ) -> Mix:
+        """`new` mixed with the pools, which follow the new task's datasets in the records."""
+        mixed = make_replay_sampler(
+            new, self, offset=len(records), seed=seed, rank=rank, world=world
+        )
+        return Mix(mixed, [*records, *self.pools], batch_size - self.per_batch)
+
+    def record(self, model: Any = None) -> ReplayRecord:
         """`continual.json` of the version: settings and the replayed records' ids only."""
-        return {
-            "strategy": "replay",
-            "replay": self.fraction,
-            "replay_per_task": self.per_task,
-            "replayed_per_batch": self.per_batch,
-            "batch_size": self.batch_size,
-            "tasks": {
-                t: {
-                    "records": len(pool),
-                    "ids": [r.id for r in pool],
-                    "data_checked_against": self.checked.get(t),
-                }  # fmt: skip
+        return ReplayRecord(
+            replay=self.fraction, replay_per_task=self.per_task, replayed_per_batch=self.per_batch,
+            batch_size=self.batch_size,
+            tasks={
+                t: ReplayedTask(records=len(pool), ids=[r.id for r in pool],
+                                data_checked_against=self.checked.get(t))
                 for t, pool in zip(self.tasks, self.pools, strict=True)
             },
-        }
+        )  # fmt: skip
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, model: Any = None) -> dict[str, Any]:
         """For the run's result: the settings and pool sizes, no ids."""
         return {
             "strategy": "replay", "replay": self.fraction, "replay_per_task": self.per_task,
@@ -133,7 +107,7 @@ def plan_replay(
     new_tasks: Sequence[str],
     *,
     data_dir: Path,
-) -> ReplayPlan | None:
+) -> ReplayStrategy | None:
     """The replay of a run on `parent` training `new_tasks`, or None when the recipe asks for
     none. Reads the earlier tasks' train records and checks them against the digests their
     versions recorded; every refusal is one MedqwenError with a hint."""
@@ -177,103 +151,7 @@ def plan_replay(
             pool = [pool[i] for i in keep]
         tasks.append(task)
         pools.append(pool)
-    return ReplayPlan(cfg.replay, cfg.replay_per_task, per_batch, batch, tasks, pools, checked)
-
-
-def earlier_tasks(bundle: Any, parent: str | None, new_tasks: Sequence[str]) -> list[str]:
-    """The tasks of `parent`'s lineage other than the run's own, in lineage order."""
-    lineage = bundle.read_version_info(parent).lineage_tasks if parent else []
-    return [t for t in dict.fromkeys(lineage) if t not in new_tasks]
-
-
-def task_train_records(
-    bundle: Any, recipe: Any, parent: str, task: str, *, data_dir: Path, option: str
-) -> tuple[list[Any], str | None]:
-    """(earlier task `task`'s train records as `recipe` defines the task, the version whose
-    data.json vouches for them); refuses a task the recipe lacks, data that is gone or has
-    changed since, naming `option` (the strategy that needs the data) in the hint."""
-    from medqwen_cli.data.readers import load_records
-
-    try:
-        specs = recipe.task_datasets(task)
-    except RecipeError as exc:
-        raise RecipeError(
-            f"cannot read earlier task {task!r} for {option}: {exc.message}",
-            f"define the task in the recipe (--recipe) as it was trained, or continue "
-            f"without {option}",
-        ) from None
-    records = []
-    for spec in specs:
-        try:
-            records.append(
-                load_records(
-                    spec, spec.split, cache_dir=data_dir,
-                    max_image_pixels=recipe.train.max_image_pixels,
-                )[: spec.max_samples]
-            )  # fmt: skip
-        except MedqwenError as exc:
-            raise DataError(
-                f"cannot read earlier task {task!r} for {option} from {spec.path}: {exc.message}",
-                f"restore the data the task was trained on, or continue without {option}",
-            ) from None
-    checked = _check_unchanged(bundle, parent, task, specs, records, option)
-    return [r for part in records for r in part], checked
-
-
-def _check_unchanged(
-    bundle: Any,
-    parent: str,
-    task: str,
-    specs: Sequence[Any],
-    records: Sequence[Sequence[Any]],
-    option: str = "--replay",
-) -> str | None:
-    """The version whose `data.json` vouches for `task`'s data (the latest in the lineage that
-    trained it), or None when that version predates data.json; refuses changed data."""
-    for entry in reversed(bundle.lineage(parent)):
-        if task not in entry.tasks:
-            continue
-        if DATA_FILE not in bundle.read_version_info(entry.id).files:
-            return None
-        recorded = [
-            d for d in bundle.read_json(DATA_FILE, entry.id)["datasets"] if d["task"] == task
-        ]
-        now = [(s.path, len(r), data_digest(r)) for s, r in zip(specs, records, strict=True)]
-        if len(recorded) != len(now):
-            raise DataError(
-                f"earlier task {task!r} was trained in {entry.id} on {len(recorded)} dataset(s) "
-                f"({', '.join(d['path'] for d in recorded)}); the recipe now gives {len(now)} "
-                f"({', '.join(p for p, _, _ in now)})",
-                "define the task as it was trained (its recipe: `medqwen inspect`), or continue "
-                f"without {option}",
-            )
-        for old, (path, n, digest) in zip(recorded, now, strict=True):
-            if old["sha256"] != digest:
-                raise DataError(
-                    f"earlier task {task!r}: the data at {path} has changed since {entry.id} "
-                    f"trained on it ({n} records now, {old['records']} then; digest "
-                    f"{digest[:12]} now, {old['sha256'][:12]} then)",
-                    f"restore the data as it was, or continue without {option}",
-                )
-        return entry.id
-    return None
-
-
-def version_strategy(bundle: Any, version: str) -> str:
-    """How `version` kept earlier tasks, in words: `none`, `replay 0.1, 50 per task`, or
-    `protect 0.99, branch 1`."""
-    if CONTINUAL_FILE not in bundle.read_version_info(version).files:
-        return "none"
-    record = bundle.read_json(CONTINUAL_FILE, version)
-    if record.get("strategy") == "protect":
-        protected = record.get("protected_tasks") or []
-        if not protected:
-            return f"protect {record['protect_energy']}: basis recorded"
-        return f"protect {record['protect_energy']}, branch {record['branches']}"
-    if record.get("strategy") != "replay":
-        return str(record.get("strategy"))
-    per_task = record.get("replay_per_task")
-    return f"replay {record['replay']}" + (f", {per_task} per task" if per_task else "")
+    return ReplayStrategy(cfg.replay, cfg.replay_per_task, per_batch, batch, tasks, pools, checked)
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -331,7 +209,7 @@ def _endless(sampler: Any) -> Iterator[tuple[int, int]]:
 
 
 def make_replay_sampler(
-    new: Any, plan: ReplayPlan, *, offset: int, seed: int, rank: int, world: int
+    new: Any, plan: ReplayStrategy, *, offset: int, seed: int, rank: int, world: int
 ) -> ReplayMix:
     """`new` (the new task's regime sampler, sharded) mixed with the plan's pools: round-robin
     over the earlier tasks, sharded the same way."""

@@ -146,7 +146,7 @@ def _load_routed(path: Path, manifest: dict[str, Any], cls: Any, torch_dtype: An
     protected branches of the version (if any) rebuilt from their tensors, then every trainable
     tensor, as `load_adapted` does with a bundle."""
     from medqwen_cli.adapters import inject_adapters, load_adapter_state
-    from medqwen_cli.adapters.inject import add_stored_branches
+    from medqwen_cli.adapters.branches import add_stored_branches
     from medqwen_cli.bundle import load_tensors
 
     adapter = path / ADAPTER_FILE

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medqwen_cli.adapters import balance_loss, reproject_branches
+from medqwen_cli.adapters import balance_loss
 from medqwen_cli.errors import Interrupted, TrainingError
 from medqwen_cli.recipe import TrainConfig
 from medqwen_cli.training.checkpoint import (
@@ -117,12 +117,15 @@ def fit(
     run_dir: Path,
     progress_fn: ProgressFn | None = None,
     watch: Any = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> FitResult:
     """Train `model`'s adapters for `total_steps`, resuming from `run_dir` when it has a checkpoint.
 
     `batches` yields, per optimizer step, this process's list of `grad_accum` collated
     micro-batches; `sampler` is the index sampler behind it (its state goes into checkpoints).
     `watch` (a `training.watch.Watch`, or None) scores the model at its due steps.
+    `after_step(model)` runs after every optimizer step, on the unwrapped model (a continual
+    strategy's phase: protect puts its branches back into their complement).
     """
     # adapter dropout draws from the global RNGs: seeded by train.seed (one stream per process),
     # so a run repeats exactly; `resume` then restores a checkpoint's RNG states
@@ -179,7 +182,8 @@ def fit(
                     "is kept and the same command resumes from it (add --restart to start over)",
                 )
             optimizer.step()
-            reproject_branches(unwrapped)  # protected branches back into their complement
+            if after_step is not None:
+                after_step(unwrapped)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -6,10 +6,10 @@ plan_run checks, in this order, and fails on the first problem before any work i
     recipe   the stored recipe or --recipe, with --set; the adapter's structure must not change
     tasks    the datasets of the requested tasks (or data.datasets) and their regime
     watch    the watched tasks exist and have an eval split (their records are read here)
-    replay   with continual.replay, the lineage's earlier tasks and their train records, checked
-             against the digests their versions recorded (continual/replay.py)
-    protect  with continual.protect, the earlier tasks' stored input bases, or the train records
-             to compute them from (continual/protect.py)
+    strategy the continual strategy the recipe asks for (continual/), with what it needs of the
+             lineage: replay the earlier tasks' train records, checked against the digests
+             their versions recorded; protect their stored input bases, or the records to
+             compute them from
     device   train.precision and model.dtype can train on the device; trackers are installed
     key      run_key(parent, tasks, resolved recipe, kind): the work directory a crash resumes from
 
@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.continual import ReplayPlan, plan_replay
-from medqwen_cli.continual.protect import ProtectPlan, plan_protect
+from medqwen_cli.continual import Strategy, plan_strategy
 from medqwen_cli.errors import RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
 from medqwen_cli.settings import Settings
@@ -48,8 +47,7 @@ class TrainPlan:
     tasks: list[str]  # task names recorded in the version
     specs: list[DatasetSpec]  # the datasets trained on
     spec_tasks: list[str]  # the task of each dataset in `specs` (data.json)
-    replay: ReplayPlan | None  # continual.replay: what each batch mixes in from earlier tasks
-    protect: ProtectPlan | None  # continual.protect: the bases the new branch is kept out of
+    strategy: Strategy  # how the run keeps the earlier tasks (none, replay, protect)
     regime: Any  # how the datasets are mixed
     watch: dict[str, TaskData]  # watched task -> its eval records (empty: no watch)
     eval_every: int  # steps between two watch points
@@ -88,8 +86,7 @@ def plan_run(
     data_dir = settings.data_cache_dir
     # a watched task without an eval split fails here
     watch_tasks = load_eval_tasks(recipe, watched, data_dir=data_dir) if watched else {}
-    replay = plan_replay(bundle, recipe, bundle.head, names, data_dir=data_dir)
-    protect = plan_protect(bundle, recipe, bundle.head, names, data_dir=data_dir)
+    strategy = plan_strategy(bundle, recipe, bundle.head, names, data_dir=data_dir)
 
     from medqwen_cli.modeling import select_device  # torch from here on
     from medqwen_cli.training.checkpoint import run_key
@@ -106,8 +103,7 @@ def plan_run(
         tasks=names,
         specs=specs,
         spec_tasks=spec_task_names(recipe, tasks, specs),
-        replay=replay,
-        protect=protect,
+        strategy=strategy,
         regime=regime,
         watch=watch_tasks,
         eval_every=every,

@@ -8,18 +8,22 @@ import torch
 from torch import nn
 
 from medqwen_cli.adapters import AdapterConfig, inject_adapters
-from medqwen_cli.adapters.inject import add_stored_branches
-from medqwen_cli.adapters.state import adapter_state_dict, load_adapter_state, reproject_branches
-from medqwen_cli.continual.bases import (
-    add_protected_branches,
-    complement,
-    energy_in,
-    grow_basis,
-    input_grams,
-)
+from medqwen_cli.adapters.branches import add_stored_branches
+from medqwen_cli.adapters.state import adapter_state_dict, load_adapter_state
+from medqwen_cli.continual.protect import add_protected_branches
+from medqwen_cli.continual.subspace import complement, energy_in, grow_basis, input_grams
 from medqwen_cli.errors import TrainingError
 
 N, M_OUT, K = 32, 40, 10  # input dim, output dim, basis size
+
+
+def _reproject(model: nn.Module) -> None:
+    """What protect does after every optimizer step (`ProtectStrategy.after_step`)."""
+    from medqwen_cli.continual.protect import ProtectStrategy
+
+    ProtectStrategy(
+        energy=1.0, records=1, earlier=[], stored_from=None, stored_tasks=[]
+    ).after_step(model)
 
 
 class TwoLayers(nn.Module):
@@ -79,7 +83,7 @@ def test_outputs_on_the_protected_span_never_move(method: str) -> None:
         loss = (model(new) - target).pow(2).mean()
         loss.backward()
         optimizer.step()
-        reproject_branches(model)
+        _reproject(model)
         optimizer.zero_grad()
     moved = [float(b.lora_B.detach().abs().max()) for b in branches]
     assert max(moved) > 1e-3, "the branches did not learn"
@@ -98,7 +102,7 @@ def test_outputs_on_the_protected_span_never_move(method: str) -> None:
 
 
 def test_without_reprojection_adamw_leaves_the_complement() -> None:
-    """Why `reproject_branches` runs after every step: projected gradients alone drift."""
+    """Why protect reprojects after every step: projected gradients alone drift."""
     model, cfg = model_for("lora")
     basis = orthonormal(K).double()
     (branch, *_rest) = add_protected_branches(
@@ -112,7 +116,7 @@ def test_without_reprojection_adamw_leaves_the_complement() -> None:
         optimizer.zero_grad()
     leak = float((branch.lora_A @ basis.float()).norm() / branch.lora_A.norm())
     assert leak > 1e-3  # weight decay and Adam's scaling moved A into span(M)
-    reproject_branches(model)
+    _reproject(model)
     assert float((branch.lora_A @ basis.float()).norm()) < 1e-5
 
 

@@ -30,7 +30,7 @@ def _protected_bundle(root: Path, recipe: Path, overrides: list[str], *, uniform
     routers everywhere (with top_k = E every gate is 1/E: the mean-gate fold is exact)."""
     from medqwen_cli.adapters import adapter_layers
     from medqwen_cli.adapters.state import adapter_state_dict
-    from medqwen_cli.continual.bases import add_protected_branches
+    from medqwen_cli.continual.protect import add_protected_branches
     from medqwen_cli.init_experts import init_experts
     from medqwen_cli.loading import adapter_config, load_adapted
     from medqwen_cli.recipe import load_recipe

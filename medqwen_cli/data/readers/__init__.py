@@ -27,7 +27,9 @@ After reading: an empty split is an error; ids must be unique; classification re
 dataset's display name unless they carry one; `spec.max_samples` keeps the first N records.
 Warnings (large images, guessed class names) come back in `DatasetLoad.warnings` and are logged
 by `load_records`, each distinct message once per process (a dataset read again by the next
-step of a run, or by every evaluation, does not repeat it).
+step of a run, or by every evaluation, does not repeat it); the large-image warning once per
+dataset, whichever split came first, and never for built-in data (drawn at one size for every
+preset: a small preset's `max_image_pixels` downscales them by design).
 
 `read_dataset(..., collect=True)` is the checking mode of `medqwen validate`: instead of raising
 at the first problem it reads on and returns every `DataError` in `DatasetLoad.problems` (each
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medqwen_cli.data.dicom import is_dicom_file
+from medqwen_cli.data.images import DOWNSCALED
 from medqwen_cli.data.readers.base import ReadContext, split_aliases
 from medqwen_cli.data.readers.conversations import chat_item
 from medqwen_cli.data.readers.csv_reports import read_csv
@@ -93,8 +96,13 @@ def load_records(spec: DatasetSpec, split: str, **options: Any) -> list[Record]:
     """
     loaded = read_dataset(spec, split, **options)
     for warning in loaded.warnings:
-        if warning not in _LOGGED:
-            _LOGGED.add(warning)
+        key = warning
+        if warning.endswith(DOWNSCALED):  # large images: once per dataset, none for built-in
+            if spec.path.startswith("builtin:"):
+                continue
+            key = f"{spec.path}: {DOWNSCALED}"
+        if key not in _LOGGED:
+            _LOGGED.add(key)
             logger.warning(warning)
     return loaded.records
 
@@ -279,7 +287,7 @@ def _read(path: Path, fmt: str, ctx: ReadContext) -> list[Record]:
             default_type=ctx.default_type,
             default_id=f"{path.stem}-{number}",
         )
-        # native JSONL may mix in chat-style lines (DESIGN: "messages" or question/answer)
+        # native JSONL may mix in chat-style lines ("messages" or question/answer, docs/data.md)
         chat = isinstance(obj, dict) and fmt == "jsonl"
         with ctx.each():
             if fmt == "llava" or (chat and "conversations" in obj):

@@ -1,0 +1,168 @@
+"""Subspaces of layer inputs, the maths of protect (docs/continual.md): pure torch, no I/O.
+
+Every adapted layer reads an input x (n). Layers that read the same tensor share it (q/k/v read
+the attention's input, gate/up the MLP's): a *group*, named by its first layer. For a task,
+X (n x tokens) holds the group's inputs over a sample of its train records (non-padding tokens),
+through the Gram matrix C = X X^T (float64, summed over batches). Against the basis M (n x k,
+orthonormal; empty at first) kept so far:
+
+    kept = tr(M^T C M) / tr(C)                 the share of the task's energy already in span(M)
+    R    = (I - M M^T) C (I - M M^T)           eigenvalues l_1 >= l_2 >= ..., vectors v_i
+    M   <- [M, v_1 .. v_j], the fewest j with kept + (l_1 + .. + l_j) / tr(C) >= eps
+
+(GPM's rule, from C instead of an SVD of X: the same vectors, n x n memory whatever the number
+of tokens). Bases accumulate over tasks; `complement` gives Q (n x (n - k)), an orthonormal
+basis of what is left, in which a protected branch's input side lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medqwen_cli.adapters.inject import adapter_layers
+from medqwen_cli.adapters.layer import RoutedLoRALinear
+
+GRAM_BUDGET = 2 * 2**30  # bytes of Gram matrices held at once; more groups: more passes
+
+
+@torch.no_grad()
+def input_grams(
+    model: nn.Module,
+    batches: Callable[[], Iterable[dict[str, Tensor]]],
+    device: torch.device | str,
+    *,
+    budget: int = GRAM_BUDGET,
+) -> tuple[dict[str, Tensor], dict[str, str], int]:
+    """(group -> C = X X^T (n x n, float64), layer -> group, non-padding tokens seen) over
+    the collated records `batches()` yields, run through `model` as it is.
+
+    One forward of the first batch finds the groups (the layers that read one tensor); then
+    the groups' Gram matrices are summed over every batch, as many groups per pass as fit in
+    `budget` bytes (Qwen2-VL-2B's down_proj input alone is 8960 x 8960 x 8 B = 640 MB, 28 of
+    them 18 GB: several passes over the records instead of one that would not fit).
+    """
+    layers = dict(adapter_layers(model))
+    groups = _groups(model, layers, next(iter(batches())), device)
+    leaders = list(dict.fromkeys(groups.values()))
+    chunks: list[list[str]] = [[]]
+    for group in leaders:  # greedy, in model order
+        size = layers[group].in_features ** 2 * 8
+        used = sum(layers[g].in_features ** 2 * 8 for g in chunks[-1])
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+        chunks[-1].append(group)
+    grams: dict[str, Tensor] = {}
+    tokens = 0
+    for number, chunk in enumerate(chunks):
+
+        def hook(name: str) -> Callable:
+            def capture(layer: RoutedLoRALinear, args: tuple) -> None:
+                x = args[0]
+                mask = layer.token_mask
+                if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
+                    rows = x[mask.bool()]
+                else:
+                    rows = x.reshape(-1, x.shape[-1])
+                rows = rows.reshape(-1, x.shape[-1]).double()
+                gram = rows.t() @ rows
+                grams[name] = grams[name] + gram if name in grams else gram
+
+            return capture
+
+        handles = [layers[name].register_forward_pre_hook(hook(name)) for name in chunk]
+        try:
+            for batch in batches():
+                mask = _forward(model, batch, device).get("attention_mask")
+                if number == 0:
+                    tokens += int(mask.sum()) if isinstance(mask, Tensor) else 0
+        finally:
+            for handle in handles:
+                handle.remove()
+    return grams, groups, tokens
+
+
+def _forward(model: nn.Module, batch: dict[str, Tensor], device: Any) -> dict[str, Tensor]:
+    """One eval-mode forward of a collated batch (labels dropped); the batch on `device`."""
+    batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    batch.pop("labels", None)
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        model.train(was_training)
+    return batch
+
+
+def _groups(
+    model: nn.Module, layers: dict[str, RoutedLoRALinear], batch: dict[str, Tensor], device: Any
+) -> dict[str, str]:
+    """Layer -> the first layer reading the same input tensor, from one forward."""
+    groups: dict[str, str] = {}
+    # id(input) -> (input, first layer reading it); holding the tensor keeps its id from being
+    # reused by a later layer's input
+    readers: dict[int, tuple[Tensor, str]] = {}
+
+    def hook(name: str) -> Callable:
+        def capture(layer: RoutedLoRALinear, args: tuple) -> None:
+            groups[name] = readers.setdefault(id(args[0]), (args[0], name))[1]
+
+        return capture
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        _forward(model, batch, device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return groups
+
+
+def energy_in(basis: Tensor | None, gram: Tensor) -> float:
+    """tr(M^T C M) / tr(C): the share of the inputs' energy inside span(M) (0 without M)."""
+    total = float(torch.trace(gram))
+    if basis is None or basis.shape[1] == 0 or total <= 0:
+        return 0.0
+    m = basis.to(gram.dtype)
+    return float(torch.trace(m.t() @ gram @ m)) / total
+
+
+def grow_basis(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
+    """M extended with the fewest directions outside span(M) that bring the inputs of `gram`
+    to `energy` of their total (see the module docstring); float64, orthonormal columns."""
+    n = gram.shape[0]
+    m = gram.new_zeros(n, 0) if basis is None else basis.to(gram.dtype)
+    total = float(torch.trace(gram))
+    kept = energy_in(m, gram) * total
+    if total <= 0 or kept >= energy * total or m.shape[1] >= n:
+        return m
+    rest = gram - m @ (m.t() @ gram)  # (I - P) C
+    rest = rest - (rest @ m) @ m.t()  # (I - P) C (I - P)
+    rest = (rest + rest.t()) / 2
+    values, vectors = torch.linalg.eigh(rest)  # ascending
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    # directions the inputs do not reach (rounding-level eigenvalues) are never added, so
+    # energy 1 keeps exactly the span of the inputs
+    reached = int((values > values[0] * 1e-12).sum()) if float(values[0]) > 0 else 0
+    need = energy * total - kept
+    cumulative = torch.cumsum(values[:reached], 0)
+    count = int(torch.searchsorted(cumulative, torch.tensor(need, dtype=values.dtype))) + 1
+    count = min(count, reached, n - m.shape[1])
+    new = vectors[:, :count]
+    new = new - m @ (m.t() @ new)  # orthogonal to M up to rounding: make it exact
+    grown = torch.cat([m, new], dim=1)
+    q, _ = torch.linalg.qr(grown)
+    return q
+
+
+def complement(basis: Tensor) -> Tensor:
+    """Q (n x (n - k)): an orthonormal basis of the complement of span(M), float64."""
+    n, k = basis.shape
+    if k == 0:
+        return torch.eye(n, dtype=torch.float64, device=basis.device)
+    full, _ = torch.linalg.qr(basis.double(), mode="complete")  # (n, n): first k span M
+    return full[:, k:]
