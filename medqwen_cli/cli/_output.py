@@ -189,6 +189,42 @@ def progress(description: str) -> _Progress:
     return _Progress(description)
 
 
+class PhaseProgress:
+    """Progress of a command that runs in phases (merge): the bar on a terminal, its item the
+    phase; otherwise (a log file, CI) one plain line as each phase starts, with its step count
+    and the time since the command started:
+
+        merge (dense): calibrating mean gates (52 steps)  [14 s]
+
+    The lines go through logging at INFO, so `medqwen -q` drops them. Called as a progress
+    function `(done, total, phase)`; total 0: a phase without countable steps.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._bar = _Progress(description)
+        self._plain = not stderr.is_terminal
+        self._phase: str | None = None
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> PhaseProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int, phase: str = "") -> None:
+        self._bar(done, max(total, 1), phase)  # rich divides by the total
+        if not self._plain or phase == self._phase:
+            return
+        self._phase = phase
+        steps = f" ({total} steps)" if total > 1 else ""
+        logging.getLogger("medqwen_cli.cli").info(
+            "%s: %s%s  [%.0f s]", self.description, phase, steps, time.perf_counter() - self._start
+        )
+
+
 class TrainProgress:
     """Training progress on stderr: the bar on a terminal; otherwise (a log file, CI) one plain
     line per logging step (`train.log_every`, and the last):

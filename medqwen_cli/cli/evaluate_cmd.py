@@ -94,21 +94,17 @@ def evaluate(
 
 
 def note_result(result: EvaluationResult) -> None:
-    """The stderr lines of an evaluation: the tasks left out (kept under -q), then samples, time,
-    rate, where the lines and predictions went."""
+    """The stderr lines of an evaluation: the tasks left out (warnings: kept under -q), then
+    samples, time, rate, where the lines and predictions went (dropped by -q)."""
     for line in result.notes:
         _output.note(f"note: {line}", warning=True)
     rate = result.samples_per_second
-    _output.stderr.print(
+    _output.note(
         f"{result.version}: {result.n} samples, {len(result.tasks)} task(s), "
         f"{result.seconds:.1f} s ({rate:.2f} samples/s, scoring {result.scoring}); "
         f"{len(result.records)} lines appended to {Path(result.bundle) / 'evals.jsonl'}"
         if rate
-        else f"{result.version}: {result.n} samples",
-        markup=False,
-        highlight=False,
+        else f"{result.version}: {result.n} samples"
     )
     if result.predictions_file:
-        _output.stderr.print(
-            f"predictions written to {result.predictions_file}", markup=False, highlight=False
-        )
+        _output.note(f"predictions written to {result.predictions_file}")

@@ -86,7 +86,7 @@ def merge(
     opened.resolve_version(version)
     from medqwen_cli.merge import merge_bundle
 
-    with _output.progress(f"merge ({mode})") as bar:
+    with _output.PhaseProgress(f"merge ({mode})") as bar:
         result = merge_bundle(
             opened, out, version=version, mode=mode, calibration=calibration or None,
             calibration_samples=calibration_samples, copy_base=copy_base, overwrite=overwrite,

@@ -38,11 +38,13 @@ non-padding token t of the held-out samples (z: routed logits, z': the export's)
     relative logit error  = mean_t ||z'_t - z_t||_2 / ||z_t||_2     (and the max over t)
     top-1 agreement       = mean_t [argmax z'_t == argmax z_t]
 
-plus, when the tasks have an eval split, each task's headline metric before (routed) and after.
+plus, when the tasks have an eval split, each task's headline metric before (routed) and after,
+on the records, n and scoring of `medqwen evaluate` (its own functions read and score them).
 
 Writes go to a temporary directory beside `out` that is renamed into place at the end. An
 existing `out` is refused unless `overwrite`, and even then only an earlier export (or an empty
-directory) is replaced. Library code: returns data, never prints.
+directory) is replaced. Library code: returns data, never prints; `progress(done, total, phase)`
+hears each phase start (done 0) and each step of the phases that have steps.
 
 Modules: `export` (merge_bundle: options, staging, publishing), `calibration` (records, mean
 gates), `writers` (the folded update and the three writers), `loading` (load_merged and each

@@ -144,6 +144,8 @@ def mean_gates(
 
         handles.append(experts.router.register_forward_hook(hook))
     try:
+        if progress is not None:  # the phase starts: a plain log line says so at once
+            progress(0, len(batches), "calibrating mean gates")
         for i, batch in enumerate(batches):
             model(**to_model(batch, model))
             if progress is not None:

@@ -31,6 +31,7 @@ SUPPORT_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".tiktoken")
 NOT_SUPPORT = ("config.json", INDEX_FILE, "medqwen_preset.json", MANIFEST_FILE, REPORT_FILE)
 TENSOR_NAMES = ("router.weight", "lora_A", "lora_B", "init_A", "init_B", "scale")
 
+# progress(done, total, phase): done 0 as a phase starts; total 0 when it has no countable steps
 ProgressFn = Callable[[int, int, str], None]
 
 

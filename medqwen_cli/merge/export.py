@@ -61,6 +61,9 @@ def merge_bundle(
     `rank` (peft only) keeps that many singular components per layer (default: all, exact).
     `evaluate` adds the task metric before/after where the tasks have an eval split.
     `settings` (default: `Settings.from_env()`): the default bundle and the data cache.
+    `progress(done, total, phase)` is called as each phase starts (done 0; total 0 for a phase
+    without countable steps: reading data, loading, writing) and after each step of the others
+    (batches of calibration and fidelity, records of the task metric).
     """
     t0 = time.perf_counter()
     _check_options(mode, rank, calibration_samples, copy_base)
@@ -72,12 +75,15 @@ def merge_bundle(
     recipe = bundle_recipe(bundle)
     measure = mode != "routed" or bool(calibration)
     tasks = calibration_tasks(bundle, recipe, vid, calibration) if measure else []
+    if measure:
+        _phase(progress, f"reading calibration data ({', '.join(tasks)})")
     fit, held = (
         calibration_records(recipe, tasks, calibration_samples, data_dir=data_dir)
         if measure
         else ([], [])
     )
     options = {"dtype": recipe.model.dtype, "device": recipe.model.device}
+    _phase(progress, f"loading {vid}")
     adapted = load_adapted(
         bundle, vid, **options, max_pixels=recipe.train.max_image_pixels,
         cache_dir=settings.cache_dir,
@@ -89,6 +95,7 @@ def merge_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         peft_rank = None
+        _phase(progress, f"writing the {mode} export")
         if mode == "routed":
             base_weights = write_routed(adapted, staging, copy_base)
         elif mode == "dense":
@@ -100,6 +107,7 @@ def merge_bundle(
         atomic_write_json(staging / MANIFEST_FILE, manifest)
         fidelity = None
         if held:
+            _phase(progress, "loading the export back")
             candidate, how = load_export(
                 staging, manifest, **options, measuring=True, cache_dir=settings.cache_dir
             )
@@ -108,8 +116,9 @@ def merge_bundle(
             fidelity.measured_with = how
             if evaluate:
                 fidelity.task_metrics, fidelity.task_metrics_note = task_metrics(
-                    recipe, tasks, adapted.model, candidate, adapted.processor, data_dir=data_dir
-                )
+                    recipe, tasks, adapted.model, candidate, adapted.processor,
+                    data_dir=data_dir, progress=progress,
+                )  # fmt: skip
             del candidate
         calib = None
         if measure:
@@ -142,6 +151,12 @@ def merge_bundle(
         files=sorted(p.name for p in out.iterdir()), calibration=calib, fidelity=fidelity,
         peft_rank=peft_rank, seconds=round(time.perf_counter() - t0, 3),
     )  # fmt: skip
+
+
+def _phase(progress: ProgressFn | None, phase: str) -> None:
+    """A phase without countable steps starts."""
+    if progress is not None:
+        progress(0, 0, phase)
 
 
 def _check_options(mode: str, rank: int | None, samples: int, copy_base: bool) -> None:

@@ -24,6 +24,8 @@ def logit_fidelity(
     """Relative logit error and top-1 agreement of `candidate` against `reference` over the
     non-padding tokens of `batches` (see the module docstring)."""
     tokens, rel_sum, rel_max, agree, samples = 0, 0.0, 0.0, 0, 0
+    if progress is not None:  # the phase starts: a plain log line says so at once
+        progress(0, len(batches), "measuring fidelity")
     for i, batch in enumerate(batches):
         ref = reference(**to_model(batch, reference)).logits  # (B, L, V)
         cand = candidate(**to_model(batch, candidate)).logits  # (B, L, V)
@@ -52,59 +54,47 @@ def task_metrics(
     processor: Any,
     *,
     data_dir: Path,
+    progress: ProgressFn | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Each task's headline metric on its eval split (first eval.max_samples records), with the
-    routed model (before) and the export (after), and under `parts` each record type's own
-    headline (a mixed task's headline is their mean); the note says which tasks were skipped.
-    Built-in data are generated under `data_dir` (`Settings.data_cache_dir`)."""
-    from medqwen_cli.data.readers import load_records
-    from medqwen_cli.errors import MissingSplit
-    from medqwen_cli.evaluation.runner import Runner
-    from medqwen_cli.evaluation.summary import score_task_predictions
+    """Each task's headline metric with the routed model (before) and the export (after), and
+    under `parts` each record type's own headline (a mixed task's headline is their mean).
 
-    candidate = _unwrap_peft(candidate)  # the Runner reads transformers' attributes
-    rows, skipped = [], []
-    for name in tasks:
-        specs = [s for s in recipe.task_datasets(name) if s.eval_split]
-        if not specs:
-            skipped.append(name)
-            continue
-        records, kept = [], []
-        for spec in specs:
-            try:
-                records += load_records(
-                    spec, spec.eval_split, cache_dir=data_dir,
-                    max_image_pixels=recipe.train.max_image_pixels,
-                )  # fmt: skip
-                kept.append(spec)
-            except MissingSplit:  # a single-file dataset: trained on, never scored
-                continue
-        if not kept:
-            skipped.append(name)
-            continue
-        specs = kept
-        records = records[: recipe.eval.max_samples]
-        row: dict[str, Any] = {"task": name, "n": len(records), "scoring": recipe.eval.scoring}
-        for label, model in (("before", reference), ("after", candidate)):
-            runner = Runner(
-                model, processor, batch_size=recipe.eval.batch_size,
-                max_new_tokens=recipe.eval.max_new_tokens,
-                max_image_pixels=recipe.train.max_image_pixels, max_length=recipe.train.max_length,
-            )  # fmt: skip
-            scored = score_task_predictions(
-                name, records, runner.run(records, recipe.eval.scoring),
-                split=",".join(s.eval_split for s in specs),
-                findings=recipe.eval.finding_keywords or None,
-            )  # fmt: skip
+    The records, n and scoring are those of `medqwen evaluate` on the same version: the same
+    functions read and score them (`load_eval_tasks`: every dataset's eval split, capped at
+    eval.max_samples taken in turn from each record type and POPE answer; `score_model`: the
+    recipe's eval.scoring), so "before" is the score `evaluate` records for the version. The
+    note says which tasks were left out and why. Built-in data are generated under `data_dir`
+    (`Settings.data_cache_dir`)."""
+    from medqwen_cli.evaluation.api import load_eval_tasks, score_model
+
+    notes: list[str] = []
+    data = load_eval_tasks(recipe, tasks, data_dir=data_dir, notes=notes)
+    rows = {name: {"task": name, "n": len(d.records), "scoring": recipe.eval.scoring}
+            for name, d in data.items()}  # fmt: skip
+    models = (("before", "routed model", reference), ("after", "export", _unwrap_peft(candidate)))
+    for label, who, model in models:  # the Runner reads transformers' attributes: no PeftModel
+        step = _scoring_step(progress, who)
+        if data:
+            step(0, sum(len(d.records) for d in data.values()), next(iter(data)))
+        for scored in score_model(model, processor, recipe, data, progress=step).tasks:
+            row = rows[scored.task]
             row["metric"], row[label] = scored.headline_metric, scored.headline
             if scored.headline is None:  # undefined, never read as 0: say why
                 row[f"{label}_reason"] = scored.headline_reason
             for kind, scores in scored.by_type.items():  # each record type's own headline
                 part = row.setdefault("parts", {}).setdefault(f"{kind}.{scores.headline}", {})
                 part[label] = scores.headline_value
-        rows.append(row)
-    note = f"no eval split for: {', '.join(skipped)}" if skipped else None
-    return rows, note
+    return list(rows.values()), "; ".join(notes) or None
+
+
+def _scoring_step(progress: ProgressFn | None, who: str) -> ProgressFn:
+    """`score_model`'s progress (records done, total, task) as a phase of the export."""
+
+    def step(done: int, total: int, task: str) -> None:
+        if progress is not None:
+            progress(done, total, f"task metric: {task} with the {who}")
+
+    return step
 
 
 def _unwrap_peft(model: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,13 @@ def load_export(
                     "pip install peft (or use --mode dense, which needs nothing beyond transformers)",
                 ) from None
             return _apply_lora(base, path), "base + LoRA factors by medqwen (peft not installed)"
-        model = peft.PeftModel.from_pretrained(base, str(path), is_trainable=False)
+        with warnings.catch_warnings():
+            # peft asks every model `is_gradient_checkpointing`, a property transformers 5
+            # deprecated (FutureWarning on each read); only that one warning is hidden
+            warnings.filterwarnings(
+                "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+            )
+            model = peft.PeftModel.from_pretrained(base, str(path), is_trainable=False)
         how = f"peft {peft.__version__} PeftModel.from_pretrained on the base"
     model.to(device).eval().requires_grad_(False)
     return model, how

@@ -109,6 +109,19 @@ def test_set_overrides_the_stored_recipe_for_this_evaluation_only(cli, lineage: 
     assert Bundle.open(lineage).manifest.recipe == stored  # the bundle keeps its recipe
 
 
+def test_quiet_drops_the_summary_line_before_or_after_the_command(
+    cli, lineage: Path, tmp_path: Path
+) -> None:
+    args = ["evaluate", lineage, "--task", "xray", "--set", "eval.max_samples=2",
+            "--save-predictions", tmp_path / "p.jsonl", "-f", "json"]  # fmt: skip
+    loud = cli(*args)
+    assert loud.code == 0 and "samples/s" in loud.err and "predictions written" in loud.err
+    for quiet in (["-q", *args], [*args, "-q"], ["--quiet", *args]):
+        result = cli(*quiet)
+        assert result.code == 0 and result.err == "", (quiet, result.err)
+        assert json.loads(result.out)["n"] == 2
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [

@@ -47,6 +47,12 @@ def test_routed_then_dense_from_inside_the_bundle(
     report = json.loads((out / "merge_report.json").read_text())
     assert report["mode"] == "dense" and report["fidelity"]["tokens"] > 0
     assert not (out / "modeling_medqwen_routed.py").exists()  # the routed export was replaced
+    # stderr is not a terminal here: one plain line as each phase starts, none under -q
+    for phase in ("loading v0001", "calibrating mean gates", "writing the dense export",
+                  "loading the export back", "measuring fidelity"):  # fmt: skip
+        assert f"merge (dense): {phase}" in dense.err, dense.err
+    quiet = cli("merge", "--out", out, "-m", "dense", "-n", "3", "--overwrite", "--no-eval", "-q")
+    assert quiet.code == 0 and quiet.err == "", quiet.err
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Two tiny bundles for the merge tests, each with a version v0002 standing in for a trained one
 (perturbed experts): `trained` (E=4, k=2, random routers: token-dependent routing) and `uniform`
 (E=4, k=4, zero routers: every gate is exactly 1/4, so the mean-routed fold is the routed model);
+`scored` is `trained` evaluated on 16 records;
 and the helpers that feed both a bundle and an export the same batch."""
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="package")
 def uniform(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _bundle(tmp_path_factory.mktemp("merge") / "uniform", ["adapter.top_k=4"], uniform=True)
+
+
+@pytest.fixture(scope="package")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `trained`, with the tiny recipe's own eval.max_samples (16 of xray's 32 eval records):
+    enough that the first 16 in file order (no POPE "yes" probe) are not the 16 `evaluate`
+    takes in turn from each record type and POPE answer."""
+    root = tmp_path_factory.mktemp("merge") / "scored"
+    return _bundle(root, ["eval.max_samples=16"], uniform=False)
 
 
 @pytest.fixture(scope="package")

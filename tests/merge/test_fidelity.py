@@ -1,9 +1,11 @@
 """The fidelity merge reports is what an independent recomputation finds (export loaded through
-plain transformers / PEFT), and routed with calibration measures an unchanged task metric."""
+plain transformers / PEFT), routed with calibration measures an unchanged task metric, and the
+task metric "before" is what `medqwen evaluate` records for the version."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,7 +48,10 @@ def test_reported_fidelity_is_what_an_independent_recomputation_finds(
     trained: Path, tmp_path: Path, mode: str, reference, records, batch_of, logits
 ) -> None:
     out = tmp_path / mode
-    result = merge_bundle(trained, out, mode=mode, calibration_samples=10, evaluate=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = merge_bundle(trained, out, mode=mode, calibration_samples=10, evaluate=False)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     fid = result.fidelity
     assert result.calibration == {
         "tasks": ["xray"], "split": "train", "fit_samples": 8, "held_out_samples": 2,
@@ -72,3 +77,36 @@ def test_task_metric_before_and_after(trained: Path, tmp_path: Path) -> None:
     (row,) = fid.task_metrics
     assert row["task"] == "xray" and row["n"] == 2 and row["metric"]
     assert row["before"] == row["after"]
+
+
+def test_before_is_what_evaluate_records_and_every_phase_reports(
+    scored: Path, tmp_path: Path
+) -> None:
+    """Same records, n and scoring as `evaluate` (merge once scored the first 16 records in file
+    order: no POPE "yes" probe, F1 0.0 against evaluate's 0.4, headline 0.120 against 0.217)."""
+    from medqwen_cli.evaluation.api import evaluate_bundle
+
+    evaluated = evaluate_bundle(scored, version="v0002")
+    calls: list[tuple[int, int, str]] = []
+    result = merge_bundle(
+        scored, tmp_path / "d", mode="dense", calibration_samples=4,
+        progress=lambda done, total, phase: calls.append((done, total, phase)),
+    )  # fmt: skip
+    (row,) = result.fidelity.task_metrics
+    (task,) = evaluated.tasks
+    assert (row["task"], row["metric"], row["n"], row["scoring"]) == (
+        task.task, task.headline_metric, task.n, evaluated.scoring,
+    )  # fmt: skip
+    assert task.n == 16 and row["before"] == task.headline
+    assert {part: v["before"] for part, v in row["parts"].items()} == {
+        f"{kind}.{s.headline}": s.headline_value for kind, s in task.by_type.items()
+    }
+    phases = list(dict.fromkeys(phase for _, _, phase in calls))
+    assert phases == [
+        "reading calibration data (xray)", "loading v0002", "calibrating mean gates",
+        "writing the dense export", "loading the export back", "measuring fidelity",
+        "task metric: xray with the routed model", "task metric: xray with the export",
+    ]  # fmt: skip
+    starts = {phase: (done, total) for done, total, phase in reversed(calls)}  # first call each
+    assert all(done == 0 for done, _ in starts.values())
+    assert starts["task metric: xray with the export"] == (0, 16)
