@@ -12,8 +12,8 @@ Contract of `ImageResolver(root, ...)(raw, where) -> list[absolute path]`:
   file is converted once (middle frame; the given window, else the header's) to a PNG under
   `cache_dir/dicom-png/` and that PNG is returned.
 - An image with more pixels than `max_image_pixels` is accepted with a warning (collected
-  in `warnings`, one line per dataset); the collator downscales it. An image too large to
-  decode safely is an error.
+  in `warnings`, one line per split read, ending with `DOWNSCALED`; `load_records` logs it once
+  per dataset); the collator downscales it. An image too large to decode safely is an error.
 - Every failure is a one-line `DataError` naming `where` (file:line) and the field; the
   results are memoised, so an image shared by many questions is checked once.
 """
@@ -32,6 +32,8 @@ from PIL import Image, UnidentifiedImageError
 from medqwen_cli._io import as_created
 from medqwen_cli.data.dicom import dicom_to_images, is_dicom_file
 from medqwen_cli.errors import DataError
+
+DOWNSCALED = "they are downscaled when batched"  # the end of the large-image warning
 
 
 class ImageResolver:
@@ -153,8 +155,7 @@ class ImageResolver:
         count = len(self._large)
         return [
             f"{count} image{'s' * (count > 1)} larger than max_image_pixels="
-            f"{self.max_image_pixels} (largest {width}x{height} at {where}); "
-            "they are downscaled when batched"
+            f"{self.max_image_pixels} (largest {width}x{height} at {where}); {DOWNSCALED}"
         ]
 
 

@@ -91,6 +91,26 @@ def test_a_dataset_warning_is_logged_once_per_process(tmp_path: Path, cache: Pat
     assert [r.getMessage()[:30] for r in caplog.records] == ["1 image larger than max_image_"]
 
 
+def test_large_images_are_logged_once_per_dataset_and_never_for_built_in_data(
+    tmp_path: Path, cache: Path, caplog
+) -> None:
+    from medqwen_cli.recipe import DatasetSpec
+
+    root = tmp_path / "ds"
+    write_png(root / "big.png", size=(200, 150))
+    write_png(root / "wide.png", size=(300, 150))
+    write_jsonl(root / "train.jsonl", [{"images": ["big.png"], "question": "Q?", "answer": "a"}])
+    write_jsonl(root / "eval.jsonl", [{"images": ["wide.png"], "question": "Q?", "answer": "a"}])
+    with caplog.at_level("WARNING", logger="medqwen_cli.data.readers"):
+        for split in ("train", "eval", "train"):  # two splits, two messages: one line
+            load_records(spec(root), split, cache_dir=cache, max_image_pixels=100 * 100)
+        for split in ("train", "eval"):  # built-in images are larger than 56 x 56 by design
+            load_records(DatasetSpec(path="builtin:xray"), split, cache_dir=cache,
+                         max_image_pixels=56 * 56)  # fmt: skip
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("1 image larger than max_image_pixels=10000") and "train.jsonl" in line
+
+
 def test_collator_downscales_large_images() -> None:
     from medqwen_cli.data.collate import fit_size
 
