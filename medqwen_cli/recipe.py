@@ -29,6 +29,7 @@ from medqwen_cli.errors import RecipeError
 # Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
 BUILTIN_TASKS = (
     "xray", "ct", "mri", "fundus", "pathology", "dicom", "cxr-rules", "ct-rules", "derm-rules",
+    "seq-cxr", "seq-ct", "seq-derm", "seq-mammo", "seq-thyroid",  # data.synthetic.sequence order
 )  # fmt: skip
 
 Scoring = Literal["likelihood", "generate"]  # = choices.SCORINGS (tests/test_recipe.py)

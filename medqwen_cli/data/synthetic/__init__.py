@@ -8,6 +8,9 @@ and report style, so training on them in sequence shows forgetting. `dicom` uses
 from pydicom's test files (`dicom_task`). `cxr-rules`, `ct-rules` and `derm-rules` ask the same
 closed questions (side of the patient, small or large) answered by each modality's reading rules:
 a conflict pair (cxr-rules -> derm-rules) and its control (cxr-rules -> ct-rules); see `rules`.
+`seq-cxr`, `seq-ct`, `seq-derm`, `seq-mammo` and `seq-thyroid` are the clinical sequence (five
+modalities in `sequence.SEQUENCE` order, their own rules, an `eval` split of unseen phrasing
+beside an `eval-template` one; see `sequence`, written by `sequence_task`).
 
 Output directory::
 
@@ -22,7 +25,7 @@ between 8 and 160). Everything derives from `seed` through numpy's seeded genera
 (train and eval streams independent), so a seed gives byte-identical files.
 
 `ensure_builtin` is what `load_records("builtin:NAME")` calls: it generates into
-`cache_dir/builtin/<NAME>-<GENERATOR_VERSION>-<seed>[-n<size>]/` once, atomically (a temporary
+`cache_dir/builtin/<NAME>-<generator version>-<seed>[-n<size>]/` once, atomically (a temporary
 directory renamed into place, so concurrent processes never see half a dataset).
 """
 
@@ -39,6 +42,9 @@ from medqwen_cli.data.synthetic.questions import POPE_SPLITS, TYPES, build, case
 from medqwen_cli.data.synthetic.render import RENDERERS
 from medqwen_cli.data.synthetic.rules import RULES, render_rule_image, rule_record, rule_split_sizes
 from medqwen_cli.data.synthetic.scenes import MODALITIES
+from medqwen_cli.data.synthetic.sequence import SEQUENCE_VERSION
+from medqwen_cli.data.synthetic.sequence import TASKS as SEQUENCE_TASKS
+from medqwen_cli.data.synthetic.sequence_task import generate_sequence_task
 from medqwen_cli.errors import DataError
 from medqwen_cli.recipe import BUILTIN_TASKS
 
@@ -47,7 +53,19 @@ IMAGE_SIZE = 112
 DEFAULT_TRAIN = 96
 DEFAULT_EVAL = 32
 
-__all__ = ["GENERATOR_VERSION", "ensure_builtin", "generate_task", "split_sizes"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "ensure_builtin",
+    "generate_task",
+    "generator_version",
+    "split_sizes",
+]
+
+
+def generator_version(name: str) -> str:
+    """The generator version of built-in task `name`: the sequence's tasks have their own, so
+    changing them never changes the other tasks' data (nor their cache directories)."""
+    return SEQUENCE_VERSION if name in SEQUENCE_TASKS else GENERATOR_VERSION
 
 
 def split_sizes(size: int | None) -> tuple[int, int]:
@@ -79,6 +97,11 @@ def generate_task(
 
         counts = generate_dicom_task(out, seed=seed, size=size, image_size=image_size)
         extra: dict[str, object] = {"source": "pydicom test files"}
+    elif name in SEQUENCE_TASKS:
+        counts, extra = generate_sequence_task(
+            name, out, seed=seed, size=size, image_size=image_size,
+            task_index=BUILTIN_TASKS.index(name),
+        )  # fmt: skip
     elif name in RULES:
         counts = _generate_rules(name, out, seed=seed, size=size, image_size=image_size)
         rules = RULES[name]
@@ -89,7 +112,7 @@ def generate_task(
         extra = {"modality": modality.noun, "findings": list(modality.findings), "types": types}
     manifest = {
         "name": name,
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": generator_version(name),
         "seed": seed,
         "size": size,
         "image_size": image_size,
@@ -165,7 +188,7 @@ def ensure_builtin(
 ) -> Path:
     """The generated directory of a built-in task under `cache_dir/builtin/`, made on first
     use (atomically)."""
-    tag = f"{name}-{GENERATOR_VERSION}-{seed}" + (f"-n{size}" if size is not None else "")
+    tag = f"{name}-{generator_version(name)}-{seed}" + (f"-n{size}" if size is not None else "")
     target = Path(cache_dir) / "builtin" / tag
     if (target / "dataset.json").is_file():
         return target
