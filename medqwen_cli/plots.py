@@ -24,10 +24,12 @@ a temporary name in the same directory and renamed into place.
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medqwen_cli.errors import EvaluationError
 from medqwen_cli.forgetting import ForgettingReport, TrainingCurve
@@ -181,13 +183,27 @@ def _curves(ax, report: ForgettingReport, vmin: float, vmax: float) -> None:
     ax.set_title(f"{report.name}: per-task score (star: just trained)\n{figures}", fontsize=10)
 
 
+def _matplotlib() -> tuple[Any, Any]:
+    """(FigureCanvasAgg, Figure). The first import with a fresh font cache logs "generated new
+    fontManager" at INFO, which the CLI's stderr would show; matplotlib's logger is held at
+    WARNING for the import only (its warning that building the cache takes a while still shows)."""
+    log = logging.getLogger("matplotlib")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    finally:
+        log.setLevel(level)
+    return FigureCanvasAgg, Figure
+
+
 def plot_forgetting(reports: Sequence[ForgettingReport], path: str | os.PathLike[str]) -> Path:
     """Draw `reports` side by side (one row each) into a PNG at `path`; returns the path."""
     if not reports:
         raise EvaluationError("no forgetting report to plot", hint="pass at least one run")
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        FigureCanvasAgg, Figure = _matplotlib()
     except ImportError as exc:
         raise EvaluationError(
             "matplotlib is needed for --plot but is not installed",

@@ -30,11 +30,13 @@ Stages, each callable on its own (the tests use them): `locate_gguf` -> `load_so
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +113,29 @@ def load_source(gguf: Path | None = None) -> tuple[Any, Any]:
     gguf = gguf or locate_gguf()
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        llama = LlamaForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        with _gguf_bar_on_terminals_only():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            llama = LlamaForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
     except ImportError as exc:  # transformers asks for the gguf package here
         raise BaseModelError(f"cannot read {gguf.name}: {exc}", INSTALL_HINT) from None
     return llama.eval().requires_grad_(False), tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_bar_on_terminals_only() -> Iterator[None]:
+    """transformers' GGUF reader draws a plain tqdm bar (not transformers' own, which
+    `quiet_transformers` turns off); in a log file its every refresh is a carriage return on one
+    endless line. tqdm's `disable=None` draws it only when stderr is a terminal."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=None)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 # --------------------------------------------------------------------------- transplant

@@ -45,6 +45,18 @@ def transplanted(source):
     return nano.transplant(*source, seed=0)
 
 
+def test_the_gguf_bar_is_drawn_on_a_terminal_only(capsys) -> None:
+    """Reading the GGUF drew transformers' tqdm bar into log files (one endless line of carriage
+    returns); pytest's stderr is no terminal, as a log file is not."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    with nano._gguf_bar_on_terminals_only():
+        list(gguf_utils.tqdm(range(50), desc="Converting"))
+    assert capsys.readouterr().err == ""
+    list(gguf_utils.tqdm(range(50), desc="Converting"))  # the reader's own bar, unguarded
+    assert "Converting" in capsys.readouterr().err
+
+
 def chat_ids(tokenizer, questions: list[str]) -> dict[str, torch.Tensor]:
     texts = [
         tokenizer.apply_chat_template(
