@@ -1,10 +1,14 @@
-"""Write the strategy study's report tables into docs/continual.md (between the
-`strategies-targets` and `strategies-tables` markers), from the committed results file.
+"""Write the study reports' tables into the docs, from the committed results files:
+
+    docs/continual.md         continual-strategies.json: `strategies-targets` (the targets
+                              table), `strategies-tables` (every table of the conflict pair
+                              but the targets), `strategies-cells` (the per-cell table)
+    docs/forgetting-study.md  forgetting-study-rules.json: `conflict`, `control`
 
     .venv/bin/python scripts/fill_continual_docs.py
 
-tests/benchmarks/test_forgetting_study.py checks the docs equal the report: run this after
-committing new results to benchmarks/results/continual-strategies.json.
+tests/benchmarks/test_forgetting_study.py checks each doc equals `filled(doc)`: run this after
+committing new results to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -15,27 +19,52 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-import forgetting_study as study  # noqa: E402
+from study_report import TARGETS_HEADING, report  # noqa: E402
 
-MARK = "Targets (kept >= 0.95 of A with B after B >= 0.95):\n"
+CELLS_HEADING = "Per cell (A's records gained and lost between after A and after B):\n"
+DOCS = {  # doc -> results file
+    "docs/continual.md": "benchmarks/results/continual-strategies.json",
+    "docs/forgetting-study.md": "benchmarks/results/forgetting-study-rules.json",
+}
+
+
+def _pair(text: str, pair: str) -> str:
+    """The report's section of `pair`, without its heading and the definitions line."""
+    part = text.split(f"## {pair}:")[1].split("\n", 1)[1]
+    return part.split("\n## ")[0].split("\ndefinitions:")[0].strip()
+
+
+def parts(doc: str) -> dict[str, str]:
+    """Marker name -> the report text that goes between its markers in `doc`."""
+    results = json.loads((REPO / DOCS[doc]).read_text(encoding="utf-8"))
+    text = report(results, None)
+    if doc == "docs/forgetting-study.md":
+        return {"conflict": _pair(text, "conflict"), "control": _pair(text, "control")}
+    conflict = _pair(text, "conflict")
+    tables, rest = conflict.split("\n" + CELLS_HEADING)
+    cells, targets = rest.split("\n" + TARGETS_HEADING + "\n")
+    notes = text.split("## conflict:")[0].strip()  # A versions, CPUs, base
+    return {
+        "strategies-targets": targets.strip(),
+        "strategies-tables": notes + "\n\n" + tables.strip(),
+        "strategies-cells": cells.strip(),
+    }
+
+
+def filled(doc: str) -> str:
+    """`doc`'s text with every marked block replaced by the report's."""
+    text = (REPO / doc).read_text(encoding="utf-8")
+    for name, part in parts(doc).items():
+        start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+        head, rest = text.split(start)
+        text = head + start + part + "\n" + end + rest.split(end, 1)[1]
+    return text
 
 
 def main() -> None:
-    results = json.loads((REPO / "benchmarks/results/continual-strategies.json").read_text())
-    conflict = study.report(results, None).split("## conflict:")[1].split("\n", 1)[1]
-    conflict = conflict.split("\n## ")[0]
-    parts = {
-        "targets": conflict.split(MARK)[1].strip(),
-        "tables": conflict.split("\nTargets (")[0].strip(),
-    }
-    path = REPO / "docs/continual.md"
-    doc = path.read_text()
-    for name, part in parts.items():
-        start, end = f"<!-- strategies-{name}:start -->\n", f"<!-- strategies-{name}:end -->"
-        head, rest = doc.split(start)
-        doc = head + start + part + "\n" + end + rest.split(end, 1)[1]
-    path.write_text(doc)
-    print(f"updated {path}")
+    for doc in DOCS:
+        (REPO / doc).write_text(filled(doc), encoding="utf-8")
+        print(f"updated {doc}")
 
 
 if __name__ == "__main__":
