@@ -15,6 +15,7 @@ import pytest
 from data_helpers import spec
 
 from medqwen_cli.data import generate_task, load_records
+from medqwen_cli.data.synthetic import SEQUENCE as EXPORTED
 from medqwen_cli.data.synthetic import ensure_builtin, generator_version
 from medqwen_cli.data.synthetic.looks import LOOKS, render_look
 from medqwen_cli.data.synthetic.sequence import (
@@ -61,7 +62,7 @@ def test_rule_pair_records_are_unchanged(tmp_path: Path, name: str) -> None:
 
 
 def test_sequence_is_registered_in_order(builtin_cache: Path) -> None:
-    assert len(SEQUENCE) >= 5 and list(SEQUENCE) == list(TASKS)
+    assert len(SEQUENCE) >= 5 and list(SEQUENCE) == list(TASKS) and EXPORTED == SEQUENCE
     positions = [BUILTIN_TASKS.index(name) for name in SEQUENCE]
     assert positions == sorted(positions)
     assert len({TASKS[n].look for n in SEQUENCE}) == len(SEQUENCE) == len(LOOKS)

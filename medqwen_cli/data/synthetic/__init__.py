@@ -42,7 +42,7 @@ from medqwen_cli.data.synthetic.questions import POPE_SPLITS, TYPES, build, case
 from medqwen_cli.data.synthetic.render import RENDERERS
 from medqwen_cli.data.synthetic.rules import RULES, render_rule_image, rule_record, rule_split_sizes
 from medqwen_cli.data.synthetic.scenes import MODALITIES
-from medqwen_cli.data.synthetic.sequence import SEQUENCE_VERSION
+from medqwen_cli.data.synthetic.sequence import SEQUENCE, SEQUENCE_VERSION
 from medqwen_cli.data.synthetic.sequence import TASKS as SEQUENCE_TASKS
 from medqwen_cli.data.synthetic.sequence_task import generate_sequence_task
 from medqwen_cli.errors import DataError
@@ -55,6 +55,7 @@ DEFAULT_EVAL = 32
 
 __all__ = [
     "GENERATOR_VERSION",
+    "SEQUENCE",
     "ensure_builtin",
     "generate_task",
     "generator_version",
