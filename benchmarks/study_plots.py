@@ -110,7 +110,7 @@ def plot_tradeoff(runs: list[dict], path: Path, pair: str = "conflict") -> None:
         label="targets: lost <= 0.05, B >= 0.95",
     )  # fmt: skip
     ax.set_xlabel(f"B after B: accuracy on {PAIRS[pair]} after training it (plasticity)")
-    ax.set_ylabel(f"share of {TASK_A}'s records lost (right after A, wrong after B)")
+    ax.set_ylabel(f"share of {TASK_A} records lost (right after A, wrong after B)")
     ax.set_title(f"{pair}: {TASK_A} -> {PAIRS[pair]}, mean and 95% interval over seeds "
                  "(colour: strategy, marker: method)", fontsize=10)  # fmt: skip
     ax.set_xlim(left, 1.02)
