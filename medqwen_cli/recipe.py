@@ -203,6 +203,13 @@ class ContinualConfig(_Strict):
         ge=1,
         description="Train records per task (a seeded sample) whose layer inputs make its basis.",
     )
+    protect_full: Literal["fit", "refuse"] = Field(
+        "fit",
+        description="When a layer's input has no room for every earlier task's basis at "
+        "protect_energy and a new branch: `fit` keeps the directions worth most to some earlier "
+        "task that leave the branch its rank (and says which layers and how much each task "
+        "kept); `refuse` stops before training, naming an energy that fits.",
+    )
 
 
 class Recipe(_Strict):

@@ -245,6 +245,11 @@ def _protect_line(c: dict) -> str:
             f"branch {c['branches']} kept out of the inputs of {sources} "
             f"(energy {c['protect_energy']}; bases {lo:.0%}-{hi:.0%} of each layer's inputs)"
         )
+        least = c.get("least_held") or {}
+        if least:
+            what += "; least energy kept per task " + ", ".join(
+                f"{t} {v:.3f}" for t, v in least.items()
+            )
         inside = c.get("new_task_energy_in_bases")
         if inside:
             what += f"; {inside[0]:.0%}-{inside[1]:.0%} of the new task's input energy lies inside"

@@ -30,14 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medqwen_cli.continual.bases import Bases, load_bases, save_bases
 from medqwen_cli.continual.lineage import earlier_tasks, task_train_records
-from medqwen_cli.continual.record import (
-    PROTECT_FILE,
-    BasesInfo,
-    ProtectRecord,
-    read_record,
-    stored_bases,
-)
+from medqwen_cli.continual.record import PROTECT_FILE, BasesInfo, ProtectRecord, stored_bases
 from medqwen_cli.continual.strategy import Strategy
 from medqwen_cli.errors import DataError, RecipeError, TrainingError
 
@@ -66,12 +61,13 @@ class ProtectStrategy(Strategy):
     energy: float
     records: int  # records per task for a basis
     earlier: list[str]  # the lineage's earlier tasks: the new branch is protected against them
-    stored_from: str | None  # version whose protect.safetensors covers `stored_tasks`
+    stored_from: str | None  # the latest version of the lineage that stored bases
     stored_tasks: list[str]
     # earlier tasks without a stored basis: (task, sampled train records, version vouching)
     from_data: list[tuple[str, list[Any], str | None]] = field(default_factory=list)
     seed: int = 0  # the samples' seed (train.seed)
     own_tasks: list[str] = field(default_factory=list)  # the run's tasks
+    full: str = "fit"  # continual.protect_full: what a layer without room does
     adapter: Any = None  # the recipe's adapter settings: the branches' method, rank, experts
     train: Any = None  # the recipe's train settings: batch size, image and length limits
     name = "protect"
@@ -79,18 +75,20 @@ class ProtectStrategy(Strategy):
     # filled by the phases
     collator: Any = None
     device: Any = None
-    bases: dict[str, Tensor] = field(default_factory=dict)
+    bases: Bases = field(default_factory=Bases)
     groups: dict[str, str] = field(default_factory=dict)
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its basis' source
+    stored_count: int = 0  # tasks of `bases` read from earlier versions' files
     new_energy: dict[str, float] = field(default_factory=dict)  # group -> new task inside bases
     guarded: dict[str, int] = field(default_factory=dict)  # group -> columns guarding the branch
+    held: dict[str, list[float | None]] = field(default_factory=dict)  # group -> per task
+    over: dict[str, list[int]] = field(default_factory=dict)  # full groups: [asked, room]
     branches: int = 0
 
     # ------------------------------------------------------------------ phases
 
     def prepare(self, model: nn.Module, *, bundle: Any, processor: Any, device: Any) -> None:
-        """Load or compute the earlier tasks' bases; add the new branches (if any earlier task)."""
-        from medqwen_cli.bundle import load_tensors
+        """Load or compute the earlier tasks' bases, cut them at this run's energy, and add the
+        new branches in the complement of the cut (if there is an earlier task)."""
         from medqwen_cli.data.collate import Collator
 
         self.device = device
@@ -98,21 +96,25 @@ class ProtectStrategy(Strategy):
             processor, max_image_pixels=self.train.max_image_pixels,
             max_length=self.train.max_length,
         )  # fmt: skip
-        if self.stored_from is not None:
-            stored = load_tensors(bundle.version_dir(self.stored_from) / PROTECT_FILE)
-            self.bases = {g: t.double() for g, t in stored.items()}
-            record = read_record(bundle, self.stored_from)
-            assert isinstance(record, ProtectRecord)
-            self.groups = dict(record.groups)
-            for task in self.stored_tasks:
-                self.tasks[task] = {"source": f"version {self.stored_from}"}
-        for task, records, _ in self.from_data:
-            self._add(model, [task], records)
-        # the columns guarding this version's branch: the bases keep them first as they grow
-        self.guarded = {g: int(b.shape[1]) for g, b in self.bases.items()}
-        if self.earlier:
-            add_protected_branches(model, self.bases, self.groups, self.adapter)
-            self.branches = max(len(layer.branches) for _, layer in _layers(model))
+        self.bases, self.groups = load_bases(bundle, self.stored_from)
+        self.stored_count = len(self.bases.tasks)
+        for task, records, checked in self.from_data:
+            source = {"source": "data", "records": len(records), "checked_against": checked}
+            self._add(model, task, records, source)
+        if not self.earlier:
+            return
+        sizes = {name: layer.in_features for name, layer in _layers(model)}
+        room = {g: sizes[g] - self.adapter.rank for g in self.bases.columns}
+        guard, self.held = self.bases.cut(self.energy, room)
+        asked, _ = self.bases.cut(self.energy, {g: sizes[g] for g in room})  # without the branch
+        self.over = {
+            g: [int(asked[g].shape[1]), room[g]] for g in room if asked[g].shape[1] > room[g]
+        }
+        if self.over and self.full == "refuse":
+            raise _full_error(self.bases, self.over, self.energy, room)
+        self.guarded = {g: int(m.shape[1]) for g, m in guard.items()}
+        add_protected_branches(model, guard, self.groups, self.adapter)
+        self.branches = max(len(layer.branches) for _, layer in _layers(model))
 
     def after_step(self, model: nn.Module) -> None:
         """Every protected branch's A back into its complement: A <- A (I - M M^T)."""
@@ -123,52 +125,88 @@ class ProtectStrategy(Strategy):
     def finish(self, model: nn.Module, records: list[Any]) -> None:
         """Add the run's own tasks (a sample of their train records) on the trained model."""
         chosen = sample(list(records), self.records, self.seed, len(self.earlier))
-        self.new_energy = self._add(model, self.own_tasks, chosen)
+        for task in self.own_tasks:
+            source = {"source": "data", "records": len(chosen)}
+            self.new_energy = self._add(model, task, chosen, source)
+
+    def notes(self) -> list[str]:
+        """One warning when some layers could not protect every earlier task at the energy."""
+        if not self.over:
+            return []
+        worst = sorted(self.over.items(), key=lambda kv: kv[1][1] / max(kv[1][0], 1))[:3]
+        lows = _lowest(self.bases.tasks, self.held)
+        shown = ", ".join(f"{g} ({a} directions asked, room for {r})" for g, (a, r) in worst)
+        low = "; ".join(f"{t}: {v:.3f} of its energy in {g}" for t, (v, g) in lows.items())
+        return [
+            f"protect: {len(self.over)} layer input(s) had no room for every earlier task's basis "
+            f"at energy {self.energy} and a branch of rank {self.adapter.rank}; the directions "
+            f"worth most were kept: {shown}. Least kept per task: {low}. "
+            "(continual.protect_full=refuse stops instead)"
+        ]
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         """For the run's result: settings, sources, sizes (no ids)."""
         from medqwen_cli.adapters.branches import branch_params
 
-        shares = [b.shape[1] / b.shape[0] for b in self.bases.values()]
+        sizes = {g: c.shape[0] for g, c in self.bases.columns.items()}
+        shares = [k / sizes[g] for g, k in self.guarded.items()]
         inside = list(self.new_energy.values())
         return {
             "strategy": "protect",
             "protect_energy": self.energy,
             "protected_tasks": list(self.earlier),
-            "bases_from": {t: v["source"] for t, v in self.tasks.items()},
+            "bases_from": {
+                t: s["source"] for t, s in zip(self.bases.tasks, self.bases.sources, strict=True)
+            },
             "branches": self.branches,
             "branch_params": branch_params(model),
             "basis_share": [min(shares), max(shares)] if shares else [0.0, 0.0],
             "new_task_energy_in_bases": [min(inside), max(inside)] if inside else None,
+            "full_layers": len(self.over),
+            "least_held": {
+                t: round(v, 4) for t, (v, _) in _lowest(self.bases.tasks, self.held).items()
+            },
         }
 
     def record(self, model: nn.Module) -> ProtectRecord:
         from medqwen_cli.adapters.branches import branch_params
 
-        sizes = {g: [int(b.shape[0]), int(b.shape[1])] for g, b in self.bases.items()}
+        files: dict[str, list[int]] = {}
+        for index, version in enumerate(self.bases.origin):
+            if version is not None:
+                files.setdefault(version, []).append(index)
+        added = [i for i, v in enumerate(self.bases.origin) if v is None]
+        tasks = {}
+        for task, source in zip(self.bases.tasks, self.bases.sources, strict=True):
+            ids = source.get("ids")
+            tasks[task] = {k: v for k, v in source.items() if k != "ids"} | (
+                {"ids": ids} if ids else {}
+            )
         return ProtectRecord(
-            protect_energy=self.energy, protect_records=self.records,
+            schema_=2, protect_energy=self.energy, protect_records=self.records,
             protected_tasks=list(self.earlier), branches=self.branches,
             branch_params=branch_params(model),
-            bases=BasesInfo(tasks=list(self.tasks), sizes=sizes, guarded=self.guarded),
-            tasks=self.tasks, groups=self.groups,
+            bases=BasesInfo(tasks=list(self.bases.tasks), sizes=self.bases.sizes(),
+                            guarded=self.guarded, added=added, files=files),
+            tasks=tasks, groups=self.groups,
             new_task_energy_in_bases={g: round(v, 6) for g, v in self.new_energy.items()},
+            protect_full=self.full,
+            held={g: [None if v is None else round(v, 6) for v in vs] for g, vs in self.held.items()},
+            full=self.over,
         )  # fmt: skip
 
     def files(self, run_dir: Path) -> dict[str, Path]:
-        from medqwen_cli._io import save_tensors
-
         path = run_dir / PROTECT_FILE
-        tensors = {g: b.float().contiguous() for g, b in self.bases.items()}  # stored as float32
-        save_tensors(path, tensors, {"format": "medqwen-bases"})
+        added = [i for i, v in enumerate(self.bases.origin) if v is None]
+        save_bases(self.bases, path, added)
         return {PROTECT_FILE: path}
 
     # ------------------------------------------------------------------ helpers
 
-    def _add(self, model: nn.Module, tasks: list[str], records: Sequence[Any]) -> dict[str, float]:
-        """Grow the bases by the inputs of `records` (of `tasks`); the share of their energy
-        already inside the bases, per group."""
-        from medqwen_cli.continual.subspace import energy_in, grow_basis, input_grams
+    def _add(self, model: nn.Module, task: str, records: Sequence[Any], source: dict) -> dict:
+        """Add `task`'s basis from the inputs of `records`; per group, the share of its energy
+        already inside the bases."""
+        from medqwen_cli.continual.subspace import input_grams
 
         size = self.train.batch_size
         grams, groups, tokens = input_grams(
@@ -181,16 +219,37 @@ class ProtectStrategy(Strategy):
                 "continue with the adapter settings the bases were made with",
             )
         self.groups = groups
-        inside = {}
-        for group, gram in grams.items():
-            inside[group] = energy_in(self.bases.get(group), gram)
-            self.bases[group] = grow_basis(self.bases.get(group), gram, self.energy)
-        for task in tasks:
-            self.tasks[task] = {
-                "source": "data", "records": len(records), "tokens": tokens,
-                "ids": [r.id for r in records],
-            }  # fmt: skip
-        return inside
+        source = {**source, "tokens": tokens, "ids": [r.id for r in records]}
+        return self.bases.add(task, grams, self.energy, source)
+
+
+def _lowest(tasks: list[str], held: dict[str, list[float | None]]) -> dict[str, tuple[float, str]]:
+    """Per task, the smallest energy of it any group holds, and that group."""
+    out: dict[str, tuple[float, str]] = {}
+    for group, values in held.items():
+        for task, value in zip(tasks, values, strict=False):
+            if value is not None and (task not in out or value < out[task][0]):
+                out[task] = (value, group)
+    return out
+
+
+def _full_error(bases: Bases, over: dict, energy: float, room: dict[str, int]) -> TrainingError:
+    """The refusal of a full layer (continual.protect_full=refuse), with an energy that fits."""
+    (group, (asked, left)), *_ = sorted(over.items(), key=lambda kv: kv[1][1] - kv[1][0])
+    fits = next(
+        (e for e in (0.98, 0.97, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.1) if e < energy
+         and all(m.shape[1] <= room[g] for g, m in bases.cut(e, {g: 10**9 for g in room})[0].items())),
+        None,
+    )  # fmt: skip
+    fix = (
+        f"--set continual.protect_energy={fits} fits every layer, or " if fits is not None else ""
+    ) + "--set continual.protect_full=fit protects the directions worth most that fit"
+    return TrainingError(
+        f"layer input {group}: the earlier tasks' bases at energy {energy} take {asked} "
+        f"directions, leaving {left} of room after the new branch's rank "
+        f"({len(over)} layer input(s) like it) and continual.protect_full=refuse",
+        fix,
+    )
 
 
 def _layers(model: Any) -> Any:
@@ -236,7 +295,8 @@ def plan_protect(
     return ProtectStrategy(
         energy=cfg.protect_energy, records=cfg.protect_records, earlier=earlier,
         stored_from=version if stored else None, stored_tasks=stored, from_data=from_data,
-        seed=seed, own_tasks=list(new_tasks), adapter=recipe.adapter, train=recipe.train,
+        seed=seed, own_tasks=list(new_tasks), full=cfg.protect_full, adapter=recipe.adapter,
+        train=recipe.train,
     )  # fmt: skip
 
 

@@ -7,8 +7,9 @@ sources). A protected version also holds `protect.safetensors`, the layer-input 
 `inspect`, the forgetting report, the run's own output) goes through `read_record`.
 
 `schema` counts the file's layout: 1 is the first (files written before the field existed read
-as 1). A record that does not match its strategy's model fails with the version named. Nothing
-here imports torch.
+as 1); protect writes 2 since its bases hold energies and each version stores only the tasks it
+added (continual/bases.py). A record that does not match its strategy's model fails with the
+version named. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from medqwen_cli.errors import BundleError
 
 CONTINUAL_FILE = "continual.json"  # in a version trained with a strategy: its settings and ids
 PROTECT_FILE = "protect.safetensors"  # in a protected version: the input bases per layer group
-SCHEMA = 1
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    schema_: int = Field(SCHEMA, alias="schema")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_: int = Field(1, alias="schema")
 
     def describe(self) -> str:  # pragma: no cover - every strategy says itself
         raise NotImplementedError
@@ -58,8 +58,12 @@ class ReplayRecord(_Record):
 class BasesInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tasks: list[str]  # the tasks the stored bases cover, in the order they were added
-    sizes: dict[str, list[int]]  # group -> [n, k]
-    guarded: dict[str, int]  # group -> the first columns: the bases this version's branch avoids
+    sizes: dict[str, list[int]]  # group -> [n, K]: every stored column
+    # group -> columns guarding this version's branch (schema 1: the first ones; schema 2: the
+    # columns the run's cut chose)
+    guarded: dict[str, int]
+    added: list[int] = Field(default_factory=list)  # task indices this version's file holds
+    files: dict[str, list[int]] = Field(default_factory=dict)  # earlier version -> its indices
 
 
 class ProtectRecord(_Record):
@@ -73,11 +77,18 @@ class ProtectRecord(_Record):
     tasks: dict[str, dict[str, Any]]  # task -> where its basis came from (source, record ids)
     groups: dict[str, str]  # layer -> the first layer reading the same input
     new_task_energy_in_bases: dict[str, float]  # group -> the new task's energy already inside
+    # schema 2: what a full layer does (fit or refuse); per group, each protected task's energy
+    # the guarding columns hold (a lower bound; None: unknown, an older file); the groups where
+    # the cut did not fit: [columns the energy asked for, room left by the branch]
+    protect_full: str = "refuse"
+    held: dict[str, list[float | None]] = Field(default_factory=dict)
+    full: dict[str, list[int]] = Field(default_factory=dict)
 
     def describe(self) -> str:
         if not self.protected_tasks:
             return f"protect {self.protect_energy}: basis recorded"
-        return f"protect {self.protect_energy}, branch {self.branches}"
+        full = f", {len(self.full)} layer input(s) full" if self.full else ""
+        return f"protect {self.protect_energy}, branch {self.branches}{full}"
 
 
 ContinualRecord = Annotated[ReplayRecord | ProtectRecord, Field(discriminator="strategy")]
@@ -126,22 +137,38 @@ def stored_bases(bundle: Any, parent: str | None) -> tuple[str | None, list[str]
     return None, []
 
 
-def inspect_fields(bundle: Any, version: str) -> dict[str, Any]:
-    """What `inspect` shows of `version`'s strategy: its name and, with stored bases, their
-    tasks, groups, size and share of the layers' inputs (read from the file's header)."""
-    from medqwen_cli._io import numel, tensor_shapes
+def least_held(record: ProtectRecord) -> dict[str, tuple[float, str]]:
+    """Per protected task, the smallest energy of it a guarding group holds, and that group
+    (schema 2 records; empty for older ones)."""
+    out: dict[str, tuple[float, str]] = {}
+    tasks = record.bases.tasks
+    for group, values in record.held.items():
+        for task, value in zip(tasks, values, strict=False):
+            if value is not None and (task not in out or value < out[task][0]):
+                out[task] = (value, group)
+    return out
 
+
+def inspect_fields(bundle: Any, version: str) -> dict[str, Any]:
+    """What `inspect` shows of `version`'s strategy: its name and, for a protected version, the
+    bases' tasks, size and share of the layers' inputs, the columns guarding its branch, and
+    per earlier task the least energy of it a layer input kept."""
     record = read_record(bundle, version)
     out: dict[str, Any] = {"strategy": "none" if record is None else record.describe()}
-    path = bundle.version_dir(version) / PROTECT_FILE
-    if isinstance(record, ProtectRecord) and path.is_file():
-        shapes = tensor_shapes(path)
-        shares = [k / n for n, k in shapes.values()]
+    if isinstance(record, ProtectRecord) and record.bases.sizes:
+        shares = [k / n for n, k in record.bases.sizes.values()]
+        guarded = [record.bases.guarded.get(g, 0) / n for g, (n, _) in record.bases.sizes.items()]
         out["protect_bases"] = {
             "what": "layer-input directions: derived statistics, no records",
             "tasks": record.bases.tasks,
-            "groups": len(shapes),
-            "floats": numel(shapes.values()),
+            "groups": len(record.bases.sizes),
+            "floats": sum(n * k for n, k in record.bases.sizes.values()),
             "share_of_inputs": [round(min(shares), 4), round(max(shares), 4)],
+            "guarding_branch": [round(min(guarded), 4), round(max(guarded), 4)],
+            "full_layer_inputs": len(record.full),
+            "least_kept": {t: [round(v, 4), g] for t, (v, g) in least_held(record).items()},
+            "stored_in": {**record.bases.files, version: record.bases.added}
+            if record.schema_ >= 2
+            else {version: list(range(len(record.bases.tasks)))},
         }
     return out

@@ -10,7 +10,7 @@ A `train` or `continue` run (training/run.py) calls, in this order:
     after_step  after every optimizer step (protect puts its branches back in their complement)
     finish      on the trained model, with the new task's train records (protect adds the
                 task's basis)
-    summary     the run's result: settings and sources, no record ids
+    summary     the run's result: settings and sources, no record ids; `notes`: its warnings
     record      the version's `continual.json` (a typed record, continual/record.py) and the
     files       files the version stores beside it
 
@@ -62,6 +62,10 @@ class Strategy:
 
     def finish(self, model: Any, records: list[Any]) -> None:
         """Called on the trained model with the new task's train records (nothing by default)."""
+
+    def notes(self) -> list[str]:
+        """Warnings for the run's result, one line each (none by default)."""
+        return []
 
     def summary(self, model: Any) -> dict[str, Any] | None:
         """The run result's `continual` field: None without a strategy."""

@@ -17,7 +17,7 @@ basis of what is left, in which a protected branch's input side lives.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -131,15 +131,16 @@ def energy_in(basis: Tensor | None, gram: Tensor) -> float:
     return float(torch.trace(m.t() @ gram @ m)) / total
 
 
-def grow_basis(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
-    """M extended with the fewest directions outside span(M) that bring the inputs of `gram`
-    to `energy` of their total (see the module docstring); float64, orthonormal columns."""
+def new_directions(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
+    """The fewest directions outside span(M) that bring the inputs of `gram` to `energy` of
+    their total (see the module docstring): n x j, float64, orthonormal, orthogonal to M, in
+    decreasing order of the energy they carry; j = 0 when M already holds enough."""
     n = gram.shape[0]
     m = gram.new_zeros(n, 0) if basis is None else basis.to(gram.dtype)
     total = float(torch.trace(gram))
     kept = energy_in(m, gram) * total
     if total <= 0 or kept >= energy * total or m.shape[1] >= n:
-        return m
+        return gram.new_zeros(n, 0)
     rest = gram - m @ (m.t() @ gram)  # (I - P) C
     rest = rest - (rest @ m) @ m.t()  # (I - P) C (I - P)
     rest = (rest + rest.t()) / 2
@@ -153,10 +154,74 @@ def grow_basis(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
     count = int(torch.searchsorted(cumulative, torch.tensor(need, dtype=values.dtype))) + 1
     count = min(count, reached, n - m.shape[1])
     new = vectors[:, :count]
-    new = new - m @ (m.t() @ new)  # orthogonal to M up to rounding: make it exact
-    grown = torch.cat([m, new], dim=1)
-    q, _ = torch.linalg.qr(grown)
+    for _ in range(2):  # orthogonal to M up to rounding: make it exact (twice is enough)
+        new = new - m @ (m.t() @ new)
+    q, _ = torch.linalg.qr(new)  # orthonormal among themselves, their order (and span) kept
     return q
+
+
+def grow_basis(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
+    """M extended by `new_directions` (M's columns first, unchanged)."""
+    n = gram.shape[0]
+    m = gram.new_zeros(n, 0) if basis is None else basis.to(gram.dtype)
+    return torch.cat([m, new_directions(m, gram, energy)], dim=1)
+
+
+def column_energies(columns: Tensor, gram: Tensor) -> Tensor:
+    """u_c^T C u_c / tr(C) for every column u_c of `columns` (orthonormal, n x K): the share of
+    the inputs' energy along each; over any subset of the columns they add up to the energy in
+    its span. float64, (K,)."""
+    total = torch.trace(gram)
+    if columns.shape[1] == 0 or float(total) <= 0:
+        return gram.new_zeros(columns.shape[1])
+    u = columns.to(gram.dtype)
+    return ((gram @ u) * u).sum(0) / total
+
+
+def choose_columns(
+    owner: Sequence[int], energies: Sequence[Tensor | None], energy: float, room: int
+) -> tuple[Tensor, list[float | None]]:
+    """Which of a group's stored columns guard a new branch, and how much each task keeps.
+
+    Column c was added for task `owner[c]`; `energies[t]` is task t's energy along columns
+    0 .. len - 1 (`column_energies` when it was added: its own columns and every earlier one),
+    or None when unknown (bases of an older medqwen: all its columns are kept). Per task, in
+    order, its own columns are taken in their order (decreasing energy) until the columns
+    taken so far hold `energy` of it. When more are taken than `room` (the directions the
+    branch can leave to the old tasks: n - rank), the `room` columns worth most to some task
+    stay. Returns (a boolean mask over the columns, per task the energy of it the mask holds,
+    counted on the columns its record covers: a lower bound; None when unknown).
+    """
+    count = len(owner)
+    keep = torch.zeros(count, dtype=torch.bool)
+    owners = torch.tensor(list(owner), dtype=torch.long)
+    for task, e in enumerate(energies):
+        own = (owners == task).nonzero().flatten().tolist()
+        if e is None:
+            keep[own] = True
+            continue
+        have = float(e[keep[: len(e)]].sum())
+        for c in own:
+            if have >= energy - 1e-12:
+                break
+            keep[c] = True
+            have += float(e[c])
+    if int(keep.sum()) > room:
+        worth = torch.zeros(count, dtype=torch.float64)
+        for task, e in enumerate(energies):
+            if e is None:  # unknown: earlier columns of the task first, as they were added
+                own = (owners == task).nonzero().flatten()
+                worth[own] = torch.maximum(
+                    worth[own], 1.0 - torch.arange(len(own)) / max(len(own), 1)
+                )
+            else:
+                worth[: len(e)] = torch.maximum(worth[: len(e)], e.double())
+        worth[~keep] = -1.0
+        chosen = torch.argsort(worth, descending=True, stable=True)[: max(room, 0)]
+        keep = torch.zeros(count, dtype=torch.bool)
+        keep[chosen] = True
+    held = [None if e is None else float(e[keep[: len(e)]].sum()) for e in energies]
+    return keep, held
 
 
 def complement(basis: Tensor) -> Tensor:

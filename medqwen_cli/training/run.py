@@ -141,7 +141,7 @@ def continue_bundle(
     done = [e for e in scored if e is not None]
     result.evaluations = [line for e in done for line in e.records]
     # the new task is in both evaluations: its note, the same line, is kept once
-    result.notes = list(dict.fromkeys(note for e in done for note in e.notes))
+    result.notes = list(dict.fromkeys([*result.notes, *(note for e in done for note in e.notes)]))
     return result
 
 
@@ -171,6 +171,7 @@ def run_plan(
     )  # fmt: skip
     strategy.finish(loaded.model, data.new)
     summary = summarize(plan, bundle, result, loaded.model)
+    summary.notes += strategy.notes()
     publish(plan, bundle, accelerator, loaded.model, summary, watch, data, command=command)
     if plan.recipe.train.trackers:  # flushes the trackers; it also ends the process group: last
         accelerator.end_training()

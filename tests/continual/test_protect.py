@@ -5,6 +5,7 @@ exact, and the refusals come with their reasons."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,14 +20,14 @@ QUICK = ["train.max_steps=3", "train.checkpoint_every=1000"]
 PROTECT = ["continual.protect=true", "continual.protect_energy=0.6", "continual.protect_records=8"]
 
 
-def _task_dir(root: Path, n: int) -> Path:
+def _task_dir(root: Path, n: int, word: str = "finding") -> Path:
     """A task whose eval split is its train split (text-only records)."""
     root.mkdir(parents=True, exist_ok=True)
     lines = [
         {
             "id": f"q{i}",
             "type": "vqa_closed",
-            "question": f"Is finding {i} present?",
+            "question": f"Is {word} {i} present?",
             "answer": "yes" if i % 2 else "no",
             "labels": ["yes", "no"],
         }  # fmt: skip
@@ -117,19 +118,30 @@ def test_an_interrupted_protected_run_resumes_to_the_same_adapter(crash_and_resu
     assert any(".branches.0." in k for k in adapter)
 
 
-def test_refusals(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refusals(
+    bundle_dir: Path, template_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     task_a = _task_dir(tmp_path / "a", 6)
     continue_bundle(bundle_dir, task=str(task_a), overrides=QUICK, evaluate=False)  # no basis
     with pytest.raises(RecipeError, match="--protect and --replay together"):
         continue_bundle(bundle_dir, task="ct", overrides=[*PROTECT, "continual.replay=0.1"])
-    # a layer the bases fill: named, with its share
-    with pytest.raises(
-        TrainingError, match=r"layer language_model\.layers\.\d+\..*fills \d+ of its"
-    ):
+    # protect_full=refuse: a layer input the bases fill is named, and the hint's energy works
+    refuse = [*QUICK, "continual.protect=true", "continual.protect_full=refuse"]
+    with pytest.raises(TrainingError, match=r"layer input language_model\.layers\.\d+\.") as err:
         continue_bundle(
             bundle_dir, task="ct", evaluate=False,
-            overrides=[*QUICK, "continual.protect=true", "continual.protect_energy=0.999"],
+            overrides=[*refuse, "continual.protect_energy=0.999"],
         )  # fmt: skip
+    fits = re.search(r"continual\.protect_energy=([0-9.]+) fits every layer", err.value.hint)
+    assert fits, err.value.hint
+    done = continue_bundle(
+        bundle_dir, task="ct", evaluate=False,
+        overrides=[*refuse, f"continual.protect_energy={fits.group(1)}"],
+    )  # fmt: skip
+    assert done.continual["full_layers"] == 0 and done.continual["branches"] == 1
+    bundle_dir = tmp_path / "fresh"  # again without a stored basis
+    shutil.copytree(template_bundle, bundle_dir)
+    continue_bundle(bundle_dir, task=str(task_a), overrides=QUICK, evaluate=False)
     import medqwen_cli.loading as loading
 
     monkeypatch.setattr(loading, "load_adapted", lambda *a, **k: pytest.fail("model loaded"))
@@ -138,3 +150,37 @@ def test_refusals(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         continue_bundle(bundle_dir, task="ct", overrides=[*QUICK, *PROTECT])
     assert "--protect" in err.value.message and "input basis" in err.value.message
     assert str(task_a.resolve()) in err.value.message
+
+
+def test_five_tasks_with_defaults_and_no_old_data(bundle_dir: Path, tmp_path: Path, cli) -> None:
+    """Five protected tasks in a row with default settings (energy 0.99, full layers fit): each
+    task's data is deleted once its version exists, and every run still trains, reading
+    nothing of the old tasks; each version stores only the bases it adds."""
+    versions = []
+    for i in range(5):
+        task = _task_dir(tmp_path / f"t{i}", 6 + i, word=f"finding{i}")
+        result = continue_bundle(
+            bundle_dir, task=str(task), overrides=[*QUICK, "continual.protect=true"],
+            evaluate=False,
+        )  # fmt: skip
+        shutil.rmtree(task)  # the hospital keeps no old data
+        versions.append(result.version)
+        assert result.continual["branches"] == i
+        assert all(
+            s != "data"
+            for t, s in result.continual["bases_from"].items()
+            if t != str(task.resolve())
+        )
+    bundle = Bundle.open(bundle_dir)
+    record = bundle.read_json("continual.json", versions[-1])
+    assert len(record["bases"]["tasks"]) == 5 and record["bases"]["added"] == [4]
+    assert record["bases"]["files"] == {v: [i] for i, v in enumerate(versions[:-1])}
+    # linear storage: a later version's file holds its own task's directions only
+    from medqwen_cli._io import tensor_shapes
+
+    for i, version in enumerate(versions):
+        keys = tensor_shapes(bundle.version_dir(version) / "protect.safetensors")
+        assert {k.split(":")[0] for k in keys} == {str(i)}
+    shown = json.loads(cli("inspect", str(bundle_dir), "--format", "json").out)
+    assert shown["strategy"].startswith("protect 0.99, branch 4")
+    assert set(shown["protect_bases"]["least_kept"]) == set(record["protected_tasks"])
