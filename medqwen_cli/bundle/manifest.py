@@ -116,3 +116,9 @@ class VersionInfo(_Model):
     medqwen_version: str
     recipe: dict[str, Any]
     files: dict[str, str] = Field(..., description="file name -> sha256")
+    inherits: str | None = Field(
+        None,
+        description="the version (the parent) whose adapter supplies every tensor this "
+        "version's adapter.safetensors leaves out: the ones bit-equal to the parent's (frozen). "
+        "None: the file holds every tensor",
+    )

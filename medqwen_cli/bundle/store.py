@@ -38,10 +38,11 @@ from medqwen_cli._io import (
     save_tensors,
     sha256_file,
 )
+from medqwen_cli.bundle import evals
+from medqwen_cli.bundle.locate import find_bundle, is_bundle, refuse_existing  # noqa: F401
 from medqwen_cli.bundle.lock import bundle_lock
 from medqwen_cli.bundle.manifest import (
     ADAPTER_FILE,
-    EVALS_FILE,
     FORMAT_VERSION,
     INIT_FILE,
     MANIFEST,
@@ -57,51 +58,6 @@ from medqwen_cli.settings import Settings
 
 if TYPE_CHECKING:
     import torch
-
-
-def is_bundle(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
-
-
-def find_bundle(path: str | Path | None = None, settings: Settings | None = None) -> Path:
-    """The bundle at `path`, else `settings.bundle` ($MEDQWEN_BUNDLE), else the current directory
-    or its nearest parent holding one, like git. `settings` default: read from the environment."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise BundleError(
-                f"bundle path does not exist: {p}",
-                "create one with `medqwen init-experts --out DIR`",
-            )
-        if not is_bundle(p):
-            raise BundleError(
-                f"{p} is not a medqwen bundle (no {MANIFEST})",
-                "pass the directory made by `medqwen init-experts`",
-            )
-        return p.resolve()
-    default = (settings if settings is not None else Settings.from_env()).bundle
-    if default is not None:
-        return find_bundle(default)
-    here = Path.cwd().resolve()
-    for candidate in (here, *here.parents):
-        if is_bundle(candidate):
-            return candidate
-    raise BundleError(
-        f"no bundle in {here} or any parent directory",
-        "cd into a bundle, pass its path, or set MEDQWEN_BUNDLE; create one with "
-        "`medqwen init-experts --base tiny-qwen2-vl --out DIR`",
-    )
-
-
-def refuse_existing(root: Path) -> None:
-    """Refuse to create a bundle where one exists (medqwen never overwrites one) or on a file."""
-    if is_bundle(root):
-        raise BundleError(
-            f"{root} already holds a bundle; medqwen never overwrites one",
-            "choose another --out directory, or continue this one with `medqwen train`",
-        )
-    if root.exists() and not root.is_dir():
-        raise BundleError(f"{root} exists and is not a directory", "choose another --out path")
 
 
 # --------------------------------------------------------------------------- bundle
@@ -246,9 +202,12 @@ class Bundle:
         return info
 
     def read_adapter(self, version: str | None = None) -> dict[str, torch.Tensor]:
-        """Trainable tensors of a version, after `check_version` (its whole lineage verified)."""
+        """Trainable tensors of a version, after `check_version` (its whole lineage verified);
+        with those it inherits from its parent (bundle/objects.py)."""
+        from medqwen_cli.bundle import objects
+
         info = self.check_version(version)
-        return load_tensors(self.root / "versions" / info.id / ADAPTER_FILE)
+        return objects.resolve(self, info.id)
 
     def read_init(self) -> dict[str, torch.Tensor]:
         if self.manifest.init_sha256 is None:
@@ -333,7 +292,11 @@ class Bundle:
         """Write a new immutable version (child of `parent`, default the head) and make it head.
 
         `json_files` are written as JSON, `files` copied; all get a checksum in version.json.
+        The adapter file holds only the tensors that differ from the parent's; the rest are
+        inherited (bundle/objects.py).
         """
+        from medqwen_cli.bundle import objects
+
         with bundle_lock(self.root, command):
             self.manifest = self._read_manifest(self.root)  # another writer may have added one
             if parent is None:
@@ -341,6 +304,9 @@ class Bundle:
             elif parent not in {e.id for e in self.manifest.versions}:
                 raise BundleError(f"parent version {parent} does not exist", "see `medqwen log`")
             vid = self._next_id()
+            own = None
+            if parent is not None and isinstance(adapter, dict):
+                own = objects.new_tensors(adapter, objects.resolve(self, parent))
             lineage_tasks = self._lineage_tasks(parent) + list(tasks)
             versions = self.root / "versions"
             versions.mkdir(exist_ok=True)
@@ -348,8 +314,9 @@ class Bundle:
             as_created(tmp, directory=True)  # readable by the team, as the umask says
             try:
                 save_tensors(
-                    tmp / ADAPTER_FILE, adapter, {"format": "medqwen-adapter", "version": vid}
-                )
+                    tmp / ADAPTER_FILE, adapter if own is None else own,
+                    {"format": "medqwen-adapter", "version": vid},
+                )  # fmt: skip
                 for name, data in (json_files or {}).items():
                     atomic_write_json(tmp / name, data)
                 for name, src in (files or {}).items():
@@ -365,6 +332,7 @@ class Bundle:
                     medqwen_version=__version__,
                     recipe=recipe,
                     files=digests,
+                    inherits=None if own is None else parent,
                 )
                 atomic_write_json(tmp / VERSION_FILE, info.model_dump(mode="json"))
                 entry = VersionEntry(
@@ -407,33 +375,10 @@ class Bundle:
 
     def append_evals(self, records: list[dict[str, Any]]) -> None:
         """Append evaluation lines {version, task, metric, value, ...} to evals.jsonl."""
-        if not records:
-            return
-        lines = "".join(json.dumps({"time": now(), **r}, sort_keys=True) + "\n" for r in records)
-        with (
-            bundle_lock(self.root, "evaluate"),
-            open(self.root / EVALS_FILE, "a", encoding="utf-8") as fh,
-        ):
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+        evals.append(self.root, records)
 
     def read_evals(self) -> list[dict[str, Any]]:
-        file = self.root / EVALS_FILE
-        if not file.is_file():
-            return []
-        records = []
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise BundleError(
-                    f"{file}:{number} is not valid JSON",
-                    "remove or repair that line (a write was cut off?)",
-                ) from None
-        return records
+        return evals.read(self.root)
 
     # ----- checks
 

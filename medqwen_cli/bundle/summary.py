@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from medqwen_cli._io import checkpoint_files, numel, tensor_shapes
-from medqwen_cli.bundle.manifest import ADAPTER_FILE, INIT_FILE
+from medqwen_cli.bundle import objects
+from medqwen_cli.bundle.manifest import INIT_FILE
 from medqwen_cli.bundle.store import Bundle
 from medqwen_cli.errors import BundleError
 
@@ -40,7 +41,7 @@ def summarize(bundle: Bundle, version: str | None = None) -> dict[str, Any]:
         summary["version"] = vdir.name
         summary["trainable_parameters"] = summary["adapted_layers"] = None
         with contextlib.suppress(BundleError):  # a damaged adapter is already in `damaged`
-            adapter = tensor_shapes(vdir / ADAPTER_FILE)
+            adapter = objects.shapes(bundle, vdir.name)
             summary["trainable_parameters"] = numel(adapter.values())
             own = [k for k in adapter if k.endswith(".lora_A") and ".branches." not in k]
             summary["adapted_layers"] = len(own)

@@ -181,6 +181,13 @@ def test_five_tasks_with_defaults_and_no_old_data(bundle_dir: Path, tmp_path: Pa
     for i, version in enumerate(versions):
         keys = tensor_shapes(bundle.version_dir(version) / "protect.safetensors")
         assert {k.split(":")[0] for k in keys} == {str(i)}
+    # and its adapter file only the branch it trained: the frozen tensors come from its parent
+    for i, version in enumerate(versions[1:]):
+        own = tensor_shapes(bundle.version_dir(version) / "adapter.safetensors")
+        assert own and all(f".branches.{i}." in k for k in own)
+        assert bundle.read_version_info(version).inherits == versions[i]
+        full = bundle.read_adapter(version)
+        assert set(own) < set(full) and sum(".branches." in k for k in full) == len(own) * (i + 1)
     shown = json.loads(cli("inspect", str(bundle_dir), "--format", "json").out)
     assert shown["strategy"].startswith("protect 0.99, branch 4")
     assert set(shown["protect_bases"]["least_kept"]) == set(record["protected_tasks"])
