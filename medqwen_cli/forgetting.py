@@ -123,7 +123,7 @@ class TrainingCurve(_Frozen):
 
 
 class ForgettingReport(_Frozen):
-    """Everything one run reports; several side by side come from `compare_runs`."""
+    """Everything one run reports (several side by side: one per run, in a list)."""
 
     name: str
     matrix: AccuracyMatrix
@@ -393,19 +393,3 @@ def _per_task(m: AccuracyMatrix, task: str) -> TaskForgetting:
             reason=f_reason or (f"missing {', '.join(f_missing)}" if f_missing else None),
         ),
     )
-
-
-def compare_runs(
-    runs: Sequence[tuple[str, Records, Lineage]],
-    *,
-    metric: str | Mapping[str, str] | None = None,
-    base: str = BASE_VERSION,
-) -> list[ForgettingReport]:
-    """One report per (name, records, lineage), in the given order (e.g. lora, moelora, sslora)."""
-    names = [name for name, _, _ in runs]
-    if len(set(names)) != len(names):
-        raise EvaluationError(f"run names repeat: {names}", hint="give every run its own name")
-    return [
-        forgetting_report(records, lineage, name=name, metric=metric, base=base)
-        for name, records, lineage in runs
-    ]
