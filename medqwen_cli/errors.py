@@ -72,6 +72,15 @@ class TrainingError(MedqwenError):
     """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
 
 
+class AlreadyTrained(TrainingError):
+    """The head version already trained a task the run asks for, another way (another recipe,
+    other tasks beside it); `version` is the head. `--again` trains the task again."""
+
+    def __init__(self, message: str, hint: str | None = None, version: str = "") -> None:
+        super().__init__(message, hint)
+        self.version = version
+
+
 class EvaluationError(MedqwenError):
     """An evaluation cannot be run or a report cannot be built."""
 

@@ -238,6 +238,13 @@ class Recipe(_Strict):
         if name.startswith("builtin:") or Path(name).exists():
             return [DatasetSpec(path=str(Path(name).resolve()) if Path(name).exists() else name)]
         known = ", ".join(sorted(self.tasks)) or "none"
+        if "/" in name or "\\" in name or name.startswith((".", "~")):  # meant as a path
+            raise RecipeError(
+                f"dataset path {name!r} does not exist ({Path(name).expanduser().absolute()}); "
+                f"nor is it a task of the recipe (tasks: {known})",
+                "check the path (a directory with train.jsonl / eval.jsonl, or a data file), "
+                "or give a recipe task or builtin:NAME",
+            )
         close = difflib.get_close_matches(name, list(self.tasks), n=1)
         raise RecipeError(
             f"unknown task {name!r}: not a task of the recipe (tasks: {known}) nor an existing path",

@@ -24,6 +24,15 @@ RecipeOpt = typer.Option(
 RestartOpt = typer.Option(
     False, "--restart", help="Discard the checkpoints of an interrupted run and start over."
 )
+AgainOpt = typer.Option(
+    False,
+    "--again",
+    help="Train the task(s) again although the head version already trained them (a new "
+    "version on top of it). Without it, the same command run again (same tasks, same resolved "
+    "recipe) trains nothing: it completes what that run left (continue's evaluation, the "
+    "--watch curve) or says there is nothing left; other settings for a task the head trained "
+    "are refused.",
+)
 WatchOpt = typer.Option(
     None,
     "--watch",
@@ -48,6 +57,7 @@ def _run_args(
     recipe: Path | None,
     overrides: list[str] | None,
     restart: bool,
+    again: bool,
     watch: list[str] | None,
     eval_every: int | None,
 ) -> dict[str, Any]:
@@ -62,6 +72,7 @@ def _run_args(
         "overrides": overrides or [],
         "command": command_line(ctx),
         "restart": restart,
+        "again": again,
         "watch": watch or None,
         "eval_every": eval_every,
         "curve_fn": _curve_note,
@@ -156,14 +167,16 @@ def train(
         help="Task(s) to train on (recipe tasks, dataset paths or builtin:NAME); default: data.datasets.",
     ),
     restart: bool = RestartOpt,
+    again: bool = AgainOpt,
     watch: list[str] | None = WatchOpt,
     eval_every: int | None = EvalEveryOpt,
     fmt: FormatOpt = "",
 ) -> None:
-    """Train the head version and append a new immutable version (resumes an interrupted run)."""
+    """Train the head version and append a new immutable version (resumes an interrupted run;
+    the same command again once its version exists trains nothing without --again)."""
     from medqwen_cli.training.run import train_bundle
 
-    run_args = _run_args(ctx, recipe, overrides, restart, watch, eval_every)
+    run_args = _run_args(ctx, recipe, overrides, restart, again, watch, eval_every)
     fmt = resolve_format(fmt)
     settings = read_settings()
     with _train_progress() as bar:
@@ -180,6 +193,7 @@ def continue_(
     recipe: Path | None = RecipeOpt,
     overrides: SetOpt = None,
     restart: bool = RestartOpt,
+    again: bool = AgainOpt,
     no_eval: bool = typer.Option(
         False, "--no-eval", help="Skip evaluating every task seen so far."
     ),
@@ -209,7 +223,8 @@ def continue_(
     """Train the head on the next task only, append a version, then evaluate every task seen.
     With --watch A, task A is scored every --eval-every steps while training (a forgetting curve).
     With --replay F, earlier tasks' records fill a share F of every batch; with --protect, a
-    new branch learns the task outside the earlier tasks' input subspace.
+    new branch learns the task outside the earlier tasks' input subspace. Stopped after its
+    version was written, the same command again completes the evaluation and trains nothing.
     """
     from medqwen_cli.training.run import continue_bundle
 
@@ -217,7 +232,7 @@ def continue_(
         overrides = [*(overrides or []), f"continual.replay={replay}"]
     if protect:
         overrides = [*(overrides or []), "continual.protect=true"]
-    run_args = _run_args(ctx, recipe, overrides, restart, watch, eval_every)
+    run_args = _run_args(ctx, recipe, overrides, restart, again, watch, eval_every)
     fmt = resolve_format(fmt)
     settings = read_settings()
     with _train_progress() as bar, _output.progress("evaluate") as ebar:

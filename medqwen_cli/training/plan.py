@@ -4,7 +4,9 @@ plan_run checks, in this order, and fails on the first problem before any work i
 
     head     the bundle's head version is intact (its files match the manifest)
     recipe   the stored recipe or --recipe, with --set; the adapter's structure must not change
-    tasks    the datasets of the requested tasks (or data.datasets) and their regime
+    tasks    the datasets of the requested tasks (or data.datasets) and their regime; a task
+             whose data is gone since a version of the lineage trained on it is named so,
+             with that version and path (`check_tasks`)
     watch    the watched tasks exist and have an eval split (their records are read here)
     strategy the continual strategy the recipe asks for (continual/), with what it needs of the
              lineage: replay the earlier tasks' train records, checked against the digests
@@ -25,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.continual import Strategy, plan_strategy
-from medqwen_cli.errors import RecipeError
+from medqwen_cli.continual import DATA_FILE, Strategy, plan_strategy
+from medqwen_cli.errors import DataError, RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
 from medqwen_cli.settings import Settings
 
@@ -80,6 +82,7 @@ def plan_run(
 
     bundle.check_version(bundle.head)  # a damaged lineage stops here: nothing read or written yet
     recipe = resolve_recipe(bundle, recipe_path, overrides)
+    check_tasks(bundle, recipe, tasks)
     specs, regime = task_specs(recipe, tasks)
     names = task_names(recipe, tasks)
     watched, every = check_watch(recipe, watch, eval_every)
@@ -181,6 +184,46 @@ def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any
     if len(tasks) == 1 and tasks[0] in recipe.tasks and recipe.tasks[tasks[0]].regime is not None:
         regime = recipe.tasks[tasks[0]].regime
     return specs, regime
+
+
+def check_tasks(bundle: Bundle, recipe: Recipe, tasks: list[str], *, scoring: bool = False) -> None:
+    """Every task of `tasks` resolves in `recipe` (`Recipe.task_datasets`). A task the head's
+    lineage trained on a path that no longer exists is refused with that version and path
+    (its data.json recorded them); any other unknown task with the recipe's own message.
+    `scoring`: the tasks are `continue`'s to score, which --no-eval leaves out."""
+    for name in tasks:
+        try:
+            recipe.task_datasets(name)
+        except RecipeError:
+            gone = trained_paths_gone(bundle, name)
+            if gone is None:
+                raise
+            version, paths = gone
+            verb = "no longer exists" if len(paths) == 1 else "no longer exist"
+            raise DataError(
+                f"task {name!r} was trained in {version} on {', '.join(paths)}, which {verb}",
+                f"restore the data there, or give {name!r} its new place under `tasks:` in a "
+                "recipe (--recipe)"
+                + (", or continue with --no-eval (every task seen is scored)" if scoring else ""),
+            ) from None
+
+
+def trained_paths_gone(bundle: Bundle, task: str) -> tuple[str, list[str]] | None:
+    """(the latest version of the head's lineage that trained `task`, the paths it trained it
+    on that no longer exist), or None when no version trained it or its data is all there."""
+    if bundle.head is None:
+        return None
+    for entry in reversed(bundle.lineage(bundle.head)):
+        if task not in entry.tasks:
+            continue
+        if DATA_FILE in bundle.read_version_info(entry.id).files:
+            recorded = bundle.read_json(DATA_FILE, entry.id)["datasets"]
+            paths = [d["path"] for d in recorded if d["task"] == task]
+        else:  # a version before data.json: the task's name was its path
+            paths = [task]
+        gone = [p for p in paths if not p.startswith("builtin:") and not Path(p).exists()]
+        return (entry.id, gone) if gone else None
+    return None
 
 
 def task_names(recipe: Recipe, tasks: list[str]) -> list[str]:

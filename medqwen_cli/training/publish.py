@@ -9,6 +9,7 @@ curve goes to evals.jsonl, stamped with the new version's id, and the work direc
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.bundle import Bundle
@@ -74,9 +75,7 @@ def publish(
         curve = [{**row, "version": entry.id} for row in curve]
         bundle.append_evals(curve)
         summary.curves = headline_points(curve)
-        shutil.rmtree(plan.run_dir, ignore_errors=True)
-        if bundle.work_dir.is_dir() and not any(bundle.work_dir.iterdir()):
-            bundle.work_dir.rmdir()
+        remove_run_dir(bundle, plan.run_dir)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         published = Bundle.open(bundle.root)
@@ -86,3 +85,10 @@ def publish(
                 [r for r in published.read_evals() if r.get("step") is not None
                  and r.get("version") == summary.version]
             )  # fmt: skip
+
+
+def remove_run_dir(bundle: Bundle, run_dir: Path) -> None:
+    """Remove a published run's work directory, and the work area when nothing else is in it."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if bundle.work_dir.is_dir() and not any(bundle.work_dir.iterdir()):
+        bundle.work_dir.rmdir()

@@ -20,10 +20,15 @@ on the trained model, and gives the version its record and files. Nothing here n
 
 `train_bundle` runs the five in a row; `continue_bundle` scores the parent on the new task
 between plan and data, and the new version on every task of its lineage after publish
-(training/scores.py) (a task
-without eval records is left out of the scores, and said once in `TrainResult.notes`). Each
-opens the bundle once; the processes other than the main one open it again after publish, to
-read the version the main process wrote.
+(training/scores.py) (a task without eval records is left out of the scores, and said once in
+`TrainResult.notes`). Each opens the bundle once; the processes other than the main one open it
+again after publish, to read the version the main process wrote.
+
+Before the plan, the head is compared with the run (training/rerun.py): when the head is this
+very run (the same tasks and resolved recipe), the command ran before, and running it again
+completes what it left (a --watch curve, `continue`'s evaluation) instead of training again; a
+head that trained one of the tasks another way is refused without `again`. Ctrl-C outside the
+loop says whether the version was written, what is left and the command that completes it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from medqwen_cli.training.data import TrainData, load_data
 from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported from here elsewhere)
     DEFAULT_EVERY,
     TrainPlan,
+    check_tasks,
     check_watch,
     plan_run,
     resolve_recipe,
@@ -48,6 +54,7 @@ from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported fr
     training_precision,
 )
 from medqwen_cli.training.publish import publish
+from medqwen_cli.training.rerun import complete_rerun, find_rerun, interrupted_run
 from medqwen_cli.training.result import TrainResult
 from medqwen_cli.training.scores import score_lineage, score_parent
 
@@ -68,6 +75,7 @@ def train_bundle(
     overrides: list[str] | None = None,
     command: str = "medqwen train",
     restart: bool = False,
+    again: bool = False,
     progress_fn: ProgressFn | None = None,
     kind: str = "train",
     watch: list[str] | None = None,
@@ -82,18 +90,30 @@ def train_bundle(
     `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
     `curve_fn` gets each step's headline points as they come (main process).
     `settings` (default: `Settings.from_env()`): the default bundle and the data cache.
+    `again`: train the tasks although the head trained them (training/rerun.py); without it,
+    the same run again completes what it left and trains nothing (the result is the head's,
+    with a note), and a head that trained one of the tasks another way is refused.
     """
     settings = settings if settings is not None else Settings.from_env()
     bundle = Bundle.open(find_bundle(bundle_path, settings))  # the one open of the run
+    tasks, overrides = list(tasks or []), list(overrides or [])
+    rerun = find_rerun(
+        bundle, tasks=tasks, recipe_path=recipe_path, overrides=overrides, kind=kind, again=again
+    )
+    if rerun is not None:
+        return complete_rerun(bundle, rerun, evaluate=False, settings=settings, command=command)
     plan = plan_run(
-        bundle, tasks=list(tasks or []), recipe_path=recipe_path, overrides=list(overrides or []),
+        bundle, tasks=tasks, recipe_path=recipe_path, overrides=overrides,
         watch=watch, eval_every=eval_every, kind=kind, settings=settings,
     )  # fmt: skip
     accelerator = make_accelerator(plan, bundle)
-    return run_plan(
-        plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
-        curve_fn=curve_fn,
-    )  # fmt: skip
+    try:
+        return run_plan(
+            plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
+            curve_fn=curve_fn,
+        )  # fmt: skip
+    except KeyboardInterrupt:  # outside the loop, which reports its own step
+        raise interrupted(plan, bundle, evaluate=False, command=command) from None
 
 
 def continue_bundle(
@@ -104,6 +124,7 @@ def continue_bundle(
     overrides: list[str] | None = None,
     command: str = "medqwen continue",
     restart: bool = False,
+    again: bool = False,
     evaluate: bool = True,
     progress_fn: ProgressFn | None = None,
     eval_progress: Any = None,
@@ -121,23 +142,40 @@ def continue_bundle(
     only) is not scored: `result.notes` says so, once per task. `watch` / `eval_every` /
     `curve_fn`: a forgetting curve, as in `train_bundle` (independent of `evaluate`; a watched
     task must have eval records). Only the main process scores; the others only train.
-    `settings`: as in `train_bundle`.
+    `settings`, `again`: as in `train_bundle`; the same run again scores the cells it left.
     """
     settings = settings if settings is not None else Settings.from_env()
     bundle = Bundle.open(find_bundle(bundle_path, settings))  # the one open of the run
+    overrides = list(overrides or [])
+    rerun = find_rerun(
+        bundle, tasks=[task], recipe_path=recipe_path, overrides=overrides, kind="continue",
+        again=again,
+    )  # fmt: skip
+    if rerun is not None:
+        return complete_rerun(
+            bundle, rerun, evaluate=evaluate, settings=settings, command=command,
+            progress=eval_progress,
+        )  # fmt: skip
     plan = plan_run(
-        bundle, tasks=[task], recipe_path=recipe_path, overrides=list(overrides or []),
+        bundle, tasks=[task], recipe_path=recipe_path, overrides=overrides,
         watch=watch, eval_every=eval_every, kind="continue", settings=settings,
     )  # fmt: skip
+    if evaluate:  # every task seen is scored after training: a gone one fails before it
+        seen = bundle.read_version_info(bundle.head).lineage_tasks if bundle.head else []
+        check_tasks(bundle, plan.recipe, [*seen, *(plan.recipe.eval.tasks or [])], scoring=True)
     accelerator = make_accelerator(plan, bundle)
     evaluate = evaluate and accelerator.is_main_process
-    scored = [score_parent(plan, bundle, task, eval_progress)] if evaluate else []
-    result = run_plan(
-        plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
-        curve_fn=curve_fn,
-    )  # fmt: skip
-    if evaluate and result.version:
-        scored.append(score_lineage(plan, bundle, result.version, eval_progress))
+    scores = {"recipe": plan.recipe, "settings": settings, "progress": eval_progress}
+    try:
+        scored = [score_parent(bundle, plan.parent, task, **scores)] if evaluate else []
+        result = run_plan(
+            plan, bundle, accelerator, command=command, restart=restart,
+            progress_fn=progress_fn, curve_fn=curve_fn,
+        )  # fmt: skip
+        if evaluate and result.version:
+            scored.append(score_lineage(bundle, result.version, **scores))
+    except KeyboardInterrupt:  # outside the loop, which reports its own step
+        raise interrupted(plan, bundle, evaluate=evaluate, command=command) from None
     done = [e for e in scored if e is not None]
     result.evaluations = [line for e in done for line in e.records]
     # the new task is in both evaluations: its note, the same line, is kept once
@@ -307,6 +345,14 @@ def summarize(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def interrupted(plan: TrainPlan, bundle: Bundle, *, evaluate: bool, command: str) -> Any:
+    """The Ctrl-C report of `plan`'s run outside the training loop (training/rerun.py)."""
+    return interrupted_run(
+        bundle.root, parent=plan.parent, tasks=plan.tasks, run_dir=plan.run_dir,
+        recipe=plan.recipe, evaluate=evaluate, command=command,
+    )  # fmt: skip
 
 
 def _check_watch_engine(accelerator: Any) -> None:

@@ -89,7 +89,7 @@ def test_watch_curve_in_json_and_table(cli, bundle: Path) -> None:
         (k, "xray", "v0002") for k in (0, 1, 2)
     ]
     assert "watch step 2/2: xray headline_mean" in result.err  # progress on stderr only
-    table = cli("train", bundle, "--task", "ct", *WATCH, "-f", "table")
+    table = cli("train", bundle, "--task", "ct", "--again", *WATCH, "-f", "table")
     assert table.code == 0, table.err
     assert "forgetting curve: headline score while training v0003 on ct" in table.out
     assert "xray (headline_mean)" in table.out
@@ -175,3 +175,40 @@ def test_continue_table_names_the_version_of_each_evaluation(cli, bundle: Path) 
         "eval v0003 ct headline_mean",
     ]
     assert len(set(fields)) == len(fields)
+
+
+def test_ctrl_c_while_evaluating_names_the_version_and_the_same_command_completes_it(
+    cli, bundle: Path, monkeypatch
+) -> None:
+    from medqwen_cli.training import run
+
+    few = [*QUICK, "--set", "eval.max_samples=2"]
+    assert cli("continue", bundle, "--task", "xray", *few, "-f", "json").code == 0
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "score_lineage", ctrl_c)  # the new version's scores, after publish
+    args = ["continue", str(bundle), "--task", "ct", *few, "-f", "json"]
+    stopped = cli(*args)
+    assert stopped.code == 130 and stopped.err.splitlines()[-2:] == [
+        "Error: interrupted after v0003 was written (trained on ct from v0002); left: its "
+        "evaluation on xray, ct",
+        "Hint: rerun the same command to complete v0003 without training again: medqwen "
+        + " ".join(args),
+    ]
+    monkeypatch.undo()
+    done = cli(*args)
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["version"] == "v0003" and "train step" not in done.err
+    assert "note: v0003 already trained ct with this recipe; completed what its run" in done.err
+    finished = cli(*args)
+    assert finished.code == 0 and "nothing left to do" in finished.err
+    other = cli(*args, "--set", "train.lr=0.002")
+    assert other.code == 1 and other.err.splitlines() == [
+        "Error: v0003, the head version, already trained ct (with another recipe: train.lr differ)",
+        "Hint: add --again to train ct again, as a new version on top of v0003",
+    ]
+    again = cli(*args, "--again", "--no-eval")
+    assert again.code == 0 and json.loads(again.out)["version"] == "v0004"
+    assert "--again" in cli("continue", "--help").out and "--again" in cli("train", "--help").out

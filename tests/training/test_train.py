@@ -79,6 +79,7 @@ def test_max_steps_budget_and_epochs(bundle_dir: Path) -> None:
         bundle_dir,
         tasks=["ct"],
         overrides=[*FAST, "train.max_steps=null", "train.epochs=0.25", "train.batch_size=8"],
+        again=True,  # the head trained ct, with max_steps=3
     )
     assert result.steps == -(-(n // 4) // 8) and result.samples == result.steps * 8
 
@@ -105,8 +106,9 @@ def test_model_dtype_and_precision_are_honoured_on_cpu(bundle_dir: Path, reset_a
     for expected, overrides in runs.items():
         reset_accelerate()
         result = train_bundle(
-            bundle_dir, tasks=["xray"], overrides=[*FAST, "train.max_steps=2", *overrides]
-        )
+            bundle_dir, tasks=["xray"], overrides=[*FAST, "train.max_steps=2", *overrides],
+            again=True,  # each run on top of the last
+        )  # fmt: skip
         assert (result.precision, result.dtype) == expected
         assert result.final_loss is not None and result.final_loss == result.final_loss
         adapter = Bundle.open(bundle_dir).read_adapter(result.version)
