@@ -134,7 +134,12 @@ def demo_plan(
     bundles = tuple(out / m for m in methods)
     report = ("forgetting-report", *map(str, bundles), "--plot", str(out / "forgetting.png"))
     plan.append(Step((*report, "--format", "table"), bundles))
-    return plan
+    return [*plan, audit_step(out, bundles[-1])]
+
+
+def audit_step(out: Path, bundle: Path) -> Step:
+    """The demo's last step: the audit report of its last bundle (docs/report.md)."""
+    return Step(("report", str(bundle), "--out", str(out / "report.html")), (bundle,))
 
 
 def strategy_plan(out: Path, recipe_file: Path, base: str) -> list[Step]:
@@ -164,7 +169,7 @@ def strategy_plan(out: Path, recipe_file: Path, base: str) -> list[Step]:
         )
     report = ("forgetting-report", *map(str, bundles), "--plot", str(out / "forgetting.png"))
     plan.append(Step((*report, "--format", "table"), bundles))
-    return plan
+    return [*plan, audit_step(out, bundles[-1])]
 
 
 def strategy_table(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from medqwen_cli.adapters.config import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
 from medqwen_cli.adapters.config import DEFAULT_TARGETS as DEFAULT_TARGETS
 from medqwen_cli.adapters.config import AdapterConfig
 from medqwen_cli.adapters.config import Method as Method
+from medqwen_cli.acceptance.schema import AcceptanceConfig, NewTaskCriteria, TaskCriteria
 from medqwen_cli.errors import RecipeError
 
 # Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
@@ -225,6 +226,10 @@ class Recipe(_Strict):
     continual: ContinualConfig = Field(
         default_factory=ContinualConfig,
         description="How a run keeps the lineage's earlier tasks (docs/continual.md).",
+    )
+    acceptance: AcceptanceConfig = Field(
+        default_factory=AcceptanceConfig,
+        description="Criteria a new version must meet to become the default (docs/report.md).",
     )
 
     def task_datasets(self, name: str) -> list[DatasetSpec]:
@@ -544,6 +549,9 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "continual": ContinualConfig,
+    "acceptance": AcceptanceConfig,
+    "acceptance.new_task": NewTaskCriteria,
+    "acceptance.earlier_tasks / acceptance.tasks.NAME": TaskCriteria,
 }
 
 

@@ -134,7 +134,12 @@ class Bundle:
 
     @property
     def head(self) -> str | None:
-        return self.manifest.head
+        """The version a command uses when none is named: the newest one, unless a version
+        failed its acceptance criteria; then the newest accepted one of its lineage (the failed
+        one is kept, and used when named; acceptance/log.py)."""
+        from medqwen_cli.acceptance.log import default_version
+
+        return default_version(self)
 
     def entry(self, version: str | None = None) -> VersionEntry:
         vid = self.resolve_version(version)
@@ -148,7 +153,7 @@ class Bundle:
                 "run `medqwen init-experts` to write v0001",
             )
         if version in (None, "head", "HEAD"):
-            return self.manifest.head  # type: ignore[return-value]
+            return self.head  # type: ignore[return-value]
         digits = str(version).lstrip("vV")
         if not digits.isdigit():
             raise BundleError(

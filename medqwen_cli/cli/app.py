@@ -1,6 +1,7 @@
 """The `medqwen` Typer app and its error policy.
 
 Exit codes: 0 success, 1 a known error (`Error: ...` + `Hint: ...` on stderr), 2 bad usage,
+3 a version was written but failed its acceptance criteria (`continue`; kept, not the default),
 130 interrupted (Ctrl-C; training says the step it stopped after and what a rerun resumes from).
 `MEDQWEN_DEBUG=1` prints the traceback (never with local variables, which may hold patient data).
 Commands import torch/transformers inside their bodies so `medqwen --help` stays instant.
@@ -18,6 +19,7 @@ import typer
 from medqwen_cli import __version__
 from medqwen_cli.cli import (
     _output,
+    accept_cmd,
     demo_cmd,
     evaluate_cmd,
     forgetting_cmd,
@@ -26,6 +28,7 @@ from medqwen_cli.cli import (
     log_cmd,
     merge_cmd,
     predict_cmd,
+    report_cmd,
     train_cmd,
     validate_cmd,
 )
@@ -84,6 +87,8 @@ app.command("demo")(demo_cmd.demo)
 app.command("validate")(validate_cmd.validate)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("log")(log_cmd.log)
+app.command("report")(report_cmd.report)
+app.command("accept")(accept_cmd.accept)
 
 
 def _debug() -> bool:

@@ -94,7 +94,8 @@ def demo(
         _strategy_table(trained)
     _output.stdout.print(HEADLINE_NOTE, markup=False, highlight=False)
     _output.note(
-        f"demo finished in {time.perf_counter() - start:.0f} s; bundles, recipe and plot in {out}"
+        f"demo finished in {time.perf_counter() - start:.0f} s; bundles, recipe, plot and report "
+        f"(report.html) in {out}"
     )
 
 
@@ -133,6 +134,11 @@ def _run(step: Step, recipe_file: Path, base: str, settings: Settings) -> dict[s
                 settings=settings, overrides=list(step.overrides),
             )  # fmt: skip
         return result.to_dict()
+    if step.command == "report":
+        from medqwen_cli.cli.report_cmd import write_report
+
+        write_report(bundle, out=Path(step.argv[-1]), settings=settings)
+        return None
     plot = Path(step.argv[step.argv.index("--plot") + 1])
     forgetting_cmd.report(
         list(step.bundles), metric=None, fmt="table", plot=plot, settings=settings

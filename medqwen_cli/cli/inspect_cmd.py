@@ -23,6 +23,7 @@ def inspect(
     fmt: FormatOpt = "",
 ) -> None:
     """Show a bundle's base, method, versions, parameter counts and integrity check."""
+    from medqwen_cli.acceptance import acceptance_fields
     from medqwen_cli.bundle import Bundle, summarize
     from medqwen_cli.continual.record import inspect_fields
     from medqwen_cli.errors import BundleError, BundleIntegrityError
@@ -33,6 +34,8 @@ def inspect(
     if "version" in summary:  # the version's continual strategy (a damaged file: in problems)
         with contextlib.suppress(BundleError, OSError, ValueError):
             summary.update(inspect_fields(opened, summary["version"]))
+    if "version" in summary:  # acceptance.jsonl: the version's status, the default version
+        summary.update(acceptance_fields(opened, summary["version"]))
     base, method = summary["base"], summary["method"]
     rows = [
         {"field": "path", "value": summary["path"]},
@@ -49,7 +52,9 @@ def inspect(
             ),
         },
         {"field": "versions", "value": summary["versions"]},
-        {"field": "head", "value": summary["head"]},
+        {"field": "newest version", "value": summary["head"]},
+        {"field": "default version", "value": summary.get("default_version")},
+        {"field": "acceptance", "value": summary.get("acceptance")},
         {"field": "tasks seen", "value": summary["tasks_seen"]},
         {"field": "adapted layers", "value": summary.get("adapted_layers")},
         {"field": "trainable parameters", "value": summary.get("trainable_parameters")},

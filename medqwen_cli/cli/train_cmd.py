@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from medqwen_cli.acceptance.judge import Check
 from medqwen_cli.cli import _output
 from medqwen_cli.cli._common import (
     FIELDS,
@@ -18,6 +19,10 @@ from medqwen_cli.cli._common import (
     resolve_format,
 )
 
+ACCEPT_HINT = (
+    "the version is kept; `medqwen report` shows every check. Accept it anyway with `medqwen "
+    "accept VERSION --by NAME --reason TEXT`, or name it with --version"
+)
 RecipeOpt = typer.Option(
     None, "--recipe", "-r", help="Recipe file (default: the recipe stored in the bundle at init)."
 )
@@ -143,6 +148,12 @@ def _render(fmt: str, result: Any) -> None:
         if e.get("headline"):
             who = e["version"] if e["version"] == r["version"] else f"{e['version']} (parent)"
             rows.append({"field": f"eval {who} {e['task']} {e['metric']}", "value": e["value"]})
+    verdict = r["acceptance"]
+    if verdict is not None:  # the recipe's acceptance criteria, judged on the scores above
+        status = "accepted" if verdict["passed"] else "NOT accepted"
+        rows.append({"field": "acceptance", "value": f"{status}; default version "
+                     f"{verdict['default_version']}"})  # fmt: skip
+        rows += [{"field": "  criterion", "value": Check(**c).line()} for c in verdict["checks"]]
     tables = [_output.Rows(rows, FIELDS, title=r["bundle"])]
     if r["curves"]:  # CSV keeps the first table: the curve is in --format json
         curve_rows, columns = _curve_table(r["curves"])
@@ -225,6 +236,8 @@ def continue_(
     With --replay F, earlier tasks' records fill a share F of every batch; with --protect, a
     new branch learns the task outside the earlier tasks' input subspace. Stopped after its
     version was written, the same command again completes the evaluation and trains nothing.
+    A version that misses the recipe's acceptance criteria is kept but does not become the
+    default version, and the command exits 3 (docs/report.md).
     """
     from medqwen_cli.training.run import continue_bundle
 
@@ -246,6 +259,11 @@ def continue_(
             **run_args,
         )
     _render(fmt, result)
+    if result.acceptance is not None and not result.acceptance["passed"]:
+        from medqwen_cli.acceptance import EXIT_NOT_ACCEPTED, failure_line
+
+        _output.error(failure_line(result.acceptance), ACCEPT_HINT)
+        raise typer.Exit(EXIT_NOT_ACCEPTED)
 
 
 def _protect_line(c: dict) -> str:

@@ -62,7 +62,7 @@ def publish(
                     "train": {
                         k: v
                         for k, v in summary.to_dict().items()
-                        if k not in ("evaluations", "notes")
+                        if k not in ("evaluations", "notes", "acceptance")
                     }
                 },
                 DATA_FILE: data.data,

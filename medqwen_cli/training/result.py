@@ -29,6 +29,8 @@ class TrainResult:
     continual: dict[str, Any] | None = None
     # What the evaluations left out (a task without an eval split), one line each, once per task
     notes: list[str] = field(default_factory=list)
+    # The verdict on the recipe's acceptance criteria (acceptance.jsonl's line), None without any
+    acceptance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

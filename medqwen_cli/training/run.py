@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medqwen_cli.acceptance import judge_run
 from medqwen_cli.bundle import Bundle, find_bundle
 from medqwen_cli.errors import TrainingError
 from medqwen_cli.settings import Settings
@@ -180,6 +181,7 @@ def continue_bundle(
     result.evaluations = [line for e in done for line in e.records]
     # the new task is in both evaluations: its note, the same line, is kept once
     result.notes = list(dict.fromkeys([*result.notes, *(note for e in done for note in e.notes)]))
+    result.acceptance = judge_run(plan, bundle, result.version, main=accelerator.is_main_process)
     return result
 
 

@@ -17,7 +17,7 @@ def test_demo_quick_fills_the_forgetting_matrix(cli, tmp_path: Path) -> None:
         "demo", "--quick", "--out", out, "--set", "train.max_steps=2", "--set", "eval.max_samples=6"
     )
     assert result.code == 0, result.err[-2000:]
-    assert result.err.count("$ medqwen ") == 16  # every step printed as a command a user can type
+    assert result.err.count("$ medqwen ") == 17  # every step printed as a command a user can type
     # one line per command, its one-line summary and progress: no JSON dumps, no repeats
     assert len(result.err.splitlines()) < 100, result.err[-3000:]
     assert '"bundle"' not in result.err and "lora v0002 (trained on xray: 2 steps" in result.err
@@ -35,6 +35,7 @@ def test_demo_quick_fills_the_forgetting_matrix(cli, tmp_path: Path) -> None:
     png = out / "forgetting.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "train:" in (out / "recipe.yaml").read_text()
+    assert 'id="accuracy-matrix"' in (out / "report.html").read_text()  # the demo's last step
 
 
 def test_demo_refuses_a_non_empty_directory_and_bad_settings(cli, tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def test_nano_demo_compares_no_strategy_and_protect_from_one_first_version(
     assert [line.split("$ ", 1)[1].split()[:2] for line in lines] == [
         ["medqwen", "init-experts"], ["medqwen", "evaluate"], ["medqwen", "continue"],
         ["cp", "-r"], ["medqwen", "continue"], ["medqwen", "continue"],
-        ["medqwen", "forgetting-report"],
+        ["medqwen", "forgetting-report"], ["medqwen", "report"],
     ]  # fmt: skip
     assert "--task cxr-rules --protect" in lines[2] and lines[5].endswith("--protect --format json")
     none, protect = (Bundle.open(out / name) for name in ("none", "protect"))

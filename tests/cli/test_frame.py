@@ -105,9 +105,8 @@ def test_inspect_and_log_json(cli, bundle: Bundle) -> None:
     log = json.loads(cli("log", bundle.root, "--format", "json").out)
     assert [row["id"] for row in log] == ["v0002", "v0001"] and log[0]["head"] is True
     csv_out = cli("log", bundle.root, "--format", "csv").out.splitlines()
-    assert csv_out[0] == "version,parent,tasks,created,command" and csv_out[1].startswith(
-        "v0002,v0001,ct,"
-    )
+    assert csv_out[0] == "version,parent,tasks,created,command,acceptance"
+    assert csv_out[1].startswith("v0002,v0001,ct,")
 
 
 def test_commands_find_the_bundle_from_a_subdirectory(cli, bundle: Bundle, monkeypatch) -> None:
