@@ -57,25 +57,34 @@ __all__ = [
 ]
 
 
-def judge_run(plan: Any, bundle: Any, version: str, *, main: bool = True) -> dict[str, Any] | None:
-    """Judge `version` (just written by a run of `plan`) against its recipe's criteria, from the
-    evaluation lines the run appended, and append the verdict to acceptance.jsonl. None when no
-    criterion is set, on a process other than the main one, or without a version."""
-    criteria: AcceptanceConfig = plan.recipe.acceptance
-    if not main or not version or not criteria.in_force():
+def judge_run(
+    recipe: Any, bundle: Any, version: str, *, main: bool | None = None
+) -> dict[str, Any] | None:
+    """Judge `version`, just written (or completed) by a `continue` run with `recipe`, against the
+    recipe's criteria on the evaluation lines the run appended, and append the verdict to
+    acceptance.jsonl. None when no criterion is set, without a version, or on a process other
+    than the main one (`main`; None: asks accelerate). A verdict equal to the version's latest
+    (the same command run again, nothing new scored) is returned, not appended again."""
+    criteria: AcceptanceConfig = recipe.acceptance
+    if not version or not criteria.in_force():
+        return None
+    if main is None:
+        from accelerate import PartialState
+
+        main = PartialState().is_main_process
+    if not main:
         return None
     lineage = [(e.id, list(e.tasks)) for e in bundle.lineage(version) if e.tasks]
-    checks = judge(criteria, bundle.read_evals(), lineage)
-    line = append_line(
-        bundle.root,
-        {
-            "kind": "verdict", "version": version, "version_sha256": bundle.entry(version).sha256,
-            "passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks],
-            "criteria": criteria.model_dump(mode="json", exclude={"notes"}),
-        },
-        f"{plan.kind} acceptance",
-    )  # fmt: skip
-    return {**line, "default_version": default_version(bundle)}
+    checks = [c.to_dict() for c in judge(criteria, bundle.read_evals(), lineage)]
+    line = {
+        "kind": "verdict", "version": version, "version_sha256": bundle.entry(version).sha256,
+        "passed": all(c["passed"] for c in checks), "checks": checks,
+        "criteria": criteria.model_dump(mode="json", exclude={"notes"}),
+    }  # fmt: skip
+    latest = version_status(bundle, version)["verdict"]
+    same = latest is not None and all(latest.get(k) == v for k, v in line.items())
+    stamped = latest if same else append_line(bundle.root, line, "continue acceptance")
+    return {**stamped, "default_version": default_version(bundle)}
 
 
 def failure_line(verdict: dict[str, Any]) -> str:

@@ -153,10 +153,12 @@ def continue_bundle(
         again=again,
     )  # fmt: skip
     if rerun is not None:
-        return complete_rerun(
+        result = complete_rerun(
             bundle, rerun, evaluate=evaluate, settings=settings, command=command,
             progress=eval_progress,
         )  # fmt: skip
+        result.acceptance = judge_run(rerun.recipe, bundle, rerun.version)  # on the cells now in
+        return result
     plan = plan_run(
         bundle, tasks=[task], recipe_path=recipe_path, overrides=overrides,
         watch=watch, eval_every=eval_every, kind="continue", settings=settings,
@@ -181,7 +183,9 @@ def continue_bundle(
     result.evaluations = [line for e in done for line in e.records]
     # the new task is in both evaluations: its note, the same line, is kept once
     result.notes = list(dict.fromkeys([*result.notes, *(note for e in done for note in e.notes)]))
-    result.acceptance = judge_run(plan, bundle, result.version, main=accelerator.is_main_process)
+    result.acceptance = judge_run(
+        plan.recipe, bundle, result.version, main=accelerator.is_main_process
+    )
     return result
 
 

@@ -88,5 +88,5 @@ def test_log_chain_statuses_and_tampering(tmp_path):
 def test_judge_run_skips_without_criteria():
     from medqwen_cli.acceptance import judge_run
 
-    plan = SimpleNamespace(recipe=SimpleNamespace(acceptance=AcceptanceConfig()), kind="continue")
-    assert judge_run(plan, None, "v0002") is None
+    recipe = SimpleNamespace(acceptance=AcceptanceConfig())
+    assert judge_run(recipe, None, "v0002", main=True) is None

@@ -96,3 +96,18 @@ def test_report_of_a_damaged_bundle_says_so(bundle_copy, cli, tmp_path):
     result = cli("report", bundle_copy, "--out", out)
     assert result.code == 1 and "does not verify" in result.err
     assert "versions/v0002/metrics.json: checksum mismatch" in out.read_text(encoding="utf-8")
+
+
+def test_the_same_command_again_judges_a_version_left_without_a_verdict(bundle_copy, cli):
+    from medqwen_cli.acceptance import ACCEPTANCE_FILE
+
+    args = ("-q", "continue", bundle_copy, "--task", "pathology", *SETS,
+            "--set", "acceptance.new_task.min_score=2", "--format", "json")  # fmt: skip
+    assert cli(*args).code == EXIT_NOT_ACCEPTED
+    (Path(bundle_copy) / ACCEPTANCE_FILE).unlink()  # as if stopped before the check
+    assert Bundle.open(bundle_copy).head == "v0004"
+    again = cli(*args)
+    assert again.code == EXIT_NOT_ACCEPTED, again.err
+    assert "nothing left to do" in again.err and "v0004 is not accepted" in again.err
+    bundle = Bundle.open(bundle_copy)
+    assert bundle.head == "v0003" and bundle.manifest.head == "v0004"
