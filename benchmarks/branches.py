@@ -6,9 +6,11 @@ experts and b - 1 earlier branches are frozen and whose newest branch trains (b 
 adapter trains, no branch). Each branch is built as `continue --protect` builds it
 (continual/protect.py), against a random orthonormal basis of --basis-share of each layer's input
 (the study's bases hold 4-20 %). Every branch adds one adapter's codes to the layer's two GEMMs
-and one router; only the newest branch has gradients and optimizer state.
+and one router; only the newest branch has gradients and optimizer state. The frozen sets (own
+experts and earlier branches) share one input GEMM (`RoutedLoRALinear.fold_frozen`); each
+count from 2 on is also timed with that folding off, in the same interleaved run.
 
-    python benchmarks/branches.py                 # 2B widths, 1 layer, batch 2 x 128
+    python benchmarks/branches.py                 # 2B widths, 1 layer, batch 2 x 128, 0-5
     python benchmarks/branches.py --quick         # tiny widths: a smoke run, seconds
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 from pathlib import Path
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--method", default="sslora", choices=["sslora", "lora", "moelora", "pissa"]
     )
-    parser.add_argument("--max-branches", type=int, default=3)
+    parser.add_argument("--max-branches", type=int, default=5)
     parser.add_argument("--basis-share", type=float, default=0.1)
     args = parser.parse_args(argv)
     if args.quick:
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         model, trained[count] = with_branches(base, cfg, count, args.basis_share, args.seed)
         step, _ = stepper(model.to(device), batch, routed=cfg.num_experts > 1)
         variants[f"{count} branches"] = step
+        trained[f"{count} branches"] = trained[count]
+        if count >= 2:  # two frozen sets or more: what folding them saves
+            variants[f"{count} branches, unfolded"] = unfolded(step)
+            trained[f"{count} branches, unfolded"] = trained[count]
     times = common.interleaved(variants, args.reps, device)
     print(common.machine(device, dtype))
     print(
@@ -80,11 +87,30 @@ def main(argv: list[str] | None = None) -> None:
         f"input, median of {args.reps}"
     )
     ref = common.median(times["0 branches"])
-    rows = [
-        [name, f"{common.median(t):.4f}", common.ratio(common.median(t), ref), f"{trained[i]:,}"]
-        for i, (name, t) in enumerate(times.items())
-    ]
-    print(common.table(["variant", "s/step", "x no branch", "trained params"], rows))
+    rows = []
+    for name, t in times.items():
+        count = int(name.split()[0])
+        med = common.median(t)
+        q1, q3 = statistics.quantiles(t, n=4)[0], statistics.quantiles(t, n=4)[2]
+        per_task = f"{(med / ref - 1) / count:+.1%}" if count else ""
+        rows.append([name, f"{med:.4f}", f"{q1:.4f}-{q3:.4f}", common.ratio(med, ref),
+                     per_task, f"{trained[name]:,}"])  # fmt: skip
+    headers = ["variant", "s/step", "quartiles", "x no branch", "per branch", "trained params"]
+    print(common.table(headers, rows))
+
+
+def unfolded(step):
+    """`step` with every frozen set's input GEMM on its own (the code before folding)."""
+    from medqwen_cli.adapters.layer import RoutedLoRALinear
+
+    def run() -> None:
+        RoutedLoRALinear.fold_frozen = False
+        try:
+            step()
+        finally:
+            RoutedLoRALinear.fold_frozen = True
+
+    return run
 
 
 if __name__ == "__main__":

@@ -136,33 +136,55 @@ class _Experts(nn.Module):
     def _codes(self, xf: Tensor) -> tuple[Tensor, Tensor]:
         """Scaled codes c (N, q) and the matching B columns (m, q): the adapter term is c B^T."""
         x2 = xf.reshape(-1, self.in_features)  # (N, n)
-        r, s = self.rank, self.scale
-        a_exp, b_exp = self.lora_A.float(), self.lora_B.float()  # (r, n), (m, r)
-        spectral = self.init_A is not None
         if isinstance(self.dropout, nn.Identity) or not self.training:
-            a = torch.cat([a_exp, self.init_A.float()]) if spectral else a_exp  # (q, n)
-            proj = x2 @ a.t()  # (N, q): one GEMM for experts and residual
-            h, h0 = (proj[:, :r], proj[:, r:]) if spectral else (proj, None)  # (N, r) each
-        elif self.dropout_masks == "per_expert" and self.experts > 1:
+            proj = x2 @ self.input_rows().t()  # (N, q): one GEMM for experts and residual
+            return self._gate(xf, *self._split(proj))
+        h0 = None
+        a_exp = self.lora_A.float()  # (r, n)
+        if self.dropout_masks == "per_expert" and self.experts > 1:
             # one mask per expert (GOAT): E masked copies of x, one batched GEMM over experts
             e, d = self.experts, self.expert_rank
             xs = self.dropout(x2.expand(e, *x2.shape))  # (E, N, n), masks drawn independently
             h = torch.bmm(xs, a_exp.view(e, d, -1).transpose(1, 2))  # (E, N, d)
-            h = h.transpose(0, 1).reshape(-1, r)  # (N, r): expert i in columns [i*d, (i+1)*d)
+            h = h.transpose(0, 1).reshape(-1, self.rank)  # (N, r): expert i in [i*d, (i+1)*d)
         else:  # dropout reaches the experts' input only, not the residual
             h = self.dropout(x2) @ a_exp.t()  # (N, r)
-        if self.training and not isinstance(self.dropout, nn.Identity):
-            h0 = x2 @ self.init_A.float().t() if spectral else None  # (N, r), never dropped
+        if self.init_A is not None:
+            h0 = x2 @ self.init_A.float().t()  # (N, r), never dropped
+        return self._gate(xf, h, h0)
+
+    def input_rows(self) -> Tensor:
+        """[A; A0] (q, n), float32: the rows the codes are computed from (A alone without a
+        residual)."""
+        a = self.lora_A.float()
+        return a if self.init_A is None else torch.cat([a, self.init_A.float()])
+
+    def _split(self, proj: Tensor) -> tuple[Tensor, Tensor | None]:
+        """x [A; A0]^T (N, q) -> (h, h0), h0 None without a residual."""
+        r = self.rank
+        return (proj[:, :r], proj[:, r:]) if self.init_A is not None else (proj, None)
+
+    def _gate(self, xf: Tensor, h: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Codes from the projections: h scaled by s and the gates, h0 by -s / E."""
+        r, s = self.rank, self.scale
         if self.router is not None:
             e, d = self.experts, self.expert_rank
             gates = self.route(xf).reshape(-1, e, 1)  # (N, E, 1); routed on (..., n) for the mask
             h = (h.reshape(-1, e, d) * (gates * s)).reshape(-1, r)  # (N, r), x never copied
         else:
             h = h * s  # (N, r)
+        b_exp = self.lora_B.float()  # (m, r)
         if h0 is None:
             return h, b_exp
         codes = torch.cat([h, h0 * (-s / self.experts)], dim=-1)  # (N, 2r)
         return codes, torch.cat([b_exp, self.init_B.float()], dim=1)  # (m, 2r)
+
+    def foldable(self) -> bool:
+        """True when the codes need no gradient of their own and no dropout mask: their input
+        rows can share one GEMM with other such sets (`RoutedLoRALinear.forward`)."""
+        if self.lora_A.requires_grad or self.lora_B.requires_grad:
+            return False
+        return isinstance(self.dropout, nn.Identity) or not self.training
 
     def reset_stats(self) -> None:
         self.load_counts.zero_()
@@ -283,6 +305,29 @@ class RoutedLoRALinear(_Experts):
                     )
         return out
 
+    fold_frozen = True  # benchmarks/branches.py turns it off to measure what folding saves
+
+    def _all_codes(self, xf: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Codes and B columns of the layer's own experts and of every branch, in that order.
+
+        The frozen sets (a protected sequence: every set but the newest branch) compute their
+        input projections in one GEMM, x [A_1; A0_1; A_2; ...]^T, instead of one each: the
+        same products, fewer and larger matrix calls; their routers run as before."""
+        sets: list[_Experts] = [self, *self.branches]
+        for branch in self.branches:
+            branch.token_mask = self.token_mask
+        folded = [e for e in sets if e.foldable()] if self.fold_frozen else []
+        if len(folded) < 2:
+            return [e._codes(xf) for e in sets]
+        x2 = xf.reshape(-1, self.in_features)  # (N, n)
+        rows = [e.input_rows() for e in folded]
+        proj = x2 @ torch.cat(rows).t()  # (N, sum q): every frozen set in one GEMM
+        codes, start = {}, 0
+        for e, a in zip(folded, rows, strict=True):
+            codes[id(e)] = e._gate(xf, *e._split(proj[:, start : start + a.shape[0]]))
+            start += a.shape[0]
+        return [codes[id(e)] if id(e) in codes else e._codes(xf) for e in sets]
+
     def add_branch(self, branch: Branch) -> Branch:
         self.branches.append(branch.to(self.base_layer.weight.device))
         return branch
@@ -293,14 +338,12 @@ class RoutedLoRALinear(_Experts):
         y = self.base_layer(x.reshape(-1, self.in_features))  # (N, m), base dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float()  # (..., n)
-            codes, b = self._codes(xf)  # (N, q), (m, q); q = r, or 2r with the residual
-            if len(self.branches):  # each branch adds its codes and B columns: still two GEMMs
-                parts = [(codes, b)]
-                for branch in self.branches:
-                    branch.token_mask = self.token_mask
-                    parts.append(branch._codes(xf))
-                codes = torch.cat([c for c, _ in parts], dim=-1)
-                b = torch.cat([m for _, m in parts], dim=1)
+            if len(self.branches):  # each set adds its codes and B columns: still two GEMMs
+                parts = self._all_codes(xf)
+                codes = torch.cat([c for c, _ in parts], dim=-1)  # (N, sum q)
+                b = torch.cat([m for _, m in parts], dim=1)  # (m, sum q)
+            else:
+                codes, b = self._codes(xf)  # (N, q), (m, q); q = r, or 2r with the residual
             if y.dtype == torch.float32 and type(self.base_layer) is nn.Linear:
                 # nn.Linear's backward keeps x and W0, not its output: safe to accumulate in place
                 y = y.addmm_(codes, b.t())  # (N, m)
