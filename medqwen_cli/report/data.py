@@ -25,9 +25,9 @@ from medqwen_cli import __version__
 from medqwen_cli.acceptance import NO_CRITERIA, read_log, statuses
 from medqwen_cli.acceptance.judge import latest_scores
 from medqwen_cli.bundle import BASE_VERSION, Bundle
-from medqwen_cli.bundle.manifest import now
-from medqwen_cli.continual import version_strategy
-from medqwen_cli.errors import MedqwenError
+from medqwen_cli.bundle.manifest import VERSION_FILE, VersionInfo, now
+from medqwen_cli.continual import CONTINUAL_FILE, DATA_FILE
+from medqwen_cli.continual.record import parse_record
 
 REPORT_SCHEMA = 1
 SMALL_N = 100  # fewer eval records than this: the score is a rough estimate (said in limits)
@@ -45,10 +45,13 @@ def build_report(bundle: Bundle) -> dict[str, Any]:
     log, chain_problems = read_log(bundle.root)
     status = statuses(log)
     records = bundle.read_evals()
-    lineage = [_version(bundle, e, status) for e in m.versions]
+    damaged = bundle.damaged_files()  # every file hashed once, here; the reads below trust it
+    problems = [f"{path}: {problem}" for path, problem in damaged.items()]
+    problems += bundle.unpublished_notes()
+    broken = {path.split("/")[1] for path in damaged if path.startswith("versions/")}
+    lineage = [_version(bundle, e, status, e.id not in broken) for e in m.versions]
     newest = [e.id for e in bundle.lineage(m.head)] if m.head else []
     performance = _performance(records, [v for v in lineage if v["id"] in newest and v["tasks"]])
-    problems = bundle.verify()
     return {
         "schema": REPORT_SCHEMA,
         "generated": now(),
@@ -81,25 +84,30 @@ def build_report(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def _version(bundle: Bundle, entry: Any, status: dict[str, str]) -> dict[str, Any]:
-    """One version of the lineage table: its facts, read and verified from its files."""
+def _version(bundle: Bundle, entry: Any, status: dict[str, str], intact: bool) -> dict[str, Any]:
+    """One version of the lineage table: its facts, read from its files (`intact`: every one of
+    them matched its sha256 when `build_report` checked them)."""
     out: dict[str, Any] = {
         "id": entry.id, "parent": entry.parent, "tasks": list(entry.tasks),
         "created": entry.created, "command": entry.command,
-        "acceptance": status.get(entry.id, NO_CRITERIA), "intact": True,
+        "acceptance": status.get(entry.id, NO_CRITERIA), "intact": intact,
     }  # fmt: skip
-    try:
-        info = bundle.read_version_info(entry.id)
-    except MedqwenError:  # damaged: said in integrity; the facts that need its files stay None
-        return {**out, "intact": False, "strategy": None, "recipe_sha256": None, "data": [],
-                "parameters": None, "train": None, "description": {}}  # fmt: skip
-    data = bundle.read_json("data.json", entry.id) if "data.json" in info.files else {}
-    metrics = bundle.read_json("metrics.json", entry.id) if "metrics.json" in info.files else {}
-    train = metrics.get("train") or {}
+    if not intact:  # said in integrity; the facts that need its files stay None
+        return {**out, "strategy": None, "recipe_sha256": None, "data": [], "parameters": None,
+                "train": None, "description": {}}  # fmt: skip
+    vdir = bundle.root / "versions" / entry.id
+    info = VersionInfo.model_validate_json((vdir / VERSION_FILE).read_text(encoding="utf-8"))
+
+    def read(name: str) -> dict[str, Any]:
+        return json.loads((vdir / name).read_text(encoding="utf-8")) if name in info.files else {}
+
+    data, train = read(DATA_FILE), read("metrics.json").get("train") or {}
+    record = read(CONTINUAL_FILE)
+    strategy = parse_record(record, f"{entry.id}/{CONTINUAL_FILE}").describe() if record else "none"
     tasks_cfg = info.recipe.get("tasks") or {}
     return {
         **out,
-        "strategy": version_strategy(bundle, entry.id) if entry.tasks else None,
+        "strategy": strategy if entry.tasks else None,
         "recipe_sha256": recipe_digest(info.recipe),
         "criteria": info.recipe.get("acceptance"),
         "notes": list((info.recipe.get("acceptance") or {}).get("notes") or []),

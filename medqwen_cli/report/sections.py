@@ -248,7 +248,7 @@ def acceptance(report: dict[str, Any]) -> str:
                    f'<span class="muted">{esc(c["detail"])}</span>']
                   for c in a["verdict"]["checks"]]  # fmt: skip
         parts.append(
-            f"<h3>{esc(a['version'])} {badge(a['status'])}</h3><p class=muted>judged "
+            f"<h3>{esc(a['version'])} {badge(a['status'])}</h3><p class='muted judged'>judged "
             f"{esc(when(a['verdict']['time']))} (medqwen {esc(a['verdict']['medqwen_version'])})</p>"
         )
         parts.append(

@@ -26,6 +26,7 @@ p { margin: 6px 0; }
          font-weight: 600; border: 1px solid currentColor; white-space: nowrap; }
 .ok { color: var(--ok); } .bad { color: var(--bad); } .warn { color: var(--warn); }
 .muted { color: var(--muted); }
+.judged { break-after: avoid; }
 table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; font-size: 12.5px; }
 th, td { border: 1px solid var(--rule); padding: 4px 7px; text-align: left; vertical-align: top; }
 th { background: var(--soft); font-weight: 600; }
