@@ -211,6 +211,8 @@ def _scores_by_type(perf: dict[str, Any]) -> str:
     parts = ["<h3>Scores by record type</h3><p>Each task's headline score (the mean over its "
              "record types) and each type's own headline metric, with the number of records "
              "scored (n).</p>"]  # fmt: skip
+    if not perf["scores"]:
+        parts.append("<p><strong>No score recorded.</strong></p>")
     for task in perf["tasks"]:
         mine = [s for s in perf["scores"] if s["task"] == task]
         if not mine:
@@ -277,7 +279,8 @@ def acceptance(report: dict[str, Any]) -> str:
 
 def limits(report: dict[str, Any]) -> str:
     lim, integrity = report["limits"], report["integrity"]
-    items = [f"Task <strong>{esc(t)}</strong> was never scored after training (no eval split?)."
+    items = [f"Task <strong>{esc(t)}</strong> was never scored after training (it has no eval "
+             "split, or its run used --no-eval)."
              for t in lim["never_scored"]]  # fmt: skip
     items += [f"No score of {esc(', '.join(g['tasks']))} "
               + ("for the base model (zero-shot)" if g["version"] == "base" else

@@ -121,6 +121,9 @@ def line_chart(
                      f'y2="{ly}" stroke="{colour}" stroke-width="2"/>')  # fmt: skip
         parts.append(f'<text x="{WIDTH - RIGHT + 34}" y="{ly + 4}" class="ca">'
                      f"{escape(s.label)}</text>")  # fmt: skip
+    if not values:  # an empty frame would read as a chart of zeros
+        parts.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP + plot_h / 2:.1f}" '
+                     'text-anchor="middle" class="cl">no score recorded</text>')  # fmt: skip
     if marked_note:
         ly = TOP + 8 + 20 * len(series) + 6
         parts.append(f'<text x="{WIDTH - RIGHT + 8}" y="{ly + 4}" class="ca">'

@@ -64,6 +64,13 @@ def test_failed_criteria_keep_the_default_and_stop_a_pipeline(bundle_copy, cli):
     bundle = Bundle.open(bundle_copy)
     assert bundle.manifest.head == "v0004" and bundle.head == "v0003"  # kept, not the default
     assert bundle.resolve_version(None) == "v0003" and bundle.resolve_version("v4") == "v0004"
+    log = cli("log", bundle_copy, "--all", "--format", "json")
+    assert [(v["id"], v["acceptance"], v["head"]) for v in json.loads(log.out)][:2] == [
+        ("v0004", "not accepted", False), ("v0003", "no criteria", True),
+    ]  # fmt: skip
+    assert "newer versions are not accepted" in cli("log", bundle_copy).err
+    info = json.loads(cli("inspect", bundle_copy, "--version", "v4", "--format", "json").out)
+    assert info["default_version"] == "v0003" and info["acceptance"].startswith("not accepted: ")
 
     accepted = cli("accept", "v0004", "--by", "Dr A. Lee", "--reason", "reviewed on 40 cases",
                    "--bundle", bundle_copy, "--format", "json")  # fmt: skip
