@@ -17,6 +17,7 @@ from medqwen_cli.acceptance.schema import AcceptanceConfig, NewTaskCriteria, Tas
 
 KEPT_DEF = "kept = R[v][j] / R[t(j)][j]: score now over score right after it was trained"
 DROP_DEF = "drop = R[t(j)][j] - R[v][j]: score right after it was trained minus score now"
+LOST_DEF = "records lost = round(m then x n) - round(m now x n): net records no longer right"
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Check:
     def line(self) -> str:
         """One line: `ct min_score headline_mean 0.2000 < 0.5000 (new task)`."""
         sign = ">=" if self.criterion.startswith("min") else "<="
-        got = "not measured" if self.measured is None else f"{self.measured:.4f}"
+        got = "not measured" if self.measured is None else f"{self.measured:.4g}"
         verb = "passed" if self.passed else "failed"
         return (
             f"{self.task} {self.criterion} {self.metric or ''}: {got}, needs {sign} "
@@ -115,7 +116,11 @@ def _task_checks(
         why = f"{version} on {task}, {count} records" if count else where
         out.append(_check(task, scope, "min_metric", name, least, value, why,
                           f"no {name} recorded for {task} after {version}"))  # fmt: skip
-    if is_new or not isinstance(c, TaskCriteria) or (c.min_kept is None and c.max_drop is None):
+    if is_new or not isinstance(c, TaskCriteria):
+        return out
+    for name, most in c.max_records_lost.items():
+        out.append(_records_lost(task, scope, name, most, scores, version, first))
+    if c.min_kept is None and c.max_drop is None:
         return out
     then, _ = scores.get((first, task, metric), (None, None)) if metric else (None, None)
     pair = f"{version} vs {first}, where {task} was trained"
@@ -132,6 +137,23 @@ def _task_checks(
     return out
 
 
+def _records_lost(
+    task: str, scope: str, metric: str, most: int, scores: Scores, version: str, first: str
+) -> Check:
+    """Net records of `task` answered right after `first` and no more after `version`, from a
+    share metric and its n (the same n both times: the same eval records)."""
+    (then, n_then), (now, n_now) = (scores.get((v, task, metric), (None, None))
+                                    for v in (first, version))  # fmt: skip
+    if then is None or now is None or not n_then or n_then != n_now:
+        why = (f"{metric} of {task} scored on {n_then} then {n_now} records: not the same set"
+               if then is not None and now is not None
+               else f"no {metric} of {task} after {first if then is None else version}")  # fmt: skip
+        return Check(task, scope, "max_records_lost", metric, most, None, False, why)
+    lost = round(then * n_then) - round(now * n_now)
+    how = f"{LOST_DEF}; {version} vs {first}, {n_now} records"
+    return _check(task, scope, "max_records_lost", metric, most, float(lost), how, "")
+
+
 def _check(
     task: str,
     scope: str,
@@ -144,5 +166,5 @@ def _check(
 ) -> Check:
     if measured is None:
         return Check(task, scope, criterion, metric, threshold, None, False, missing)
-    ok = measured <= threshold if criterion == "max_drop" else measured >= threshold
+    ok = measured <= threshold if criterion.startswith("max") else measured >= threshold
     return Check(task, scope, criterion, metric, threshold, measured, ok, how)

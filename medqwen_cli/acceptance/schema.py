@@ -14,13 +14,18 @@ trained j (docs/forgetting.md):
     min_metric  score of metric m (e.g. `vqa_closed.accuracy`) after v >= value, per metric
     min_kept    R[v][j] / R[t(j)][j] >= value        earlier tasks only (kept share)
     max_drop    R[t(j)][j] - R[v][j] <= value         earlier tasks only (absolute drop)
+    max_records_lost  per metric m that is a share of records (accuracy, exact match), scored on
+                the same n records: round(m[t(j)] n) - round(m[v] n) <= value   (net records lost)
 
 `notes` states, in advance, the known limits and risks of the model; the report prints them.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# metrics that are a share of the records scored: share x n counts records answered right
+SHARE_METRICS = (".accuracy", ".exact_match")
 
 
 class _Strict(BaseModel):
@@ -50,6 +55,26 @@ class TaskCriteria(NewTaskCriteria):
         description="Earlier task: largest drop of its headline score since the version that "
         "trained it.",
     )
+    max_records_lost: dict[str, int] = Field(
+        default_factory=dict,
+        description="Earlier task: per share-of-records metric (`*.accuracy`, `*.exact_match`), "
+        "the most records it may answer right no more, net: round(score then x n) - round(score "
+        "now x n) on the same n records.",
+    )
+
+    @field_validator("max_records_lost")
+    @classmethod
+    def _share_metrics(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [m for m in value if not m.endswith(SHARE_METRICS)]
+        if bad:
+            raise ValueError(
+                f"max_records_lost counts records from a share of records: {', '.join(bad)} is not "
+                f"one (use a metric ending in {' or '.join(SHARE_METRICS)}, e.g. "
+                "vqa_closed.accuracy)"
+            )
+        if any(v < 0 for v in value.values()):
+            raise ValueError("max_records_lost takes counts >= 0")
+        return value
 
 
 class AcceptanceConfig(_Strict):

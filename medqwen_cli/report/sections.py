@@ -245,8 +245,8 @@ def acceptance(report: dict[str, Any]) -> str:
         if a["verdict"] is None:
             continue
         checks = [[esc(c["task"]), esc(c["scope"]), esc(c["criterion"]), esc(c["metric"]),
-                   ("≤ " if c["criterion"] == "max_drop" else "≥ ") + f"{c['threshold']:g}",
-                   fmt(c["measured"]), badge("passed" if c["passed"] else "failed"),
+                   ("≤ " if c["criterion"].startswith("max") else "≥ ") + f"{c['threshold']:g}",
+                   fmt(c["measured"], 0 if c["criterion"] == "max_records_lost" else 4), badge("passed" if c["passed"] else "failed"),
                    f'<span class="muted">{esc(c["detail"])}</span>']
                   for c in a["verdict"]["checks"]]  # fmt: skip
         parts.append(

@@ -59,7 +59,32 @@ def test_checks_measure_kept_drop_score_and_metric():
     assert checks[("ct", "min_score")].passed
     metric = checks[("ct", "min_metric")]
     assert metric.measured == pytest.approx(0.9) and not metric.passed
-    assert "0.7500, needs >= 0.95" in kept.line()
+    assert "0.75, needs >= 0.95" in kept.line()
+
+
+def test_records_lost_counts_net_records_on_the_same_set():
+    records = [
+        _line("v0002", "xray", 0.80, metric="vqa_closed.accuracy", headline=False),
+        _line("v0003", "xray", 0.65, metric="vqa_closed.accuracy", headline=False),
+        _line("v0003", "ct", 0.5, metric="pope.accuracy", headline=False, n=10),
+        _line("v0002", "ct", 0.5, metric="pope.accuracy", headline=False),
+    ]
+    criteria = AcceptanceConfig.model_validate(
+        {"earlier_tasks": {"max_records_lost": {"vqa_closed.accuracy": 2}}}
+    )
+    (check,) = judge(criteria, records, LINEAGE)
+    assert check.measured == 3 and not check.passed  # round(16) - round(13) on n = 20
+    lineage = [("v0002", ["ct"]), ("v0003", ["xray"])]
+    criteria = AcceptanceConfig.model_validate(
+        {"earlier_tasks": {"max_records_lost": {"pope.accuracy": 5}}}
+    )
+    (check,) = judge(criteria, records, lineage)
+    assert check.measured is None and "20 then 10 records: not the same set" in check.detail
+    with pytest.raises(RecipeError, match="share of records"):
+        build_recipe(
+            {"acceptance": {"earlier_tasks": {"max_records_lost": {"headline_mean": 1}}}},
+            check_paths=False,
+        )
 
 
 def test_an_unmeasured_criterion_fails():
