@@ -8,8 +8,8 @@ it lies in the image) beside a picture of it (`looks`), and asks one closed ques
     size   small or large by this modality's cut-off?   [small, large]
 
     task          modality                     side of the patient      large from
-    seq-cxr       PA chest radiograph          mirrored (radiological)  30 mm (nodule / mass)
-    seq-ct        axial chest CT               mirrored (radiological)  30 mm (nodule / mass)
+    seq-cxr       PA chest radiograph          mirrored (radiological)  31 mm (mass: > 3 cm)
+    seq-ct        axial chest CT               mirrored (radiological)  31 mm (mass: > 3 cm)
     seq-derm      photograph of the back       as seen (anatomical)     6 mm (ABCD: diameter)
     seq-mammo     both MLO views back to back  mirrored (hanging)       21 mm (T2: > 20 mm)
     seq-thyroid   transverse neck ultrasound   mirrored (radiological)  10 mm (TI-RADS TR5 FNA)
@@ -40,12 +40,12 @@ import numpy as np
 
 from medqwen_cli.data.synthetic.rules import ReadingRules
 
-SEQUENCE_VERSION = "1"  # the sequence's generator; the rule pair keeps its own version
+SEQUENCE_VERSION = "2"  # the sequence's generator; the rule pair keeps its own version
 SPLITS = ("train", "eval", "eval-template")
 FAMILY = {"train": "train", "eval": "eval", "eval-template": "train"}  # split -> phrase family
 KINDS = ("side", "size")
 LABELS = {"side": ["left", "right"], "size": ["small", "large"]}
-BANDS = ((2, 5), (6, 9), (10, 20), (21, 29), (30, 60))  # mm, inclusive; cut at 6, 10, 21, 30
+BANDS = ((2, 5), (6, 9), (10, 20), (21, 30), (31, 60))  # mm, inclusive; cut at 6, 10, 21, 31
 CUTS = tuple(lo for lo, _ in BANDS[1:])
 # train: even sizes and both neighbours of every cut-off (T - 1 small, T large), so each
 # cut-off is pinned; eval: the other odd sizes (absent from train)
@@ -92,11 +92,11 @@ TASKS = {
     for t in (
         _task("seq-cxr", "xray", "pulmonary opacity", ("Chest X-ray", "PA chest radiograph"),
               ("Frontal chest film", "Posteroanterior radiograph of the thorax"),
-              mirrored=True, large_mm=30),
+              mirrored=True, large_mm=31),
         _task("seq-ct", "chest-ct", "lung lesion", ("Axial chest CT slice", "Chest CT"),
               ("Transverse computed tomography image of the thorax",
                "Computed tomogram of the lungs, axial plane"),
-              mirrored=True, large_mm=30),
+              mirrored=True, large_mm=31),
         _task("seq-derm", "skin", "mole", ("Photograph of the patient's back",
                                            "Clinical photo of the skin of the back"),
               ("Dermatology picture of the back", "Close-up snapshot of the patient's dorsal skin"),
@@ -115,26 +115,36 @@ TASKS = {
 SEQUENCE: tuple[str, ...] = tuple(TASKS)  # the fixed clinical order
 
 # Description templates and question wordings: the train family (train, eval-template) and the
-# eval family (eval) share none. {side} and {level} are positions in the image.
+# eval family (eval) share none. {side} and {level} are positions in the image. The train
+# family is the larger (5 templates, 5 + 4 wordings): a rule learned from varied phrasing
+# carries over to new phrasing; from one or two wordings nano learns the wording instead (the
+# side answers fell to 0.65 on unseen wordings that add "left or right?", docs/sequence.md).
 TEMPLATES = {
     "train": (
-        "{noun}: a {size} mm {lesion} in the {level} {side} of the image.",
-        "{noun} shows a {size} mm {lesion}, {level} {side} part of the image.",
+        "{noun}: {a} {size} mm {lesion} in the {level} {side} of the image.",
+        "{noun} shows {a} {size} mm {lesion}, {level} {side} part of the image.",
         "On this image ({noun}), a {lesion} of {size} mm lies in the {side} {level} area.",
+        "Image {side}, {level}: {a} {size} mm {lesion} ({noun}).",
+        "{noun}, {lesion} of {size} mm; position in the image: {level}, {side}.",
     ),
     "eval": (
         "There is a {lesion} measuring {size} mm toward the image's {side} {level} corner ({noun}).",
         "{noun}. Finding: {lesion}, {size} millimetres across, {level} half, {side} as displayed.",
-        "Seen on the {side} of the picture, {level} portion: a {size}-mm {lesion} ({noun}).",
+        "Seen on the {side} of the picture, {level} portion: {a} {size}-mm {lesion} ({noun}).",
     ),
 }
 WORDINGS = {
-    ("train", "side"): ("On which side of the patient is it?", "Which side of the patient is it on?"),
-    ("train", "size"): ("Is it small or large?", "Small or large, by this modality's cut-off?"),
+    ("train", "side"): ("On which side of the patient is it?", "Which side of the patient is it on?",
+                        "Is it on the patient's left or right?", "Patient's right or left side?",
+                        "Which side of the body is affected?"),
+    ("train", "size"): ("Is it small or large?", "Small or large, by this modality's cut-off?",
+                        "Is it large or small?", "Classify its size: small or large."),
     ("eval", "side"): ("Is the finding in the patient's left or right?",
-                       "Which of the patient's sides holds it, left or right?"),
+                       "Which of the patient's sides holds it, right or left?",
+                       "Name the side of the patient where it lies."),
     ("eval", "size"): ("Would you call it large or small?",
-                       "Does it count as small or as large here?"),
+                       "Does it count as small or as large here?",
+                       "By the size rule of this modality, small or large?"),
 }  # fmt: skip
 
 
@@ -162,7 +172,8 @@ def sequence_record(name: str, split: str, rng: np.random.Generator, index: int)
     level = ("upper", "lower")[int(rng.integers(2))]
     template, noun = _pick(TEMPLATES[family], rng), _pick(task.nouns[family], rng)
     wording = _pick(WORDINGS[family, kind], rng)
-    text = template.format(noun=noun, size=size_mm, lesion=task.lesion, level=level,
+    a = "an" if str(size_mm).startswith("8") or size_mm in (11, 18) else "a"  # an 8, an 11
+    text = template.format(noun=noun, a=a, size=size_mm, lesion=task.lesion, level=level,
                            side=image_side)  # fmt: skip
     answer = task.answer(kind, image_side, size_mm)
     earlier = SEQUENCE[: SEQUENCE.index(name)]
