@@ -302,6 +302,7 @@ def limits(report: dict[str, Any]) -> str:
     check = ("<p>" + badge("verified") + " every file of every version and init.safetensors match "
              "their sha256, and the acceptance log's chain is intact.</p>") if not problems else (
         "<ul>" + "".join(f"<li class=bad>{esc(p)}</li>" for p in problems) + "</ul>")  # fmt: skip
+    check += "".join(f"<p class=muted>{esc(n)}</p>" for n in integrity.get("notes") or [])
     return (
         "<section><h2>4. Limits</h2><h3>What the evaluation does not cover</h3><ul>"
         + "".join(f"<li>{i}</li>" for i in items)
