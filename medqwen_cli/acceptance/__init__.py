@@ -64,7 +64,9 @@ def judge_run(
     recipe's criteria on the evaluation lines the run appended, and append the verdict to
     acceptance.jsonl. None when no criterion is set, without a version, or on a process other
     than the main one (`main`; None: asks accelerate). A verdict equal to the version's latest
-    (the same command run again, nothing new scored) is returned, not appended again."""
+    (the same command run again, nothing new scored) is returned, not appended again. The
+    result adds the version's `status` (an override may follow a failed verdict) and the
+    bundle's `default_version`."""
     criteria: AcceptanceConfig = recipe.acceptance
     if not version or not criteria.in_force():
         return None
@@ -84,7 +86,8 @@ def judge_run(
     latest = version_status(bundle, version)["verdict"]
     same = latest is not None and all(latest.get(k) == v for k, v in line.items())
     stamped = latest if same else append_line(bundle.root, line, "continue acceptance")
-    return {**stamped, "default_version": default_version(bundle)}
+    status = version_status(bundle, version)["status"]  # an override may follow the verdict
+    return {**stamped, "status": status, "default_version": default_version(bundle)}
 
 
 def failure_line(verdict: dict[str, Any]) -> str:

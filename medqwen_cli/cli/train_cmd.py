@@ -150,7 +150,7 @@ def _render(fmt: str, result: Any) -> None:
             rows.append({"field": f"eval {who} {e['task']} {e['metric']}", "value": e["value"]})
     verdict = r["acceptance"]
     if verdict is not None:  # the recipe's acceptance criteria, judged on the scores above
-        status = "accepted" if verdict["passed"] else "NOT accepted"
+        status = "NOT accepted" if verdict["status"] == "not accepted" else verdict["status"]
         rows.append({"field": "acceptance", "value": f"{status}; default version "
                      f"{verdict['default_version']}"})  # fmt: skip
         rows += [{"field": "  criterion", "value": Check(**c).line()} for c in verdict["checks"]]
@@ -259,7 +259,7 @@ def continue_(
             **run_args,
         )
     _render(fmt, result)
-    if result.acceptance is not None and not result.acceptance["passed"]:
+    if result.acceptance is not None and result.acceptance["status"] == "not accepted":
         from medqwen_cli.acceptance import EXIT_NOT_ACCEPTED, failure_line
 
         _output.error(failure_line(result.acceptance), ACCEPT_HINT)

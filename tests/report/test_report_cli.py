@@ -80,6 +80,9 @@ def test_failed_criteria_keep_the_default_and_stop_a_pipeline(bundle_copy, cli):
     assert Bundle.open(bundle_copy).head == "v0004"
     again = cli("accept", "v0004", "--by", "B", "--reason", "r", "--bundle", bundle_copy)
     assert again.code == 1 and "nothing to override" in again.err
+    rerun = cli(*command[3:])  # the same command again: nothing to train, the override stands
+    assert rerun.code == 0, rerun.err
+    assert json.loads(rerun.out)["acceptance"]["status"] == "accepted by override"
 
     report = json.loads(cli("report", bundle_copy, "--format", "json").out)
     (v4,) = [a for a in report["acceptance"] if a["version"] == "v0004"]
