@@ -6,9 +6,11 @@ experts and b - 1 earlier branches are frozen and whose newest branch trains (b 
 adapter trains, no branch). Each branch is built as `continue --protect` builds it
 (continual/protect.py), against a random orthonormal basis of --basis-share of each layer's input
 (the study's bases hold 4-20 %). Every branch adds one adapter's codes to the layer's two GEMMs
-and one router; only the newest branch has gradients and optimizer state. The frozen sets (own
-experts and earlier branches) share one input GEMM (`RoutedLoRALinear.fold_frozen`); each
-count from 2 on is also timed with that folding off, in the same interleaved run.
+and one router; only the newest branch has gradients and optimizer state. As a protected run
+does, the frozen sets' linear parts are folded into the base weight (`fold_into_base`: all of a
+lora set, an sslora set's residual) and the rest of them share one input GEMM
+(`RoutedLoRALinear.fold_frozen`); each count from 1 on is also timed with neither, as the code
+before folding ran, in the same interleaved run.
 
     python benchmarks/branches.py                 # 2B widths, 1 layer, batch 2 x 128, 0-5
     python benchmarks/branches.py --quick         # tiny widths: a smoke run, seconds
@@ -73,10 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     variants, trained = {}, {}
     for count in range(args.max_branches + 1):
         model, trained[count] = with_branches(base, cfg, count, args.basis_share, args.seed)
+        for _, layer in adapter_layers(model):
+            layer.fold_into_base()
         step, _ = stepper(model.to(device), batch, routed=cfg.num_experts > 1)
         variants[f"{count} branches"] = step
         trained[f"{count} branches"] = trained[count]
-        if count >= 2:  # two frozen sets or more: what folding them saves
+        if count >= 1:  # what folding the frozen sets saves
+            model, _ = with_branches(base, cfg, count, args.basis_share, args.seed)
+            step, _ = stepper(model.to(device), batch, routed=cfg.num_experts > 1)
             variants[f"{count} branches, unfolded"] = unfolded(step)
             trained[f"{count} branches, unfolded"] = trained[count]
     times = common.interleaved(variants, args.reps, device)

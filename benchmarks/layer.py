@@ -37,7 +37,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-from medqwen_cli.adapters.layer import RoutedLoRALinear, looped_forward  # noqa: E402
+from medqwen_cli.adapters.layer import RoutedLoRALinear
+from medqwen_cli.adapters.reference import looped_forward  # noqa: E402
 
 # (label, in n, out m): q/o, gate/up, down of Qwen2-VL-2B (hidden 1536) and -7B (hidden 3584)
 SHAPES = [

@@ -32,15 +32,13 @@ if TYPE_CHECKING:
         linear_shapes,
         select_targets,
     )
-    from medqwen_cli.adapters.layer import (
-        RoutedLoRALinear,
-        looped_forward,
-    )
+    from medqwen_cli.adapters.layer import RoutedLoRALinear
     from medqwen_cli.adapters.naming import (
         canonical_from_checkpoint_key,
         canonical_module_name,
         layer_kind,
     )
+    from medqwen_cli.adapters.reference import looped_forward
     from medqwen_cli.adapters.router import (
         DEFAULT_ROUTER_INIT_STD,
         Routing,
@@ -89,7 +87,7 @@ _MODULES = {
     "linear_shapes": "inject",
     "load_adapter_state": "state",
     "load_balance_loss": "router",
-    "looped_forward": "layer",
+    "looped_forward": "reference",
     "reset_router_stats": "state",
     "router_load": "state",
     "segment_indices": "spectral",

@@ -97,6 +97,9 @@ class _Experts(nn.Module):
         self.register_buffer("load_counts", counts, persistent=False)  # slots per expert
         self.register_buffer("routed_tokens", counts.new_zeros(()), persistent=False)
         self.token_mask: Tensor | None = None  # (batch, seq), set by the model-level hook
+        # the set's linear part (`linear_part`) was added to the base weight: no residual
+        # codes, and without a router no codes at all (`RoutedLoRALinear.fold_into_base`)
+        self.in_base = False
         self.last_balance_loss: Tensor | None = None  # L_b of the latest forward (0-d)
 
     def own_tensors(self, kind: str = "trainable") -> dict[str, Tensor]:
@@ -149,20 +152,36 @@ class _Experts(nn.Module):
             h = h.transpose(0, 1).reshape(-1, self.rank)  # (N, r): expert i in [i*d, (i+1)*d)
         else:  # dropout reaches the experts' input only, not the residual
             h = self.dropout(x2) @ a_exp.t()  # (N, r)
-        if self.init_A is not None:
+        if not self._no_residual():
             h0 = x2 @ self.init_A.float().t()  # (N, r), never dropped
         return self._gate(xf, h, h0)
 
     def input_rows(self) -> Tensor:
         """[A; A0] (q, n), float32: the rows the codes are computed from (A alone without a
-        residual)."""
+        residual, or with the residual in the base weight)."""
         a = self.lora_A.float()
-        return a if self.init_A is None else torch.cat([a, self.init_A.float()])
+        return a if self._no_residual() else torch.cat([a, self.init_A.float()])
+
+    def _no_residual(self) -> bool:
+        return self.init_A is None or self.in_base
 
     def _split(self, proj: Tensor) -> tuple[Tensor, Tensor | None]:
         """x [A; A0]^T (N, q) -> (h, h0), h0 None without a residual."""
         r = self.rank
-        return (proj[:, :r], proj[:, r:]) if self.init_A is not None else (proj, None)
+        return (proj, None) if self._no_residual() else (proj[:, :r], proj[:, r:])
+
+    def linear_part(self) -> Tensor | None:
+        """The part of this set's term that is linear in x, as an (m, n) float32 matrix: all of
+        it without a router (s B A, minus the residual (s / E) B0 A0 when there is one), only
+        the residual with one (the routed sum is not linear); None when there is none."""
+        s, e = self.scale, self.experts
+        part = None
+        if self.router is None:
+            part = s * (self.lora_B.float() @ self.lora_A.float())  # (m, n)
+        if self.init_A is not None:
+            residual = (s / e) * (self.init_B.float() @ self.init_A.float())  # (m, n)
+            part = -residual if part is None else part - residual
+        return part
 
     def _gate(self, xf: Tensor, h: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         """Codes from the projections: h scaled by s and the gates, h0 by -s / E."""
@@ -307,13 +326,36 @@ class RoutedLoRALinear(_Experts):
 
     fold_frozen = True  # benchmarks/branches.py turns it off to measure what folding saves
 
+    @torch.no_grad()
+    def fold_into_base(self) -> int:
+        """Add every frozen set's linear part to the base weight, in memory, and stop computing
+        it as codes: a protected run's earlier tasks then cost nothing (lora, pissa: every
+        frozen set is linear) or their routed sums only (sslora: the residual folds). Exact up
+        to float rounding; float32 bases only (a 16-bit weight would round the sum), and never
+        written anywhere (the adapter's tensors are unchanged). Returns the sets folded."""
+        weight = self.base_layer.weight
+        if weight.dtype != torch.float32 or not len(self.branches):
+            return 0
+        folded = 0
+        for e in (self, *self.branches):
+            if e.in_base or not e.foldable():
+                continue
+            part = e.linear_part()
+            if part is not None:
+                weight.add_(part.to(weight.device))
+                e.in_base = True
+                folded += 1
+        return folded
+
     def _all_codes(self, xf: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Codes and B columns of the layer's own experts and of every branch, in that order.
 
         The frozen sets (a protected sequence: every set but the newest branch) compute their
         input projections in one GEMM, x [A_1; A0_1; A_2; ...]^T, instead of one each: the
         same products, fewer and larger matrix calls; their routers run as before."""
-        sets: list[_Experts] = [self, *self.branches]
+        sets: list[_Experts] = [
+            e for e in (self, *self.branches) if not (e.in_base and e.router is None)
+        ]
         for branch in self.branches:
             branch.token_mask = self.token_mask
         folded = [e for e in sets if e.foldable()] if self.fold_frozen else []
@@ -350,37 +392,3 @@ class RoutedLoRALinear(_Experts):
             else:  # bf16 base (or a subclass): adapter sum in float32, cast once
                 y = y + (codes @ b.t()).to(y.dtype)  # (N, m)
         return y.view(*x.shape[:-1], self.out_features)
-
-
-def looped_forward(
-    layer: RoutedLoRALinear, x: Tensor, expert_inputs: Tensor | None = None
-) -> Tensor:
-    """Reference for tests and benchmarks: a Python loop over experts, each on its own tokens.
-
-    Same maths as `RoutedLoRALinear.forward` with dropout off: gathers the tokens routed to
-    expert i, applies s * w_i * B_i A_i to them, subtracts each expert's share of W_res.
-    `expert_inputs` (E, ..., n), e.g. per-expert dropped copies of x, replaces x as the input of
-    expert i's A only (router and residual still read x): the reference for per-expert masks.
-    """
-    y = layer.base_layer(x)  # (..., m)
-    xf = x.float().reshape(-1, layer.in_features)  # (N, n)
-    d, e, s = layer.expert_rank, layer.experts, layer.scale
-    inputs = xf.expand(e, -1, -1) if expert_inputs is None else expert_inputs
-    xe = inputs.float().reshape(e, -1, layer.in_features)  # (E, N, n): expert i's input
-    out = torch.zeros(xf.shape[0], layer.out_features, device=x.device)  # (N, m)
-    if layer.router is not None:
-        routing = layer.router(xf)
-        gates, chosen = routing.gates, routing.indices  # (N, E), (N, k)
-    else:
-        gates = xf.new_ones(xf.shape[0], 1)  # (N, 1)
-        chosen = torch.zeros(xf.shape[0], 1, dtype=torch.long, device=x.device)  # (N, 1)
-    for i in range(e):
-        block = slice(i * d, (i + 1) * d)
-        rows = (chosen == i).any(dim=-1).nonzero().squeeze(1)  # tokens routed to expert i
-        xi = xe[i].index_select(0, rows)  # (N_i, n)
-        yi = (xi @ layer.lora_A[block].t()) @ layer.lora_B[:, block].t()  # (N_i, m)
-        out = out.index_add(0, rows, yi * gates.index_select(0, rows)[:, i : i + 1] * s)
-        if layer.init_A is not None:
-            res_i = (xf @ layer.init_A[block].t()) @ layer.init_B[:, block].t()  # (N, m)
-            out = out - res_i * (s / e)
-    return y + out.reshape(*x.shape[:-1], -1).to(y.dtype)

@@ -114,7 +114,10 @@ class ProtectStrategy(Strategy):
             raise _full_error(self.bases, self.over, self.energy, room)
         self.guarded = {g: int(m.shape[1]) for g, m in guard.items()}
         add_protected_branches(model, guard, self.groups, self.adapter)
-        self.branches = max(len(layer.branches) for _, layer in _layers(model))
+        layers = [layer for _, layer in _layers(model)]
+        self.branches = max(len(layer.branches) for layer in layers)
+        for layer in layers:  # the earlier tasks' linear parts join W0, for this run only
+            layer.fold_into_base()
 
     def after_step(self, model: nn.Module) -> None:
         """Every protected branch's A back into its complement: A <- A (I - M M^T)."""

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from medqwen_cli.adapters.layer import RoutedLoRALinear, looped_forward
+from medqwen_cli.adapters.layer import RoutedLoRALinear
+from medqwen_cli.adapters.reference import looped_forward
 from medqwen_cli.adapters.spectral import init_layer
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medqwen_cli.adapters.layer import RoutedLoRALinear, looped_forward
+from medqwen_cli.adapters.layer import RoutedLoRALinear
+from medqwen_cli.adapters.reference import looped_forward
 from medqwen_cli.adapters.spectral import init_layer
 
 

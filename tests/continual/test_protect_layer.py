@@ -170,32 +170,40 @@ def test_a_layer_the_bases_fill_is_refused_by_name() -> None:
 
 
 @pytest.mark.parametrize("method", ["sslora", "lora"])
-def test_frozen_sets_folded_into_one_gemm_compute_the_same(method: str) -> None:
-    """Three branches on a layer: its own experts and the first two branches are frozen and
-    share one input GEMM; outputs and every gradient match the set-by-set computation."""
+def test_frozen_sets_folded_compute_the_same(method: str) -> None:
+    """Three branches on a layer: its own experts and the first two branches are frozen. Their
+    linear parts folded into the base weight (`fold_into_base`), their input projections in one
+    GEMM, or neither: outputs, dx and the live branch's gradient agree."""
     from medqwen_cli.adapters.layer import RoutedLoRALinear
 
-    model, cfg = model_for(method)
-    for seed in (7, 8, 9):
-        add_protected_branches(model, {"q_proj": orthonormal(4, seed).double()}, {}, cfg)
-    layer = dict(model.named_modules())["q_proj"]
-    for p in layer.branches[-1].parameters():
-        p.data.add_(0.01)  # B = 0 at init: give every set a visible share
-    for branch in layer.branches[:-1]:
-        branch.lora_B.data.add_(0.01)
+    def three_branches() -> RoutedLoRALinear:
+        model, cfg = model_for(method)
+        for seed in (7, 8, 9):
+            add_protected_branches(model, {"q_proj": orthonormal(4, seed).double()}, {}, cfg)
+        layer = dict(model.named_modules())["q_proj"]
+        for p in layer.branches[-1].parameters():
+            p.data.add_(0.01)  # B = 0 at init: give every set a visible share
+        for branch in layer.branches[:-1]:
+            branch.lora_B.data.add_(0.01)
+        return layer
+
+    layer, in_base = three_branches(), three_branches()
+    assert [b.foldable() for b in layer.branches] == [True, True, False] and layer.foldable()
+    assert in_base.fold_into_base() == 3  # own experts and two branches: each has a linear part
+    assert not torch.equal(in_base.base_layer.weight, layer.base_layer.weight)
     x = torch.randn(2, 5, N, generator=torch.Generator().manual_seed(3), requires_grad=True)
     results = []
-    for fold in (True, False):
+    for module, fold in ((in_base, True), (layer, True), (layer, False)):
         RoutedLoRALinear.fold_frozen = fold
         try:
             x.grad = None
-            model.zero_grad(set_to_none=True)
-            y = layer(x)
+            module.zero_grad(set_to_none=True)
+            y = module(x)
             y.pow(2).sum().backward()
-            live = layer.branches[-1].lora_A.grad.clone()
+            live = module.branches[-1].lora_A.grad.clone()
             results.append((y.detach(), x.grad.clone(), live))
         finally:
             RoutedLoRALinear.fold_frozen = True
-    for folded, separate in zip(*results, strict=True):
-        torch.testing.assert_close(folded, separate, rtol=1e-5, atol=1e-6)
-    assert [b.foldable() for b in layer.branches] == [True, True, False] and layer.foldable()
+    for other in results[1:]:
+        for got, want in zip(results[0], other, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
