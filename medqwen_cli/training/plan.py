@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from medqwen_cli.adapters.config import refuse_fixed_changes
 from medqwen_cli.bundle import Bundle
 from medqwen_cli.continual import DATA_FILE, Strategy, plan_strategy
+from medqwen_cli.continual.lineage import earlier_tasks
 from medqwen_cli.errors import DataError, RecipeError
 from medqwen_cli.recipe import DatasetSpec, Recipe, load_recipe, recipe_to_dict
 from medqwen_cli.settings import Settings
@@ -89,6 +90,9 @@ def plan_run(
     data_dir = settings.data_cache_dir
     # a watched task without an eval split fails here
     watch_tasks = load_eval_tasks(recipe, watched, data_dir=data_dir) if watched else {}
+    if recipe.continual.replay:  # replay reads every earlier task's data: a gone one named here
+        earlier = earlier_tasks(bundle, bundle.head, names)
+        check_tasks(bundle, recipe, earlier, instead="continue without --replay")
     strategy = plan_strategy(bundle, recipe, bundle.head, names, data_dir=data_dir)
 
     from medqwen_cli.modeling import select_device  # torch from here on
@@ -186,11 +190,11 @@ def task_specs(recipe: Recipe, tasks: list[str]) -> tuple[list[DatasetSpec], Any
     return specs, regime
 
 
-def check_tasks(bundle: Bundle, recipe: Recipe, tasks: list[str], *, scoring: bool = False) -> None:
+def check_tasks(bundle: Bundle, recipe: Recipe, tasks: list[str], *, instead: str = "") -> None:
     """Every task of `tasks` resolves in `recipe` (`Recipe.task_datasets`). A task the head's
     lineage trained on a path that no longer exists is refused with that version and path
     (its data.json recorded them); any other unknown task with the recipe's own message.
-    `scoring`: the tasks are `continue`'s to score, which --no-eval leaves out."""
+    `instead`: what else the hint offers (the option that would not need the task)."""
     for name in tasks:
         try:
             recipe.task_datasets(name)
@@ -203,8 +207,7 @@ def check_tasks(bundle: Bundle, recipe: Recipe, tasks: list[str], *, scoring: bo
             raise DataError(
                 f"task {name!r} was trained in {version} on {', '.join(paths)}, which {verb}",
                 f"restore the data there, or give {name!r} its new place under `tasks:` in a "
-                "recipe (--recipe)"
-                + (", or continue with --no-eval (every task seen is scored)" if scoring else ""),
+                "recipe (--recipe)" + (f", or {instead}" if instead else ""),
             ) from None
 
 

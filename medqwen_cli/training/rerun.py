@@ -157,8 +157,8 @@ def _evaluate(
 ) -> list[str]:
     """`continue`'s scores the run left (see `complete_rerun`); what was scored, and the
     evaluations' notes into `notes`."""
-    check_tasks(bundle, rerun.recipe, lineage_left(bundle, rerun.version, rerun.recipe),
-                scoring=True)  # fmt: skip
+    left = lineage_left(bundle, rerun.version, rerun.recipe)
+    check_tasks(bundle, rerun.recipe, left, instead="rerun with --no-eval (it scores them)")
     done = []
     for task in rerun.tasks:
         before = score_parent(

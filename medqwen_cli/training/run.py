@@ -165,7 +165,8 @@ def continue_bundle(
     )  # fmt: skip
     if evaluate:  # every task seen is scored after training: a gone one fails before it
         seen = bundle.read_version_info(bundle.head).lineage_tasks if bundle.head else []
-        check_tasks(bundle, plan.recipe, [*seen, *(plan.recipe.eval.tasks or [])], scoring=True)
+        seen = [*seen, *(plan.recipe.eval.tasks or [])]
+        check_tasks(bundle, plan.recipe, seen, instead="continue with --no-eval (it scores them)")
     accelerator = make_accelerator(plan, bundle)
     evaluate = evaluate and accelerator.is_main_process
     scores = {"recipe": plan.recipe, "settings": settings, "progress": eval_progress}

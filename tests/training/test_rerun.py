@@ -182,6 +182,9 @@ def test_a_deleted_data_folder_is_named_with_the_version_that_trained_on_it(
     with pytest.raises(DataError) as scored:  # continue scores every task seen: refused first
         continue_bundle(bundle_dir, task="ct", overrides=QUICK)
     assert scored.value.message == gone and "--no-eval" in scored.value.hint
+    with pytest.raises(DataError) as replayed:  # replay reads it: refused before any model
+        continue_bundle(bundle_dir, task="ct", overrides=[*QUICK, "continual.replay=0.25"])
+    assert replayed.value.message == gone and "without --replay" in replayed.value.hint
     assert len(versions(bundle_dir)) == 2 and not (bundle_dir / "work").exists()
     done = continue_bundle(bundle_dir, task="ct", overrides=QUICK, evaluate=False)
     assert done.version == "v0003"
