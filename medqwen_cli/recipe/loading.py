@@ -1,263 +1,35 @@
-"""Recipes: one pydantic model for everything a run needs, loaded from YAML or JSON.
-
-A recipe is validated as a whole: every problem (unknown key, wrong type, missing dataset) is
-collected and reported at once with its dotted path, and a misspelt key gets a "did you mean".
-`--set a.b=value` overrides any field; the value is parsed as YAML and typed by the schema.
-
-Relative dataset paths are resolved against the directory of the recipe file, so a recipe can be
-moved together with its data and a resolved recipe (stored in a bundle) needs no working directory.
-Dataset paths of the form `builtin:NAME` name a task the package generates itself (no download).
-"""
+"""Loading a recipe: YAML or JSON, `--set` overrides typed by the schema, every problem at
+once, relative paths resolved against the recipe's directory; and its reference for the docs."""
 
 from __future__ import annotations
 
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
+
+from medqwen_cli.acceptance.schema import AcceptanceConfig, NewTaskCriteria, TaskCriteria
 
 # The `adapter` section: defined with the method's facts, re-exported for recipe importers.
 from medqwen_cli.adapters.config import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
 from medqwen_cli.adapters.config import DEFAULT_TARGETS as DEFAULT_TARGETS
 from medqwen_cli.adapters.config import AdapterConfig
 from medqwen_cli.adapters.config import Method as Method
-from medqwen_cli.acceptance.schema import AcceptanceConfig, NewTaskCriteria, TaskCriteria
 from medqwen_cli.errors import RecipeError
-
-# Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
-BUILTIN_TASKS = (
-    "xray", "ct", "mri", "fundus", "pathology", "dicom", "cxr-rules", "ct-rules", "derm-rules",
-    "seq-cxr", "seq-ct", "seq-derm", "seq-mammo", "seq-thyroid",  # data.synthetic.sequence order
-)  # fmt: skip
-
-Scoring = Literal["likelihood", "generate"]  # = choices.SCORINGS (tests/test_recipe.py)
-DatasetFormat = Literal[
-    "auto", "jsonl", "llava", "messages", "vqa_rad", "slake", "pathvqa", "medmnist", "csv", "dicom",
-    "hf",
-]  # fmt: skip
-# Record types: each decides its prompt, scoring and headline metric (evaluation/tasks.py).
-TaskType = Literal["vqa_closed", "vqa_open", "report", "classification", "pope"]
-TASK_TYPES: tuple[str, ...] = get_args(TaskType)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Strict):
-    base: str = Field(
-        "tiny-qwen2-vl",
-        description="Base model: a local directory, a Hub id in the local cache, an alias "
-        "(Qwen2-VL, Qwen2.5-VL, ...) or a built-in preset (tiny-qwen2-vl, tiny-qwen2.5-vl, nano-qwen2-vl).",
-    )
-    revision: str | None = Field(None, description="Hub revision (commit) when `base` is a Hub id.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
-        description="Weight dtype of the frozen base: auto = float32 on CPU, bfloat16 on GPU.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Device: auto = cuda when available, else cpu."
-    )
-
-
-class DatasetSpec(_Strict):
-    path: str = Field(
-        ...,
-        description="A file or directory of data, or builtin:NAME for a generated task "
-        f"({', '.join(BUILTIN_TASKS)}). Relative paths are relative to the recipe file.",
-    )
-    name: str | None = Field(None, description="Name in logs and reports (default: from the path).")
-    format: DatasetFormat = Field("auto", description="Reader; auto detects it from the content.")
-    task_type: TaskType | None = Field(
-        None, description="Force a task type for every record (default: from the data)."
-    )
-    split: str = Field(
-        "train", description="Split used for training (file <split>.jsonl in a dir)."
-    )
-    eval_split: str | None = Field("eval", description="Split used for evaluation, or null.")
-    weight: float = Field(1.0, gt=0, description="Sampling weight under the weighted regime.")
-    max_samples: int | None = Field(None, ge=1, description="Use at most this many records.")
-
-    @property
-    def display_name(self) -> str:
-        if self.name:
-            return self.name
-        if self.path.startswith("builtin:"):
-            return self.path.split(":", 1)[1]
-        return Path(self.path).stem or Path(self.path).name
-
-
-class DataConfig(_Strict):
-    datasets: list[DatasetSpec] = Field(
-        default_factory=list, description="Datasets `medqwen train` uses when no --task is given."
-    )
-
-
-class RegimeConfig(_Strict):
-    kind: Literal["mixed", "weighted", "temperature", "round_robin", "sequential"] = Field(
-        "mixed",
-        description="How datasets mix: mixed (by size), weighted (by weight), temperature "
-        "(size^(1/T)), round_robin, sequential (one after another).",
-    )
-    temperature: float = Field(2.0, gt=0, description="T of the temperature regime.")
-
-
-class TaskConfig(_Strict):
-    datasets: list[DatasetSpec] = Field(..., min_length=1, description="Datasets of this task.")
-    regime: RegimeConfig | None = Field(None, description="Regime inside this task (default: top).")
-    description: str | None = Field(None, description="Free text shown in reports.")
-
-
-class TrainConfig(_Strict):
-    lr: float = Field(2e-4, gt=0, description="Learning rate of the expert factors.")
-    router_lr: float | None = Field(
-        None, gt=0, description="Learning rate of routers (default: lr)."
-    )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the data (ignored with max_steps).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
-    batch_size: int = Field(4, ge=1, description="Samples per device per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    schedule: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate schedule after warmup."
-    )
-    grad_clip: float | None = Field(1.0, gt=0, description="Max gradient norm (null: no clipping).")
-    seed: int = Field(0, description="Seed for data order, dropout and sampling.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = fp32 on CPU, bf16 autocast on GPU."
-    )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    trackers: list[Literal["tensorboard"]] = Field(
-        default_factory=list,
-        description="Experiment trackers (accelerate): tensorboard writes to <bundle>/logs/ when "
-        "the tensorboard package is installed.",
-    )
-    checkpoint_every: int = Field(100, ge=1, description="Save resumable state every N steps.")
-    log_every: int = Field(10, ge=1, description="Write a train_log.jsonl line every N steps.")
-    max_image_pixels: int = Field(
-        224 * 224, ge=28 * 28, description="Images are resized to at most this many pixels."
-    )
-    max_length: int = Field(
-        2048, ge=16, description="Token cap per sample (prompt truncated first)."
-    )
-
-
-class EvalConfig(_Strict):
-    tasks: list[str] | None = Field(
-        None,
-        description="Tasks `evaluate` scores by default, and `continue` scores besides those "
-        "seen so far (default: the tasks seen).",
-    )
-    batch_size: int = Field(8, ge=1, description="Samples per evaluation batch.")
-    max_new_tokens: int = Field(
-        64, ge=1, description="Generation cap for open answers and reports."
-    )
-    max_samples: int | None = Field(
-        None,
-        ge=1,
-        description="Evaluate at most N samples per task, taken in turn from each dataset, "
-        "record type and POPE answer (deterministic).",
-    )
-    scoring: Scoring = Field(
-        "likelihood", description="Closed questions: score candidates, or generate and parse."
-    )
-    finding_keywords: list[str] = Field(
-        default_factory=list, description="Clinical terms for the report finding-F1."
-    )
-
-
-class ContinualConfig(_Strict):
-    replay: float = Field(
-        0.0,
-        ge=0,
-        le=0.9,
-        description="Replay: share of every batch (rounded up, at least one record when above 0) "
-        "drawn from the train splits of the lineage's earlier tasks, equal weight per task "
-        "(`continue --replay`). 0: no replay.",
-    )
-    replay_per_task: int | None = Field(
-        None,
-        ge=1,
-        description="Replay from a fixed, seeded buffer of this many records per earlier task "
-        "(only a sample of old data is kept); null: every record of the earlier tasks.",
-    )
-    protect: bool = Field(
-        False,
-        description="Protected branches (`continue --protect`): freeze every adapter trained so "
-        "far and train a new branch per layer whose input side lies outside the span of the "
-        "earlier tasks' layer inputs, so their outputs cannot move there; the run also records "
-        "its own task's input basis, so a later --protect needs no old data.",
-    )
-    protect_energy: float = Field(
-        0.99,
-        gt=0,
-        le=1,
-        description="Share of each earlier task's layer-input energy its basis keeps (GPM's "
-        "threshold): higher keeps old tasks closer, leaves fewer directions for new ones.",
-    )
-    protect_records: int = Field(
-        100,
-        ge=1,
-        description="Train records per task (a seeded sample) whose layer inputs make its basis.",
-    )
-    protect_full: Literal["fit", "refuse"] = Field(
-        "fit",
-        description="When a layer's input has no room for every earlier task's basis at "
-        "protect_energy and a new branch: `fit` keeps the directions worth most to some earlier "
-        "task that leave the branch its rank (and says which layers and how much each task "
-        "kept); `refuse` stops before training, naming an energy that fits.",
-    )
-
-
-class Recipe(_Strict):
-    model: ModelConfig = Field(default_factory=ModelConfig, description="The frozen base model.")
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="The adapter method.")
-    data: DataConfig = Field(default_factory=DataConfig, description="Training data of `train`.")
-    regime: RegimeConfig = Field(default_factory=RegimeConfig, description="How datasets mix.")
-    tasks: dict[str, TaskConfig] = Field(
-        default_factory=dict, description="Named tasks for `train --task` and `continue --task`."
-    )
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
-    continual: ContinualConfig = Field(
-        default_factory=ContinualConfig,
-        description="How a run keeps the lineage's earlier tasks (docs/continual.md).",
-    )
-    acceptance: AcceptanceConfig = Field(
-        default_factory=AcceptanceConfig,
-        description="Criteria a new version must meet to become the default (docs/report.md).",
-    )
-
-    def task_datasets(self, name: str) -> list[DatasetSpec]:
-        """Datasets of task `name`: a recipe task, a dataset of `data.datasets` by name, or a
-        dataset path / builtin:NAME given directly."""
-        if name in self.tasks:
-            return list(self.tasks[name].datasets)
-        named = [d for d in self.data.datasets if d.display_name == name]
-        if named:
-            return named
-        if name.startswith("builtin:") or Path(name).exists():
-            return [DatasetSpec(path=str(Path(name).resolve()) if Path(name).exists() else name)]
-        known = ", ".join(sorted(self.tasks)) or "none"
-        if "/" in name or "\\" in name or name.startswith((".", "~")):  # meant as a path
-            raise RecipeError(
-                f"dataset path {name!r} does not exist ({Path(name).expanduser().absolute()}); "
-                f"nor is it a task of the recipe (tasks: {known})",
-                "check the path (a directory with train.jsonl / eval.jsonl, or a data file), "
-                "or give a recipe task or builtin:NAME",
-            )
-        close = difflib.get_close_matches(name, list(self.tasks), n=1)
-        raise RecipeError(
-            f"unknown task {name!r}: not a task of the recipe (tasks: {known}) nor an existing path",
-            f"did you mean {close[0]!r}?"
-            if close
-            else "define it under `tasks:` in the recipe, or pass a dataset path or builtin:NAME",
-        )
-
+from medqwen_cli.recipe.model import Recipe
+from medqwen_cli.recipe.sections import (
+    BUILTIN_TASKS,
+    ContinualConfig,
+    DatasetSpec,
+    EvalConfig,
+    ModelConfig,
+    RegimeConfig,
+    TaskConfig,
+    TrainConfig,
+)
 
 # --------------------------------------------------------------------------- loading
 
@@ -563,7 +335,12 @@ def schema_markdown() -> str:
             f"### `{section}`\n\n| field | type | default | description |\n|---|---|---|---|"
         )
         for name, field in model.model_fields.items():
-            annotation = str(field.annotation).replace("typing.", "").replace("<class '", "")
+            annotation = (
+                str(field.annotation)
+                .replace("typing.", "")
+                .replace("recipe.sections.", "recipe.")
+                .replace("<class '", "")
+            )
             annotation = annotation.replace("'>", "").replace("|", "\\|")
             if field.is_required():
                 default = "required"
