@@ -132,9 +132,10 @@ def complete_rerun(
             if evaluate:
                 done += _evaluate(bundle, rerun, settings, progress, notes)
     except KeyboardInterrupt:
+        ids = [e.id for e in bundle.manifest.versions]
         raise interrupted_run(
-            bundle.root, parent=rerun.parent, tasks=rerun.tasks, run_dir=rerun.run_dir,
-            recipe=rerun.recipe, evaluate=evaluate, command=command,
+            bundle.root, since=ids.index(rerun.version), parent=rerun.parent, tasks=rerun.tasks,
+            run_dir=rerun.run_dir, recipe=rerun.recipe, evaluate=evaluate, command=command,
         ) from None  # fmt: skip
     result = stored_result(bundle, rerun.version, evaluations=evaluate)
     what = ", ".join(rerun.tasks)
@@ -226,6 +227,7 @@ def stored_result(bundle: Bundle, version: str, *, evaluations: bool) -> TrainRe
 def interrupted_run(
     root: Path,
     *,
+    since: int,
     parent: str | None,
     tasks: list[str],
     run_dir: Path,
@@ -234,13 +236,14 @@ def interrupted_run(
     command: str,
 ) -> Interrupted:
     """The report of Ctrl-C during a run from `parent` on `tasks`, outside its training loop:
-    whether the version was written (the bundle read again), what is left, how to go on."""
+    whether the version was written (the bundle read again: one from `parent` on `tasks` after
+    the first `since` versions), what is left, how to go on."""
     from medqwen_cli.training.checkpoint import latest_checkpoint
     from medqwen_cli.training.watch import CURVE_FILE
 
     bundle = Bundle.open(root)
-    head = bundle.entry(bundle.head)
-    if head.parent != parent or head.tasks != tasks:
+    mine = [e for e in bundle.manifest.versions[since:] if (e.parent, e.tasks) == (parent, tasks)]
+    if not mine:
         last = latest_checkpoint(run_dir)
         where = (
             f"resume from step {int(last.name.removeprefix('ckpt-'))}" if last else "start again"
@@ -250,18 +253,19 @@ def interrupted_run(
             "written",
             f"rerun the same command to {where} (or add --restart to start over): {command}",
         )
+    newest = mine[-1]
     left = []
-    if (run_dir / CURVE_FILE).is_file() and not _curve_published(bundle, head.id):
+    if (run_dir / CURVE_FILE).is_file() and not _curve_published(bundle, newest.id):
         left.append("its --watch curve")
-    scores = lineage_left(bundle, head.id, recipe) if evaluate else []
+    scores = lineage_left(bundle, newest.id, recipe) if evaluate else []
     if scores:
         left.append(f"its evaluation on {', '.join(scores)}")
     written = (
-        f"interrupted after {head.id} was written (trained on {', '.join(tasks)} from {parent})"
+        f"interrupted after {newest.id} was written (trained on {', '.join(tasks)} from {parent})"
     )
     if not left:
         return Interrupted(f"{written}; nothing of the run is left", "`medqwen log` shows it")
     return Interrupted(
         f"{written}; left: {'; '.join(left)}",
-        f"rerun the same command to complete {head.id} without training again: {command}",
+        f"rerun the same command to complete {newest.id} without training again: {command}",
     )

@@ -108,13 +108,14 @@ def train_bundle(
         watch=watch, eval_every=eval_every, kind=kind, settings=settings,
     )  # fmt: skip
     accelerator = make_accelerator(plan, bundle)
+    since = len(bundle.manifest.versions)  # a version after these is this run's
     try:
         return run_plan(
             plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
             curve_fn=curve_fn,
         )  # fmt: skip
     except KeyboardInterrupt:  # outside the loop, which reports its own step
-        raise interrupted(plan, bundle, evaluate=False, command=command) from None
+        raise interrupted(plan, bundle, since, evaluate=False, command=command) from None
 
 
 def continue_bundle(
@@ -170,6 +171,7 @@ def continue_bundle(
     accelerator = make_accelerator(plan, bundle)
     evaluate = evaluate and accelerator.is_main_process
     scores = {"recipe": plan.recipe, "settings": settings, "progress": eval_progress}
+    since = len(bundle.manifest.versions)  # a version after these is this run's
     try:
         scored = [score_parent(bundle, plan.parent, task, **scores)] if evaluate else []
         result = run_plan(
@@ -179,7 +181,7 @@ def continue_bundle(
         if evaluate and result.version:
             scored.append(score_lineage(bundle, result.version, **scores))
     except KeyboardInterrupt:  # outside the loop, which reports its own step
-        raise interrupted(plan, bundle, evaluate=evaluate, command=command) from None
+        raise interrupted(plan, bundle, since, evaluate=evaluate, command=command) from None
     done = [e for e in scored if e is not None]
     result.evaluations = [line for e in done for line in e.records]
     # the new task is in both evaluations: its note, the same line, is kept once
@@ -354,10 +356,13 @@ def summarize(
 # --------------------------------------------------------------------------- helpers
 
 
-def interrupted(plan: TrainPlan, bundle: Bundle, *, evaluate: bool, command: str) -> Any:
-    """The Ctrl-C report of `plan`'s run outside the training loop (training/rerun.py)."""
+def interrupted(
+    plan: TrainPlan, bundle: Bundle, since: int, *, evaluate: bool, command: str
+) -> Any:
+    """The Ctrl-C report of `plan`'s run outside the training loop (training/rerun.py); the
+    bundle had `since` versions when the run began."""
     return interrupted_run(
-        bundle.root, parent=plan.parent, tasks=plan.tasks, run_dir=plan.run_dir,
+        bundle.root, since=since, parent=plan.parent, tasks=plan.tasks, run_dir=plan.run_dir,
         recipe=plan.recipe, evaluate=evaluate, command=command,
     )  # fmt: skip
 

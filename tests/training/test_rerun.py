@@ -55,6 +55,10 @@ def test_ctrl_c_while_evaluating_then_the_same_command_scores_what_is_left(
         f"rerun the same command to complete v0003 without training again: {command}"
     )
     assert cells(bundle_dir) == {("v0002", "xray"): 1, ("v0002", "ct"): 1}  # the parent's cell
+    with pytest.raises(Interrupted) as again_stopped:  # the rerun stopped too: the same report
+        continue_bundle(bundle_dir, task="ct", overrides=QUICK, command=command)
+    assert again_stopped.value.message == stopped.value.message
+    assert len(versions(bundle_dir)) == 3
     monkeypatch.undo()
 
     done = continue_bundle(bundle_dir, task="ct", overrides=QUICK)
