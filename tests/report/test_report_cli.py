@@ -11,7 +11,8 @@ from pathlib import Path
 
 from medqwen_cli.acceptance import EXIT_NOT_ACCEPTED
 from medqwen_cli.bundle import Bundle
-from tests.report.conftest import QUICK
+
+QUICK = ["train.max_steps=3", "eval.max_samples=8"]  # the bundle fixture's settings (conftest.py)
 
 SETS = [arg for s in QUICK for arg in ("--set", s)]
 # a request leaving the page: a src/href/url()/@import naming a scheme other than data:
