@@ -3,7 +3,9 @@
 A version records its parent, its tasks and the resolved recipe it trained with. Before a run
 plans anything, `find_rerun` compares the head with it:
 
-    none of the tasks   the head trained none of the run's tasks: the run trains
+    none of the tasks   the head trained none of the run's tasks: the run trains (unless a
+                        version it wrote from the head before was held back from the default
+                        by its acceptance criteria: that version is the same run, as below)
     the same run        the head trained exactly the run's tasks with the same resolved recipe
                         (what the run key hashes, the parent aside: the head's parent is where
                         the run started): the command ran before. Running it again trains
@@ -63,24 +65,39 @@ def find_rerun(
     kind: str,
     again: bool,
 ) -> Rerun | None:
-    """The head as this run done before (see the module docstring), or None when the run is to
-    train; refuses, without --again, a run whose tasks the head trained another way. An unknown
-    or gone task fails here, as in `plan_run`."""
+    """The version that is this run done before (see the module docstring): the head, or a
+    version written from the head that is not the default (its acceptance criteria failed);
+    None when the run is to train. Refuses, without --again, a run whose tasks the head trained
+    another way. An unknown or gone task fails here, as in `plan_run`."""
     recipe = resolve_recipe(bundle, recipe_path, overrides)
     check_tasks(bundle, recipe, tasks)
     task_specs(recipe, tasks)
     names = task_names(recipe, tasks)
-    head = bundle.entry(bundle.head) if bundle.head is not None else None
-    learned = [t for t in names if head is not None and t in head.tasks]
-    if head is None or not learned or again:
+    if bundle.head is None or again:
         return None
+    head = bundle.entry(bundle.head)
     recipe_data = recipe_to_dict(recipe)
-    changed = recipe_changes(bundle.read_version_info(head.id).recipe, recipe_data)
-    if head.tasks == names and not changed:
+
+    def same_run(entry: Any) -> Rerun | None:
+        if entry.tasks != names or recipe_changes(
+            bundle.read_version_info(entry.id).recipe, recipe_data
+        ):
+            return None
         from medqwen_cli.training.checkpoint import run_key
 
-        key = run_key(head.parent, names, recipe_data, kind)
-        return Rerun(head.id, head.parent, names, recipe, bundle.work_dir / key)
+        key = run_key(entry.parent, names, recipe_data, kind)
+        return Rerun(entry.id, entry.parent, names, recipe, bundle.work_dir / key)
+
+    # a version this run wrote from the head that is not the default (acceptance held it back)
+    held = [e for e in bundle.manifest.versions if e.parent == head.id]
+    done = next((r for e in reversed(held) if (r := same_run(e)) is not None), None)
+    learned = [t for t in names if t in head.tasks]
+    if done is not None or not learned:
+        return done
+    done = same_run(head)
+    if done is not None:
+        return done
+    changed = recipe_changes(bundle.read_version_info(head.id).recipe, recipe_data)
     how = []
     if head.tasks != names:
         how.append(f"with its tasks {', '.join(head.tasks)}")

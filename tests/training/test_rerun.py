@@ -201,3 +201,19 @@ def test_a_path_that_does_not_exist_is_said_plainly() -> None:
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes/debug/tiny.yaml")
     with pytest.raises(RecipeError, match=r"dataset path 'data/myct' does not exist \(/"):
         recipe.task_datasets("data/myct")
+
+
+def test_the_same_command_after_its_version_failed_acceptance_trains_nothing(
+    bundle_dir: Path,
+) -> None:
+    """A version that failed its acceptance criteria is not the default, so the head is its
+    parent; the same command again is still that version's run, not a new one."""
+    strict = [*QUICK, "acceptance.new_task.min_score=2"]  # a score above 1: always fails
+    continue_bundle(bundle_dir, task="xray", overrides=QUICK)
+    failed = continue_bundle(bundle_dir, task="ct", overrides=strict)
+    assert failed.version == "v0003" and Bundle.open(bundle_dir).head == "v0002"
+    again = continue_bundle(bundle_dir, task="ct", overrides=strict)
+    assert again.version == "v0003" and "nothing left to do" in again.notes[0]
+    assert len(versions(bundle_dir)) == 3
+    other = continue_bundle(bundle_dir, task="ct", overrides=QUICK)  # another recipe: trains
+    assert (other.version, other.parent) == ("v0004", "v0002")
