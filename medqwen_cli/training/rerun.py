@@ -77,24 +77,14 @@ def find_rerun(
         return None
     head = bundle.entry(bundle.head)
     recipe_data = recipe_to_dict(recipe)
-
-    def same_run(entry: Any) -> Rerun | None:
-        if entry.tasks != names or recipe_changes(
-            bundle.read_version_info(entry.id).recipe, recipe_data
-        ):
-            return None
-        from medqwen_cli.training.checkpoint import run_key
-
-        key = run_key(entry.parent, names, recipe_data, kind)
-        return Rerun(entry.id, entry.parent, names, recipe, bundle.work_dir / key)
-
+    run = (names, recipe, recipe_data, kind)
     # a version this run wrote from the head that is not the default (acceptance held it back)
     held = [e for e in bundle.manifest.versions if e.parent == head.id]
-    done = next((r for e in reversed(held) if (r := same_run(e)) is not None), None)
+    done = next((r for e in reversed(held) if (r := _as_run(bundle, e, *run)) is not None), None)
     learned = [t for t in names if t in head.tasks]
     if done is not None or not learned:
         return done
-    done = same_run(head)
+    done = _as_run(bundle, head, *run)
     if done is not None:
         return done
     changed = recipe_changes(bundle.read_version_info(head.id).recipe, recipe_data)
@@ -110,6 +100,26 @@ def find_rerun(
         f"add --again to train {what} again, as a new version on top of {head.id}",
         version=head.id,
     )
+
+
+def _as_run(
+    bundle: Bundle,
+    entry: Any,
+    names: list[str],
+    recipe: Recipe,
+    recipe_data: dict[str, Any],
+    kind: str,
+) -> Rerun | None:
+    """Version `entry` as the run on `names` with `recipe_data`, done before; None when it
+    trained other tasks or with another recipe."""
+    from medqwen_cli.training.checkpoint import run_key
+
+    if entry.tasks != names:
+        return None
+    if recipe_changes(bundle.read_version_info(entry.id).recipe, recipe_data):
+        return None
+    key = run_key(entry.parent, names, recipe_data, kind)
+    return Rerun(entry.id, entry.parent, names, recipe, bundle.work_dir / key)
 
 
 def recipe_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
