@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from medqwen_cli.acceptance import judge_run
 from medqwen_cli.bundle import Bundle, find_bundle
-from medqwen_cli.errors import TrainingError
+from medqwen_cli.errors import Interrupted, TrainingError
 from medqwen_cli.settings import Settings
 from medqwen_cli.training.data import TrainData, load_data
 from medqwen_cli.training.plan import (  # noqa: F401  (re-exported: imported from here elsewhere)
@@ -212,10 +212,14 @@ def run_plan(
     )
     batches = data.batches(loaded.processor, plan.recipe.train)
     watch = make_watch(plan, loaded.processor, curve_fn if accelerator.is_main_process else None)
-    result = fit_plan(
-        plan, loaded.model, batches, data, accelerator, watch=watch,
-        progress_fn=progress_fn if accelerator.is_main_process else None,
-    )  # fmt: skip
+    try:
+        result = fit_plan(
+            plan, loaded.model, batches, data, accelerator, watch=watch,
+            progress_fn=progress_fn if accelerator.is_main_process else None,
+        )  # fmt: skip
+    except Interrupted as stop:  # the loop names the step; the command that resumes goes with it
+        stop.hint = f"{stop.hint}: {command}"
+        raise
     strategy.finish(loaded.model, data.new)
     summary = summarize(plan, bundle, result, loaded.model)
     summary.notes += strategy.notes()

@@ -123,7 +123,8 @@ def test_ctrl_c_says_what_a_rerun_resumes_from_and_the_rerun_says_it_resumed(
     stopped = cli(*args)
     assert stopped.code == 130 and stopped.err.splitlines()[-2:] == [
         "Error: interrupted after step 3 of 4; the last checkpoint is step 2",
-        "Hint: rerun the same command to resume from step 2 (or add --restart to start over)",
+        "Hint: rerun the same command to resume from step 2 (or add --restart to start over): "
+        "medqwen " + " ".join(str(a) for a in args),
     ]
     assert not (bundle / "versions/v0002").exists()
     monkeypatch.setattr(loop_mod, "token_loss_sum", real)
