@@ -82,10 +82,11 @@ def find_rerun(
     held = [e for e in bundle.manifest.versions if e.parent == head.id]
     done = next((r for e in reversed(held) if (r := _as_run(bundle, e, *run)) is not None), None)
     learned = [t for t in names if t in head.tasks]
+    if done is None and learned:
+        done = _as_run(bundle, head, *run)
+    if done is not None or learned:  # a damaged lineage stops here, as in plan_run
+        bundle.check_version(done.version if done is not None else head.id)
     if done is not None or not learned:
-        return done
-    done = _as_run(bundle, head, *run)
-    if done is not None:
         return done
     changed = recipe_changes(bundle.read_version_info(head.id).recipe, recipe_data)
     how = []

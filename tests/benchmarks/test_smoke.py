@@ -52,6 +52,7 @@ def test_branches_quick() -> None:
     out = run_script("branches.py", "--quick")
     assert out.startswith("machine: CPU")
     (rows,) = tables(out)
-    assert [r["variant"] for r in rows] == [f"{n} branches" for n in range(4)]
+    want = ["0 branches"] + [f"{n} branches{s}" for n in range(1, 6) for s in ("", ", unfolded")]
+    assert [r["variant"] for r in rows] == want
     assert rows[0]["x no branch"] == "1.00" and all(is_number(r["s/step"]) for r in rows)
     assert len({r["trained params"] for r in rows}) == 1  # only the newest branch trains
