@@ -56,3 +56,20 @@ def test_branches_quick() -> None:
     assert [r["variant"] for r in rows] == want
     assert rows[0]["x no branch"] == "1.00" and all(is_number(r["s/step"]) for r in rows)
     assert len({r["trained params"] for r in rows}) == 1  # only the newest branch trains
+
+
+def test_bases_precision_quick() -> None:
+    (rows,) = tables(run_script("bases_precision.py", "--quick"))
+    assert [(r["method"], r["basis k/n"]) for r in rows] == [
+        (m, s) for m in ("lora", "sslora") for s in ("10%", "25%")
+    ]
+    for r in rows:  # float32 keeps the guarantee's tolerance; 16 bits lose it by orders
+        assert float(r["float32"]) < 1e-5 < float(r["float16"]) < float(r["bfloat16"])
+
+
+def test_bases_storage_quick() -> None:
+    out = run_script("bases_storage.py", "--quick")
+    (rows,) = tables(out)
+    assert [r["task"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[0]["branch (sslora r32, E8)"] == "0 MB"  # the first task trains no branch
+    assert all(r["branch (sslora r32, E8)"] == rows[1]["branch (sslora r32, E8)"] for r in rows[1:])
