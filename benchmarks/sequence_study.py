@@ -1,0 +1,212 @@
+"""The clinical sequence study: five tasks learned in order, every seen task scored after each.
+
+One cell is a (method, seed, strategy). The first task (seq-cxr) is trained once per (method,
+seed), with `--protect` (with no earlier task it trains exactly as without, and records its own
+input basis), under a lock, and every cell of that (method, seed) continues from it: the cell
+records its adapter's sha256 and refuses a results file that pairs another. Then `continue`
+through seq-ct, seq-derm, seq-mammo and seq-thyroid with the strategy; after each task, every
+task seen so far and the next one are scored on their unseen-phrasing split (`seq-X`) and their
+in-template split (`seq-X-template`), per record. Protect cells check that no earlier task's
+basis came from data (each is computed at the end of its own task's run: no old data read).
+`joint` (the upper bound) trains the five mixed from the init for five times the steps and is
+scored once. Costs per task come from the runs: train seconds, trainable and frozen adapter
+parameters, bytes the version added, evaluation records per second.
+
+Results go to --results as each cell finishes (a cell already there is skipped: rerun the same
+command to resume); the report is benchmarks/sequence_report.py.
+
+    python benchmarks/sequence_study.py --methods lora sslora --seeds 0 1 2 \\
+        --strategies none protect replay:0.1:50 joint
+    python benchmarks/sequence_study.py --quick      # tiny preset, 2 steps: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_run import _scores, adapter_sha256, run_env, strategy_overrides  # noqa: E402
+
+from medqwen_cli.data.synthetic.sequence import SEQUENCE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/sequence/nano.yaml"
+TASKS = [t.removeprefix("builtin:") for t in SEQUENCE]  # the recipe's task names, in order
+RESULTS = ROOT / "benchmarks/results/sequence-study.json"
+
+
+def sets_of(strategy: str) -> list[str]:
+    """`--set` items of a strategy: `protect` alone takes every default (energy 0.99, full
+    layers fit); the others as the pair study names them (none, replay:F:N, protect:E)."""
+    return ["continual.protect=true"] if strategy == "protect" else strategy_overrides(strategy)
+
+
+def base_sets(args: argparse.Namespace, method: str, seed: int) -> list[str]:
+    sets = [f"adapter.method={method}", f"adapter.seed={seed}", f"train.seed={seed}",
+            f"train.max_steps={args.steps}", f"eval.max_samples={args.samples}"]  # fmt: skip
+    return sets + ([f"model.base={args.base}"] if args.base else [])
+
+
+def scores(bundle, version: str, seen: list[str], out: Path) -> dict:
+    """Per task (seen so far, and the next): both splits, accuracy and per-record results."""
+    names = [n for t in seen for n in (t, f"{t}-template")]
+    t0 = time.perf_counter()
+    result = _scores(bundle.root, version, names, out)
+    seconds = time.perf_counter() - t0
+    n = sum(v["n"] for v in result.values())
+    return {"tasks": result, "seconds": round(seconds, 3), "records_per_s": round(n / seconds, 2)}
+
+
+def version_costs(bundle, version: str) -> dict:
+    """What a version added: bytes of its files, and its adapter's parameters."""
+    from medqwen_cli.bundle import summarize
+
+    vdir = bundle.version_dir(version)
+    summary = summarize(bundle, version)
+    return {
+        "bytes": {p.name: p.stat().st_size for p in sorted(vdir.iterdir()) if p.is_file()},
+        "adapter_parameters": summary.get("trainable_parameters"),
+        "trained_in_version": summary.get("trained_in_version")
+        or summary.get("trainable_parameters"),
+    }
+
+
+def first_task(args: argparse.Namespace, method: str, seed: int, out: Path) -> Path:
+    """The (method, seed)'s bundle after seq-cxr, trained once under a lock."""
+    from medqwen_cli.init_experts import init_experts
+    from medqwen_cli.recipe import load_recipe
+    from medqwen_cli.training.run import continue_bundle
+
+    folder = out / f"{method}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "after-first"
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_dir():
+            work = Path(tempfile.mkdtemp(dir=folder)) / "bundle"
+            init_experts(load_recipe(RECIPE, base_sets(args, method, seed)), work)
+            continue_bundle(work, task=TASKS[0], overrides=["continual.protect=true"],
+                            evaluate=False)  # fmt: skip
+            work.rename(done)
+    return done
+
+
+def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, out: Path) -> dict:
+    from medqwen_cli.bundle import Bundle
+    from medqwen_cli.training.run import continue_bundle, train_bundle
+
+    cell_dir = out / f"{method}-seed{seed}" / strategy.replace(":", "_")
+    shutil.rmtree(cell_dir, ignore_errors=True)  # an unfinished cell starts over
+    cell_dir.mkdir(parents=True)
+    steps: list[dict] = []
+    if strategy == "joint":
+        from medqwen_cli.init_experts import init_experts
+        from medqwen_cli.recipe import load_recipe
+
+        root = cell_dir / "bundle"
+        init_experts(load_recipe(RECIPE, base_sets(args, method, seed)), root)
+        result = train_bundle(
+            root, tasks=TASKS, overrides=[f"train.max_steps={args.steps * len(TASKS)}"]
+        )
+        bundle = Bundle.open(root)
+        steps.append({"task": "joint", "version": result.version, "seconds": result.seconds,
+                      "loss": result.final_loss, "costs": version_costs(bundle, result.version),
+                      "scores": scores(bundle, result.version, TASKS, cell_dir)})  # fmt: skip
+        return {"first": None, "steps": steps}
+    first = first_task(args, method, seed, out)
+    root = cell_dir / "bundle"
+    shutil.copytree(first, root)
+    bundle = Bundle.open(root)
+    head = bundle.head
+    first_sha = adapter_sha256(root, head)
+    steps.append({"task": TASKS[0], "version": head, "costs": version_costs(bundle, head),
+                  "scores": scores(bundle, head, TASKS[:2], cell_dir)})  # fmt: skip
+    for i, task in enumerate(TASKS[1:], start=1):
+        result = continue_bundle(root, task=task, overrides=sets_of(strategy), evaluate=False)
+        if strategy.startswith("protect"):  # no old data: every earlier basis from a version
+            earlier = {t: s for t, s in result.continual["bases_from"].items() if t != task}
+            if any(s == "data" for s in earlier.values()):
+                raise RuntimeError(f"{task}: an earlier basis was computed from data: {earlier}")
+        bundle = Bundle.open(root)
+        steps.append({
+            "task": task, "version": result.version, "seconds": result.seconds,
+            "loss": result.final_loss, "continual": result.continual, "notes": result.notes,
+            "costs": version_costs(bundle, result.version),
+            "scores": scores(bundle, result.version, TASKS[: i + 2], cell_dir),
+        })  # fmt: skip
+    return {"first": {"sha256": first_sha}, "steps": steps}
+
+
+def fingerprint(args: argparse.Namespace) -> str | None:
+    """The base's fingerprint, as the shared first version's bundle recorded it."""
+    from medqwen_cli.bundle import Bundle
+
+    folder = next(args.out.glob("*-seed*/after-first"), None)
+    return Bundle.open(folder).manifest.base.get("fingerprint") if folder else None
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+
+
+def save_cell(path: Path, key: str, cell: dict) -> None:
+    """Add one finished cell to the results file, atomically, under a lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(path)
+        results["cells"][key] = cell
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--methods", nargs="+", default=["lora", "sslora"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--strategies", nargs="+", default=["none", "protect"])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--base", default=None, help="another base than the recipe's (nano)")
+    parser.add_argument("--out", type=Path, default=Path("out/sequence-study"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 2 steps, 8 records")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.base, args.steps, args.samples = "tiny-qwen2-vl", 2, 8
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    for method in args.methods:
+        for seed in args.seeds:
+            for strategy in args.strategies:
+                key = f"{method}/{seed}/{strategy}"
+                results = load_results(args.results)
+                if key in results["cells"]:
+                    print(f"{key}: done", file=sys.stderr)
+                    continue
+                t0 = time.perf_counter()
+                cell = run_cell(args, method, seed, strategy, args.out)
+                first = cell["first"]
+                paired = [c for c in results["cells"].values() if c.get("method") == method
+                          and c.get("seed") == seed and c.get("first")]  # fmt: skip
+                if first and any(c["first"]["sha256"] != first["sha256"] for c in paired):
+                    raise RuntimeError(f"{key}: its first version differs from the paired cells'")
+                cell.update(method=method, seed=seed, strategy=strategy,
+                            settings={"steps": args.steps, "samples": args.samples, "base": args.base},
+                            env=run_env(fingerprint(args)), seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+                save_cell(args.results, key, cell)
+                print(f"{key}: {cell['seconds']} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The sequence study end to end on the tiny preset (--quick): cells written as they finish,
+the first task shared by digest, protect reading no old data, and the report's tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench_tables import run_script, tables
+
+from medqwen_cli.data.synthetic.sequence import SEQUENCE
+
+
+def test_quick_study_and_report(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    args = ["--quick", "--methods", "lora", "--strategies", "none", "protect", "joint",
+            "--out", str(tmp_path / "out"), "--results", str(results)]  # fmt: skip
+    run_script("sequence_study.py", *args)
+    cells = json.loads(results.read_text())["cells"]
+    assert set(cells) == {"lora/0/none", "lora/0/protect", "lora/0/joint"}
+    none, protect = cells["lora/0/none"], cells["lora/0/protect"]
+    assert none["first"]["sha256"] == protect["first"]["sha256"]  # one first version
+    assert [s["task"] for s in protect["steps"]] == [t.removeprefix("builtin:") for t in SEQUENCE]
+    for i, step in enumerate(protect["steps"]):  # every task seen and the next, both splits
+        scored = set(step["scores"]["tasks"])
+        seen = [s["task"] for s in protect["steps"][: i + 2]]
+        assert scored == {n for t in seen for n in (t, f"{t}-template")}
+    last = protect["steps"][-1]["continual"]
+    assert last["branches"] == 4 and all(
+        s != "data" for t, s in last["bases_from"].items() if t != "seq-thyroid"
+    )
+    # resumable: a rerun finds every cell done and trains nothing
+    run_script("sequence_study.py", *args)
+    assert json.loads(results.read_text())["cells"] == cells
+    report = run_script("sequence_report.py", "--results", str(results))
+    summary, *matrices, costs = tables(report)
+    assert {(r["strategy"], r["seeds"]) for r in summary} == {
+        ("none", "0"),
+        ("protect", "0"),
+        ("joint", "0"),
+    }
+    assert len(matrices) == 2 and all(len(m) == 5 for m in matrices)
+    assert matrices[0][0]["seq-derm"] == ""  # after the first task: itself and the next only
+    assert len(costs) == 1 + 5 + 5
