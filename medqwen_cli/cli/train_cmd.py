@@ -226,8 +226,9 @@ def continue_(
         "--protect",
         help="Protected branches: freeze every adapter trained so far and train a new branch "
         "per layer that cannot move the outputs of the earlier tasks' layer inputs (up to "
-        "continual.protect_energy of their energy); the version stores the input bases, so the "
-        "next --protect needs no old data (sets continual.protect). See docs/continual.md.",
+        "continual.protect_energy of their energy; a layer with no room keeps the directions "
+        "worth most and says so); the version stores its task's input basis, so the next "
+        "--protect needs no old data (sets continual.protect). See docs/continual.md.",
     ),
     fmt: FormatOpt = "",
 ) -> None:
