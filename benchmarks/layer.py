@@ -12,7 +12,7 @@ Variants, all around the same frozen nn.Linear W0 (m x n) and the same input (1,
     loop      `looped_forward`: a Python loop over experts, each on its own tokens
 
 Passes: `fwd` (no grad) and `fwd+bwd` (x requires grad, as for every layer after the first, so
-dx is computed; then the adapter gradients). Targets (DESIGN.md section 8): routed <= 1.25x
+dx is computed; then the adapter gradients). Targets: routed <= 1.25x
 lora and loop >= 3x routed, forward+backward. `loop/routed adapter` divides the time each adds
 on top of the frozen product (loop - frozen) / (routed - frozen): the part the two forms
 actually compute differently.

@@ -14,7 +14,7 @@ medqwen's loop), each on its own copy of the base:
     sslora         medqwen sslora, E=8, k=2, r=32 (+ balance loss, lambda 1e-3)
 
 One step = forward, token cross-entropy (+ balance loss), backward, optimizer step, zero grad.
-Target (DESIGN.md section 8): sslora <= 1.3x peft. Peak memory is measured per variant in a
+Target: sslora <= 1.3x peft. Peak memory is measured per variant in a
 fresh child process that builds the base, injects, and runs two steps: its peak (CPU: VmHWM;
 CUDA: max allocated) and that peak minus the base model alone (adapters, optimizer state,
 activations and, on CPU, allocator slack).

@@ -38,7 +38,7 @@ from medqwen_cli._io import (
     save_tensors,
     sha256_file,
 )
-from medqwen_cli.bundle import evals
+from medqwen_cli.bundle import evals, integrity
 from medqwen_cli.bundle.locate import find_bundle, is_bundle, refuse_existing  # noqa: F401
 from medqwen_cli.bundle.lock import bundle_lock
 from medqwen_cli.bundle.manifest import (
@@ -222,37 +222,13 @@ class Bundle:
             raise self._integrity_error("the bundle's frozen init is damaged", damaged)
         return load_tensors(self.root / INIT_FILE)
 
-    # ----- integrity (paths relative to the bundle root)
-
-    @staticmethod
-    def _damage(path: Path, digest: str) -> str | None:
-        """What is wrong with `path` against its recorded sha256; None when it is intact."""
-        if not path.is_file():
-            return "missing"
-        if sha256_file(path) != digest:
-            return "checksum mismatch (the file changed after it was written)"
-        return None
+    # ----- integrity (paths relative to the bundle root; bundle/integrity.py)
 
     def _init_damage(self) -> dict[str, str]:
-        if self.manifest.init_sha256 is None:
-            return {}
-        problem = self._damage(self.root / INIT_FILE, self.manifest.init_sha256)
-        return {INIT_FILE: problem} if problem else {}
+        return integrity.init_damage(self.root, self.manifest)
 
     def _version_damage(self, entry: VersionEntry) -> tuple[VersionInfo | None, dict[str, str]]:
-        """(the version's info or None, its damaged files): version.json against the manifest,
-        then every file against version.json."""
-        vdir = self.root / "versions" / entry.id
-        rel = f"versions/{entry.id}"
-        problem = self._damage(vdir / VERSION_FILE, entry.sha256)
-        if problem:
-            return None, {f"{rel}/{VERSION_FILE}": problem}
-        info = VersionInfo.model_validate_json((vdir / VERSION_FILE).read_text(encoding="utf-8"))
-        damaged = {}
-        for name, digest in info.files.items():
-            if problem := self._damage(vdir / name, digest):
-                damaged[f"{rel}/{name}"] = problem
-        return info, damaged
+        return integrity.version_damage(self.root, entry)
 
     def damaged_files(self) -> dict[str, str]:
         """Every damaged file of the bundle (init and all versions): relative path -> problem."""
@@ -262,18 +238,7 @@ class Bundle:
         return damaged
 
     def _integrity_error(self, what: str, damaged: dict[str, str]) -> BundleIntegrityError:
-        listed = "; ".join(f"{path}: {problem}" for path, problem in damaged.items())
-        hint = (
-            "restore the damaged file(s) from a backup copy of the bundle (nothing was written); "
-            "medqwen never uses a version whose files do not match their checksums"
-        )
-        if INIT_FILE in damaged:
-            hint += f"; {INIT_FILE} cannot be rebuilt exactly"
-        return BundleIntegrityError(
-            f"{what}: {listed} (bundle {self.root})",
-            hint + "; `medqwen inspect` lists every problem",
-            damaged=damaged,
-        )
+        return integrity.integrity_error(self.root, what, damaged)
 
     def read_json(self, name: str, version: str | None = None) -> Any:
         info = self.read_version_info(version)
@@ -398,15 +363,8 @@ class Bundle:
         return damaged + self.unpublished_notes()
 
     def unpublished_notes(self) -> list[str]:
-        """Version directories no manifest entry names: left by an interrupted write, harmless
-        (never loaded, their ids never reused)."""
-        published = {e.id for e in self.manifest.versions}
-        vdir = self.root / "versions"
-        return [
-            f"unpublished directory versions/{path.name} (left by an interrupted write; ignored)"
-            for path in (sorted(vdir.iterdir()) if vdir.is_dir() else [])
-            if path.name not in published
-        ]
+        """Version directories no manifest entry names (bundle/integrity.py): harmless."""
+        return integrity.unpublished_notes(self.root, self.manifest)
 
     def check_base(self, fingerprint: str) -> None:
         expected = self.manifest.base.get("fingerprint")
