@@ -184,7 +184,8 @@ def train(
     fmt: FormatOpt = "",
 ) -> None:
     """Train the head version and append a new immutable version (resumes an interrupted run;
-    the same command again once its version exists trains nothing without --again)."""
+    the same command again once its version exists trains nothing without --again). With
+    acceptance criteria in the recipe, the version is scored and judged, as continue does."""
     from medqwen_cli.training.run import train_bundle
 
     run_args = _run_args(ctx, recipe, overrides, restart, again, watch, eval_every)
@@ -193,6 +194,7 @@ def train(
     with _train_progress() as bar:
         result = train_bundle(bundle, tasks=task, progress_fn=bar, settings=settings, **run_args)
     _render(fmt, result)
+    _exit_if_not_accepted(result)
 
 
 def continue_(
@@ -260,6 +262,11 @@ def continue_(
             **run_args,
         )
     _render(fmt, result)
+    _exit_if_not_accepted(result)
+
+
+def _exit_if_not_accepted(result: Any) -> None:
+    """A version that failed the recipe's acceptance criteria: one error line, its own code."""
     if result.acceptance is not None and result.acceptance["status"] == "not accepted":
         from medqwen_cli.acceptance import EXIT_NOT_ACCEPTED, failure_line
 

@@ -91,6 +91,8 @@ def train_bundle(
     `result.curves` and lines of evals.jsonl with `step`/`steps` (see training/watch.py).
     `curve_fn` gets each step's headline points as they come (main process).
     `settings` (default: `Settings.from_env()`): the default bundle and the data cache.
+    With acceptance criteria in the recipe, the new version is scored on every task of its
+    lineage (as `continue` scores it) and judged (acceptance/).
     `again`: train the tasks although the head trained them (training/rerun.py); without it,
     the same run again completes what it left and trains nothing (the result is the head's,
     with a note), and a head that trained one of the tasks another way is refused.
@@ -109,13 +111,22 @@ def train_bundle(
     )  # fmt: skip
     accelerator = make_accelerator(plan, bundle)
     since = len(bundle.manifest.versions)  # a version after these is this run's
+    judged = plan.recipe.acceptance.in_force()  # criteria: score what they need, then judge
     try:
-        return run_plan(
+        result = run_plan(
             plan, bundle, accelerator, command=command, restart=restart, progress_fn=progress_fn,
             curve_fn=curve_fn,
         )  # fmt: skip
+        if judged and accelerator.is_main_process and result.version:
+            scored = score_lineage(bundle, result.version, recipe=plan.recipe, settings=settings)
+            result.evaluations, result.notes = scored.records, [*result.notes, *scored.notes]
     except KeyboardInterrupt:  # outside the loop, which reports its own step
-        raise interrupted(plan, bundle, since, evaluate=False, command=command) from None
+        raise interrupted(plan, bundle, since, evaluate=judged, command=command) from None
+    if judged:
+        result.acceptance = judge_run(
+            plan.recipe, bundle, result.version, main=accelerator.is_main_process
+        )
+    return result
 
 
 def continue_bundle(

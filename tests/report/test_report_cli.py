@@ -122,3 +122,18 @@ def test_the_same_command_again_judges_a_version_left_without_a_verdict(bundle_c
     assert "nothing left to do" in again.err and "v0004 is not accepted" in again.err
     bundle = Bundle.open(bundle_copy)
     assert bundle.head == "v0003" and bundle.manifest.head == "v0004"
+
+
+def test_train_with_criteria_scores_and_judges_its_version(bundle_copy, cli):
+    """`train` evaluates what the criteria need (every task of the lineage) and judges, as
+    `continue` does: a failed version is kept, not the default, with the documented code."""
+    failed = cli("train", bundle_copy, "--task", "builtin:mri", *SETS,
+                 "--set", "acceptance.new_task.min_score=2", "--format", "json")  # fmt: skip
+    assert failed.code == EXIT_NOT_ACCEPTED, failed.err
+    out = json.loads(failed.out)
+    assert out["acceptance"]["passed"] is False
+    assert {e["task"] for e in out["evaluations"]} == {"xray", "ct", "builtin:mri"}  # its lineage
+    bundle = Bundle.open(bundle_copy)
+    assert bundle.manifest.head == "v0004" and bundle.head == "v0003"  # kept, not the default
+    plain = cli("train", bundle_copy, "--task", "builtin:fundus", *SETS, "--format", "json")
+    assert plain.code == 0 and json.loads(plain.out)["evaluations"] == []  # no criteria: no eval
