@@ -54,7 +54,9 @@ def measures(cell: dict) -> dict:
         "forgetting": statistics.mean(
             max(r[i][j] for i in range(j, len(r))) - final[j] for j in earlier
         ),
-        "template gap": statistics.mean(acc(steps[-1], t, "-template") - acc(steps[-1], t) for t in TASKS),
+        "template gap": statistics.mean(
+            acc(steps[-1], t, "-template") - acc(steps[-1], t) for t in TASKS
+        ),
     }
     for j in earlier:
         task = TASKS[j]
