@@ -8,12 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from medqwen_cli.acceptance.schema import AcceptanceConfig
-
-# The `adapter` section: defined with the method's facts, re-exported for recipe importers.
-from medqwen_cli.adapters.config import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
-from medqwen_cli.adapters.config import DEFAULT_TARGETS as DEFAULT_TARGETS
 from medqwen_cli.adapters.config import AdapterConfig
-from medqwen_cli.adapters.config import Method as Method
 from medqwen_cli.errors import RecipeError
 from medqwen_cli.recipe.sections import (
     ContinualConfig,
