@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from medqwen_cli.acceptance.schema import AcceptanceConfig, NewTaskCriteria, TaskCriteria
 
 KEPT_DEF = "kept = R[v][j] / R[t(j)][j]: score now over score right after it was trained"
 DROP_DEF = "drop = R[t(j)][j] - R[v][j]: score right after it was trained minus score now"
-LOST_DEF = "records lost = round(m then x n) - round(m now x n): net records no longer right"
+LOST_DEF = "records lost = records right after it was trained and wrong now"
+NET_DEF = (
+    "records lost = round(m then x n) - round(m now x n), net (scored without per-record "
+    "outcomes: a record lost and another gained cancel out)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,23 @@ class Check:
         return asdict(self)
 
 
-Scores = dict[tuple[str, str, str], tuple[float | None, int | None]]
+class Score(NamedTuple):
+    value: float | None
+    n: int | None
+    records: str | None = None  # digest of the records scored (evaluation/outcomes.py)
+    outcomes: str | None = None  # which of them were right, a bitmap
+
+
+Scores = dict[tuple[str, str, str], Score]
+NONE = Score(None, None)
 
 
 def latest_scores(
     records: Iterable[Mapping[str, Any]],
 ) -> tuple[Scores, dict[tuple[str, str], str]]:
-    """((version, task, metric) -> (value, n) of the latest line, (version, task) -> headline
-    metric), from evaluation lines; curve points (lines with a `step`) are left out."""
+    """((version, task, metric) -> Score of the latest line, (version, task) -> headline
+    metric), from evaluation lines; curve points (lines with a `step`) are left out. A task of
+    one record type names its metrics bare (`accuracy`); they are found as `type.metric` too."""
     scores: Scores = {}
     headline: dict[tuple[str, str], str] = {}
     for r in records:
@@ -62,7 +75,11 @@ def latest_scores(
         number = (
             float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
         )
-        scores[(r["version"], r["task"], r["metric"])] = (number, r.get("n"))
+        score = Score(number, r.get("n"), r.get("records"), r.get("outcomes"))
+        scores[(r["version"], r["task"], r["metric"])] = score
+        kind = r.get("type")
+        if kind and kind != "mixed" and "." not in r["metric"]:
+            scores[(r["version"], r["task"], f"{kind}.{r['metric']}")] = score
         if r.get("headline"):
             headline[(r["version"], r["task"])] = r["metric"]
     return scores, headline
@@ -105,14 +122,14 @@ def _task_checks(
     headline: dict[tuple[str, str], str],
 ) -> list[Check]:
     metric = headline.get((version, task))
-    now, n = scores.get((version, task, metric), (None, None)) if metric else (None, None)
+    now, n = scores.get((version, task, metric), NONE)[:2] if metric else (None, None)
     missing = f"no evaluation of {task} after {version}"
     where = f"{version} on {task}, {n} records" if n else f"{version} on {task}"
     out = []
     if c.min_score is not None:
         out.append(_check(task, scope, "min_score", metric, c.min_score, now, where, missing))
     for name, least in c.min_metric.items():
-        value, count = scores.get((version, task, name), (None, None))
+        value, count = scores.get((version, task, name), NONE)[:2]
         why = f"{version} on {task}, {count} records" if count else where
         out.append(_check(task, scope, "min_metric", name, least, value, why,
                           f"no {name} recorded for {task} after {version}"))  # fmt: skip
@@ -122,7 +139,7 @@ def _task_checks(
         out.append(_records_lost(task, scope, name, most, scores, version, first))
     if c.min_kept is None and c.max_drop is None:
         return out
-    then, _ = scores.get((first, task, metric), (None, None)) if metric else (None, None)
+    then = scores.get((first, task, metric), NONE).value if metric else None
     pair = f"{version} vs {first}, where {task} was trained"
     gone = missing if now is None else f"no evaluation of {task} after {first}"
     if c.min_kept is not None:
@@ -140,18 +157,35 @@ def _task_checks(
 def _records_lost(
     task: str, scope: str, metric: str, most: int, scores: Scores, version: str, first: str
 ) -> Check:
-    """Net records of `task` answered right after `first` and no more after `version`, from a
-    share metric and its n (the same n both times: the same eval records)."""
-    (then, n_then), (now, n_now) = (scores.get((v, task, metric), (None, None))
-                                    for v in (first, version))  # fmt: skip
-    if then is None or now is None or not n_then or n_then != n_now:
-        why = (f"{metric} of {task} scored on {n_then} then {n_now} records: not the same set"
-               if then is not None and now is not None
-               else f"no {metric} of {task} after {first if then is None else version}")  # fmt: skip
+    """Records of `task` answered right after `first` and wrong after `version`, counted from
+    both versions' per-record outcomes on the same records; from the scores (net) when either
+    line was written without outcomes."""
+    from medqwen_cli.evaluation.outcomes import lost_and_gained, unpack  # recipe imports us
+
+    then, now = scores.get((first, task, metric), NONE), scores.get((version, task, metric), NONE)
+    pair = f"{version} vs {first}, {now.n} records"
+    if then.value is None or now.value is None:
+        why = f"no {metric} of {task} after {first if then.value is None else version}"
         return Check(task, scope, "max_records_lost", metric, most, None, False, why)
-    lost = round(then * n_then) - round(now * n_now)
-    how = f"{LOST_DEF}; {version} vs {first}, {n_now} records"
-    return _check(task, scope, "max_records_lost", metric, most, float(lost), how, "")
+    if then.records and now.records and then.records != now.records or then.n != now.n:
+        why = (f"{metric} of {task} scored on {then.n} records after {first} and {now.n} after "
+               f"{version}: not the same records")  # fmt: skip
+        return Check(task, scope, "max_records_lost", metric, most, None, False, why)
+    if then.outcomes and now.outcomes and then.records and then.n:
+        try:
+            lost, gained = lost_and_gained(
+                unpack(then.outcomes, then.n), unpack(now.outcomes, now.n)
+            )
+        except ValueError as exc:
+            return Check(task, scope, "max_records_lost", metric, most, None, False, str(exc))
+        how = f"{LOST_DEF}; {pair}; {gained} gained"
+        return _check(task, scope, "max_records_lost", metric, most, float(lost), how, "")
+    if not then.n:
+        return Check(task, scope, "max_records_lost", metric, most, None, False,
+                     f"{metric} of {task} has no record count")  # fmt: skip
+    lost = round(then.value * then.n) - round(now.value * now.n)
+    return _check(task, scope, "max_records_lost", metric, most, float(lost),
+                  f"{NET_DEF}; {pair}", "")  # fmt: skip
 
 
 def _check(

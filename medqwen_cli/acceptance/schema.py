@@ -15,7 +15,8 @@ trained j (docs/forgetting.md):
     min_kept    R[v][j] / R[t(j)][j] >= value        earlier tasks only (kept share)
     max_drop    R[t(j)][j] - R[v][j] <= value         earlier tasks only (absolute drop)
     max_records_lost  per metric m that is a share of records (accuracy, exact match), scored on
-                the same n records: round(m[t(j)] n) - round(m[v] n) <= value   (net records lost)
+                the same records: records right after t(j) and wrong after v <= value (from
+                each evaluation's per-record outcomes; net from the scores when they lack them)
 
 `notes` states, in advance, the known limits and risks of the model; the report prints them.
 """
@@ -58,8 +59,8 @@ class TaskCriteria(NewTaskCriteria):
     max_records_lost: dict[str, int] = Field(
         default_factory=dict,
         description="Earlier task: per share-of-records metric (`*.accuracy`, `*.exact_match`), "
-        "the most records it may answer right no more, net: round(score then x n) - round(score "
-        "now x n) on the same n records.",
+        "the most records answered right after it was trained and wrong now, on the same "
+        "records.",
     )
 
     @field_validator("max_records_lost")

@@ -276,7 +276,8 @@ def eval_lines(version: str | None, scored: ModelScores) -> list[dict[str, Any]]
         {**({"version": version} if version is not None else {}), "task": row["task"],
          "metric": row["metric"], "value": row["value"], "n": row["n"], "split": task.split,
          "scoring": scored.scoring, "headline": row["headline"], "type": row["type"],
-         **({"reason": row["reason"]} if row["reason"] else {})}
+         **({"reason": row["reason"]} if row["reason"] else {}),
+         **task.outcomes.get(row["metric"], {})}
         for task in scored.tasks for row in task.metric_rows()
     ]  # fmt: skip
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from medqwen_cli.data.records import Record
 from medqwen_cli.evaluation.metrics._text import match_choice
+from medqwen_cli.evaluation.outcomes import pack, record_outcomes, records_digest
 from medqwen_cli.evaluation.runner import Prediction
 from medqwen_cli.evaluation.scoring import TaskScores, score_task
 from medqwen_cli.evaluation.tasks import TASK_TYPES, headline_metric
@@ -49,6 +50,8 @@ class TaskEvaluation:
     headline: float | None
     headline_reason: str | None = None
     datasets: list[str] = field(default_factory=list)
+    # share metric (its row's name) -> {"records": digest, "outcomes": bitmap} (outcomes.py)
+    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def mixed(self) -> bool:
@@ -88,6 +91,7 @@ def score_task_predictions(
 ) -> TaskEvaluation:
     """Score one task's predictions (same order as its records) per record type."""
     by_type: dict[str, TaskScores] = {}
+    kept: dict[str, dict[str, str]] = {}
     for kind in TASK_TYPES:
         pairs = [(r, p) for r, p in zip(records, predictions, strict=True) if r.type == kind]
         if pairs:
@@ -95,6 +99,7 @@ def score_task_predictions(
             nll = answer_nll([p for _, p in pairs])
             if nll is not None:
                 by_type[kind]["answer_nll"] = nll
+            kept |= _outcomes(kind, pairs, by_type[kind])
     if len(by_type) == 1:
         ((kind, scores),) = by_type.items()
         value, reason = scores.headline_value, scores.reasons.get(scores.headline)
@@ -108,7 +113,25 @@ def score_task_predictions(
     return TaskEvaluation(
         task=task, split=split, n=len(records), by_type=by_type, headline_metric=metric,
         headline=value, headline_reason=reason, datasets=list(datasets),
+        outcomes={(name if len(by_type) > 1 else name.split(".", 1)[1]): v
+                  for name, v in kept.items()},
     )  # fmt: skip
+
+
+def _outcomes(
+    kind: str, pairs: list[tuple[Record, Prediction]], scores: TaskScores
+) -> dict[str, dict[str, str]]:
+    """`kind.metric` -> the records' digest and outcome bitmap, for each share metric whose
+    per-record outcomes average to the metric's value (they always should)."""
+    records = [r for r, _ in pairs]
+    digest = records_digest(records)
+    found = record_outcomes(kind, records, [p.prediction for _, p in pairs])
+    return {
+        f"{kind}.{metric}": {"records": digest, "outcomes": pack(bits)}
+        for metric, bits in found.items()
+        if isinstance(scores.get(metric), float | int)
+        and abs(sum(bits) / len(bits) - scores[metric]) < 1e-9
+    }
 
 
 def answer_nll(predictions: Sequence[Prediction]) -> float | None:

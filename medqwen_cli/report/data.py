@@ -141,6 +141,7 @@ def _parameters(bundle: Bundle, entry: Any) -> dict[str, int | None]:
 
 def _performance(records: list[dict[str, Any]], versions: list[dict[str, Any]]) -> dict[str, Any]:
     """Scores, the accuracy matrix and its figures over base + the newest version's lineage."""
+    from medqwen_cli.evaluation.summary import HEADLINE_MEAN
     from medqwen_cli.forgetting import forgetting_report
 
     scores, headline = latest_scores(records)
@@ -153,9 +154,9 @@ def _performance(records: list[dict[str, Any]], versions: list[dict[str, Any]]) 
             metric = headline.get((row, task))
             if metric is None:
                 continue
-            value, n = scores[(row, task, metric)]
+            value, n = scores[(row, task, metric)][:2]
             types = sorted({k[2].split(".")[0] for k in scores if k[:2] == (row, task)
-                            and "." in k[2]})  # fmt: skip
+                            and "." in k[2]}) if metric == HEADLINE_MEAN else []  # fmt: skip
             out["scores"].append({
                 "version": row, "task": task, "metric": metric, "value": value, "n": n,
                 "types": {t: _type_score(scores, row, task, t) for t in types},
@@ -182,7 +183,7 @@ def _type_score(scores: dict, row: str, task: str, kind: str) -> dict[str, Any]:
     from medqwen_cli.evaluation.tasks import HEADLINE_METRICS
 
     metric = f"{kind}.{HEADLINE_METRICS.get(kind, '')}"
-    value, n = scores.get((row, task, metric), (None, None))
+    value, n = scores.get((row, task, metric), (None, None))[:2]
     return {"metric": metric, "value": value, "n": n}
 
 

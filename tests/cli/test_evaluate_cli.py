@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medqwen_cli.bundle import Bundle
+from medqwen_cli.evaluation.outcomes import unpack
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "recipes/debug/tiny.yaml")
@@ -72,6 +73,10 @@ def test_evaluate_then_forgetting_report(cli, lineage: Path, tmp_path: Path) -> 
     flagged = [e for e in evals if e["headline"]]
     assert len(flagged) == 6 and {e["metric"] for e in flagged} == {"headline_mean"}
     assert {e["split"] for e in evals} == {"eval"} and {e["n"] for e in flagged} == {5}
+    shares = [e for e in evals if e["metric"].endswith((".accuracy", ".exact_match"))]
+    assert shares and all(e["records"] and "outcomes" in e for e in shares)
+    for e in shares:  # which records were right, averaging to the score
+        assert sum(unpack(e["outcomes"], e["n"])) / e["n"] == pytest.approx(e["value"])
 
     report = cli("forgetting-report", lineage, "--format", "json")
     assert report.code == 0, report.err

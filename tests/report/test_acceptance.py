@@ -17,6 +17,7 @@ from medqwen_cli.acceptance import (
     statuses,
 )
 from medqwen_cli.errors import RecipeError
+from medqwen_cli.evaluation.outcomes import pack
 from medqwen_cli.recipe import build_recipe
 
 LINEAGE = [("v0002", ["xray"]), ("v0003", ["ct"])]
@@ -79,12 +80,34 @@ def test_records_lost_counts_net_records_on_the_same_set():
         {"earlier_tasks": {"max_records_lost": {"pope.accuracy": 5}}}
     )
     (check,) = judge(criteria, records, lineage)
-    assert check.measured is None and "20 then 10 records: not the same set" in check.detail
+    assert check.measured is None and "not the same records" in check.detail
     with pytest.raises(RecipeError, match="share of records"):
         build_recipe(
             {"acceptance": {"earlier_tasks": {"max_records_lost": {"headline_mean": 1}}}},
             check_paths=False,
         )
+
+
+def test_records_lost_counts_each_record_from_its_outcomes():
+    """Net 0 (one record lost, one gained) is still one record lost; a single-type task's bare
+    `accuracy` is found as `vqa_closed.accuracy`; other records do not pair."""
+    then, now = [True, True, False, True], [True, False, True, True]
+    line = {"metric": "accuracy", "type": "vqa_closed", "headline": True, "n": 4, "records": "d1"}
+    records = [
+        {**line, "version": "v0002", "task": "xray", "value": 0.75, "outcomes": pack(then)},
+        {**line, "version": "v0003", "task": "xray", "value": 0.75, "outcomes": pack(now)},
+    ]
+    criteria = AcceptanceConfig.model_validate(
+        {"earlier_tasks": {"max_records_lost": {"vqa_closed.accuracy": 0}}}
+    )
+    (check,) = judge(criteria, records, LINEAGE)
+    assert check.measured == 1 and not check.passed and "1 gained" in check.detail
+    records[1] = {**records[1], "records": "d2"}
+    (check,) = judge(criteria, records, LINEAGE)
+    assert check.measured is None and "not the same records" in check.detail
+    records[1] = {**records[1], "records": "d1", "outcomes": "ff"}  # 8 bits for 4 records: fine
+    (check,) = judge(criteria, records, LINEAGE)
+    assert check.measured == 0 and check.passed
 
 
 def test_an_unmeasured_criterion_fails():
