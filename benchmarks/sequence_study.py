@@ -93,8 +93,12 @@ def first_task(args: argparse.Namespace, method: str, seed: int, out: Path) -> P
         if not done.is_dir():
             work = Path(tempfile.mkdtemp(dir=folder)) / "bundle"
             init_experts(load_recipe(RECIPE, base_sets(args, method, seed)), work)
-            continue_bundle(work, task=TASKS[0], overrides=["continual.protect=true"],
-                            evaluate=False)  # fmt: skip
+            t0 = time.perf_counter()
+            result = continue_bundle(work, task=TASKS[0], overrides=["continual.protect=true"],
+                                     evaluate=False)  # fmt: skip
+            timing = {"command_seconds": round(time.perf_counter() - t0, 3),
+                      "train_seconds": result.seconds}  # fmt: skip
+            (folder / "first-timing.json").write_text(json.dumps(timing))
             work.rename(done)
     return done
 
@@ -127,10 +131,14 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
     bundle = Bundle.open(root)
     head = bundle.head
     first_sha = adapter_sha256(root, head)
-    steps.append({"task": TASKS[0], "version": head, "costs": version_costs(bundle, head),
+    timing = first.parent / "first-timing.json"  # the shared run's own times
+    timing = json.loads(timing.read_text()) if timing.is_file() else {}
+    steps.append({"task": TASKS[0], "version": head, **timing, "costs": version_costs(bundle, head),
                   "scores": scores(bundle, head, TASKS[:2], cell_dir)})  # fmt: skip
     for i, task in enumerate(TASKS[1:], start=1):
+        t0 = time.perf_counter()
         result = continue_bundle(root, task=task, overrides=sets_of(strategy), evaluate=False)
+        command_seconds = round(time.perf_counter() - t0, 3)  # loading, training, bases, writing
         if strategy.startswith("protect"):  # no old data: every earlier basis from a version
             earlier = {t: s for t, s in result.continual["bases_from"].items() if t != task}
             if any(s == "data" for s in earlier.values()):
@@ -138,6 +146,7 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
         bundle = Bundle.open(root)
         steps.append({
             "task": task, "version": result.version, "seconds": result.seconds,
+            "command_seconds": command_seconds,
             "loss": result.final_loss, "continual": result.continual, "notes": result.notes,
             "costs": version_costs(bundle, result.version),
             "scores": scores(bundle, result.version, TASKS[: i + 2], cell_dir),
