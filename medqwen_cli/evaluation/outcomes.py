@@ -23,9 +23,6 @@ import json
 from collections.abc import Sequence
 
 from medqwen_cli.data.records import Record
-from medqwen_cli.evaluation.metrics._text import normalize, polarity, reference_polarity
-from medqwen_cli.evaluation.metrics.classification import _key
-from medqwen_cli.evaluation.metrics.vqa import judge_closed
 
 # record type -> its share metrics
 SHARE = {
@@ -38,6 +35,11 @@ SHARE = {
 
 def record_outcomes(kind: str, records: Sequence[Record], answers: Sequence[str | None]) -> dict:
     """{metric: [right?, ...]} for `kind`'s share metrics, one entry per record, in order."""
+    # the metrics' own rules; imported here, where scoring has loaded them (they load `evaluate`)
+    from medqwen_cli.evaluation.metrics._text import normalize, polarity, reference_polarity
+    from medqwen_cli.evaluation.metrics.classification import _key
+    from medqwen_cli.evaluation.metrics.vqa import judge_closed
+
     if kind == "vqa_closed":
         right = [
             judge_closed(a, r.answer, r.labels) is True
