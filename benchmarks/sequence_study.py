@@ -5,8 +5,9 @@ seed), with `--protect` (with no earlier task it trains exactly as without, and 
 input basis), under a lock, and every cell of that (method, seed) continues from it: the cell
 records its adapter's sha256 and refuses a results file that pairs another. Then `continue`
 through seq-ct, seq-derm, seq-mammo and seq-thyroid with the strategy; after each task, every
-task seen so far and the next one are scored on their unseen-phrasing split (`seq-X`) and their
-in-template split (`seq-X-template`), per record. Protect cells check that no earlier task's
+task seen so far and the next one are scored on their unseen-phrasing split (`seq-X`), per
+record, and the task just learned (after the last task: every task) on its in-template split
+(`seq-X-template`), see `schedule`. The first version is scored once per (method, seed). Protect cells check that no earlier task's
 basis came from data (each is computed at the end of its own task's run: no old data read).
 `joint` (the upper bound) trains the five mixed from the init for five times the steps and is
 scored once. Costs per task come from the runs: train seconds, trainable and frozen adapter
@@ -55,14 +56,24 @@ def base_sets(args: argparse.Namespace, method: str, seed: int) -> list[str]:
     return sets + ([f"model.base={args.base}"] if args.base else [])
 
 
-def scores(bundle, version: str, seen: list[str], out: Path) -> dict:
-    """Per task (seen so far, and the next): both splits, accuracy and per-record results."""
-    names = [n for t in seen for n in (t, f"{t}-template")]
+def scores(bundle, version: str, unseen: list[str], template: list[str], out: Path) -> dict:
+    """Per task, accuracy and per-record results: `unseen` on their unseen-phrasing split,
+    `template` on their in-template split (`-template`)."""
+    names = [*unseen, *(f"{t}-template" for t in template)]
     t0 = time.perf_counter()
     result = _scores(bundle.root, version, names, out)
     seconds = time.perf_counter() - t0
     n = sum(v["n"] for v in result.values())
     return {"tasks": result, "seconds": round(seconds, 3), "records_per_s": round(n / seconds, 2)}
+
+
+def schedule(i: int) -> tuple[list[str], list[str]]:
+    """What is scored after the i-th task (0-based): every task seen so far and the next on the
+    unseen split (the accuracy matrix, with forward transfer); the in-template split for the
+    task just learned, and for every task after the last one (the memorised-phrasing gap, just
+    learned and final). The template rows between would double the scoring and feed no measure."""
+    last = i == len(TASKS) - 1
+    return TASKS[: i + 2], TASKS if last else [TASKS[i]]
 
 
 def version_costs(bundle, version: str) -> dict:
@@ -80,7 +91,8 @@ def version_costs(bundle, version: str) -> dict:
 
 
 def first_task(args: argparse.Namespace, method: str, seed: int, out: Path) -> Path:
-    """The (method, seed)'s bundle after seq-cxr, trained once under a lock."""
+    """The (method, seed)'s bundle after seq-cxr, trained and scored once under a lock."""
+    from medqwen_cli.bundle import Bundle
     from medqwen_cli.init_experts import init_experts
     from medqwen_cli.recipe import load_recipe
     from medqwen_cli.training.run import continue_bundle
@@ -100,6 +112,13 @@ def first_task(args: argparse.Namespace, method: str, seed: int, out: Path) -> P
                       "train_seconds": result.seconds}  # fmt: skip
             (folder / "first-timing.json").write_text(json.dumps(timing))
             work.rename(done)
+        scored = folder / "first-scores.json"  # one version: scored once for every cell
+        if not scored.is_file():
+            bundle = Bundle.open(done)
+            first = scores(bundle, bundle.head, *schedule(0), Path(tempfile.mkdtemp(dir=folder)))
+            tmp = scored.with_suffix(".tmp")
+            tmp.write_text(json.dumps(first))
+            os.replace(tmp, scored)
     return done
 
 
@@ -123,7 +142,7 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
         bundle = Bundle.open(root)
         steps.append({"task": "joint", "version": result.version, "seconds": result.seconds,
                       "loss": result.final_loss, "costs": version_costs(bundle, result.version),
-                      "scores": scores(bundle, result.version, TASKS, cell_dir)})  # fmt: skip
+                      "scores": scores(bundle, result.version, TASKS, TASKS, cell_dir)})  # fmt: skip
         return {"first": None, "steps": steps}
     first = first_task(args, method, seed, out)
     root = cell_dir / "bundle"
@@ -133,8 +152,9 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
     first_sha = adapter_sha256(root, head)
     timing = first.parent / "first-timing.json"  # the shared run's own times
     timing = json.loads(timing.read_text()) if timing.is_file() else {}
+    first_scores = json.loads((first.parent / "first-scores.json").read_text())
     steps.append({"task": TASKS[0], "version": head, **timing, "costs": version_costs(bundle, head),
-                  "scores": scores(bundle, head, TASKS[:2], cell_dir)})  # fmt: skip
+                  "scores": first_scores})  # fmt: skip
     for i, task in enumerate(TASKS[1:], start=1):
         t0 = time.perf_counter()
         result = continue_bundle(root, task=task, overrides=sets_of(strategy), evaluate=False)
@@ -149,7 +169,7 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
             "command_seconds": command_seconds,
             "loss": result.final_loss, "continual": result.continual, "notes": result.notes,
             "costs": version_costs(bundle, result.version),
-            "scores": scores(bundle, result.version, TASKS[: i + 2], cell_dir),
+            "scores": scores(bundle, result.version, *schedule(i), cell_dir),
         })  # fmt: skip
     return {"first": {"sha256": first_sha}, "steps": steps}
 

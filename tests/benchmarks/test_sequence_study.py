@@ -21,10 +21,14 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     none, protect = cells["lora/0/none"], cells["lora/0/protect"]
     assert none["first"]["sha256"] == protect["first"]["sha256"]  # one first version
     assert [s["task"] for s in protect["steps"]] == [t.removeprefix("builtin:") for t in SEQUENCE]
-    for i, step in enumerate(protect["steps"]):  # every task seen and the next, both splits
-        scored = set(step["scores"]["tasks"])
-        seen = [s["task"] for s in protect["steps"][: i + 2]]
-        assert scored == {n for t in seen for n in (t, f"{t}-template")}
+    tasks = [s["task"] for s in protect["steps"]]
+    for i, step in enumerate(protect["steps"]):  # seen and next unseen; template: just learned
+        template = tasks if i == len(tasks) - 1 else [tasks[i]]
+        assert set(step["scores"]["tasks"]) == {
+            *tasks[: i + 2],
+            *(f"{t}-template" for t in template),
+        }
+    assert none["steps"][0]["scores"] == protect["steps"][0]["scores"]  # scored once, shared
     last = protect["steps"][-1]["continual"]
     assert last["branches"] == 4 and all(
         s != "data" for t, s in last["bases_from"].items() if t != "seq-thyroid"
