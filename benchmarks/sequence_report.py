@@ -1,33 +1,41 @@
-"""The sequence study's report: from benchmarks/results/sequence-study.json to tables.
+"""The sequence study's report: from benchmarks/results/sequence-study.json to tables and a figure.
 
-Per (method, strategy), over the seeds present (every number says its seed count; means with a
-95 % t interval), on the unseen-phrasing split unless said:
+Per (method, strategy), over the seeds present (every number says its seeds; means with a 95 %
+Student t interval over seeds), on the unseen-phrasing split unless said:
 
     R[i][j]     accuracy on task j after the i-th task was learned (the accuracy matrix)
     ACC         mean over the five tasks of the final accuracy
     BWT         mean over tasks 1-4 of (final - just learned)
     forgetting  mean over tasks 1-4 of (best since learned - final) (Chaudhry et al.)
-    lost        per earlier task, records right just after it was learned and wrong at the end
+    kept j      final / just learned, task j (1 = all of it kept; above 1: it improved)
+    lost j      share of task j's records right just after it was learned and wrong at the end
     gap         final accuracy on the in-template split minus the unseen split (what memorised
                 phrasing adds)
 
-joint (the five mixed from the init) is the upper bound: its accuracy per task. Costs per task:
-seconds to train, parameters the version trained, bytes it added (its files).
+joint (the five mixed from the init, five times the steps) is the upper bound. The targets
+compare protect with joint seed by seed (the same seeds' init), and ACC's difference also with a
+bootstrap over records (every seed scores the same records: resampling them says how much the
+difference owes to which records were drawn). Only cells with the same settings, preset
+fingerprint, CPU and torch are compared; the report names what it left out.
 
-    python benchmarks/sequence_report.py [--results FILE]
+    python benchmarks/sequence_report.py [--results FILE] [--figure PNG]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sequence_study import RESULTS, TASKS  # noqa: E402
-from study_stats import fmt_ci  # noqa: E402
+from study_stats import fmt_ci, t_interval  # noqa: E402
+
+EARLIER = TASKS[:-1]
+KEPT, LOST, LAST, ACC_GAP = 0.95, 0.05, 0.95, 0.03  # the targets of protect against joint
 
 
 def acc(step: dict, task: str, split: str = "") -> float | None:
@@ -35,8 +43,8 @@ def acc(step: dict, task: str, split: str = "") -> float | None:
     return None if scored is None else scored["acc"]
 
 
-def right(step: dict, task: str) -> set[str]:
-    return {rid for rid, ok, *_ in step["scores"]["tasks"][task]["records"] if ok}
+def outcomes(step: dict, task: str) -> dict[str, int]:
+    return {rid: ok for rid, ok, *_ in step["scores"]["tasks"][task]["records"]}
 
 
 def matrix(cell: dict) -> list[list[float | None]]:
@@ -44,80 +52,284 @@ def matrix(cell: dict) -> list[list[float | None]]:
 
 
 def measures(cell: dict) -> dict:
-    """ACC, BWT, forgetting, records lost per earlier task, and the template gap of one cell."""
+    """ACC, BWT, forgetting, the template gap, and per earlier task kept and lost, of one cell."""
     r, steps = matrix(cell), cell["steps"]
     final = r[-1]
-    earlier = range(len(TASKS) - 1)
     out = {
         "ACC": statistics.mean(final),
-        "BWT": statistics.mean(final[j] - r[j][j] for j in earlier),
+        "BWT": statistics.mean(final[j] - r[j][j] for j in range(len(EARLIER))),
         "forgetting": statistics.mean(
-            max(r[i][j] for i in range(j, len(r))) - final[j] for j in earlier
+            max(r[i][j] for i in range(j, len(r))) - final[j] for j in range(len(EARLIER))
         ),
-        "template gap": statistics.mean(
-            acc(steps[-1], t, "-template") - acc(steps[-1], t) for t in TASKS
-        ),
+        "gap": statistics.mean(acc(steps[-1], t, "-template") - acc(steps[-1], t) for t in TASKS),
     }
-    for j in earlier:
-        task = TASKS[j]
-        n = steps[-1]["scores"]["tasks"][task]["n"]
-        out[f"lost {task}"] = len(right(steps[j], task) - right(steps[-1], task)) / n
+    for j, task in enumerate(EARLIER):
+        then, now = outcomes(steps[j], task), outcomes(steps[-1], task)
+        out[f"kept {task}"] = final[j] / r[j][j] if r[j][j] else float("nan")
+        out[f"lost {task}"] = sum(then[k] and not now[k] for k in then) / len(then)
     return out
 
 
-def report(results: dict) -> str:
-    cells = results["cells"].values()
+def setting(cell: dict) -> tuple:
+    env = cell["env"]
+    return (json.dumps(cell["settings"], sort_keys=True), env.get("base_fingerprint"),
+            env.get("cpu"), env.get("torch"))  # fmt: skip
+
+
+def comparable(results: dict) -> tuple[list[dict], list[str]]:
+    """The cells of the most common setting, and one line per cell left out."""
+    cells = list(results["cells"].values())
+    if not cells:
+        return [], []
+    common = statistics.mode(setting(c) for c in cells)
+    left = [f"{c['method']}/{c['seed']}/{c['strategy']}: another setting {setting(c)}"
+            for c in cells if setting(c) != common]  # fmt: skip
+    return [c for c in cells if setting(c) == common], left
+
+
+def groups_of(cells: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
-    for cell in cells:
+    for cell in sorted(cells, key=lambda c: (c["method"], c["strategy"], c["seed"])):
         groups.setdefault((cell["method"], cell["strategy"]), []).append(cell)
-    lines = ["## Per strategy (unseen phrasing; mean [95 % interval] over seeds)", ""]
-    head = ["method", "strategy", "seeds", "ACC", "BWT", "forgetting", "template gap",
-            *(f"lost {t}" for t in TASKS[:-1])]  # fmt: skip
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (method, strategy), group in sorted(groups.items()):
-        seeds = ",".join(str(c["seed"]) for c in sorted(group, key=lambda c: c["seed"]))
+    return groups
+
+
+def seeds(group: list[dict]) -> str:
+    return ",".join(str(c["seed"]) for c in group)
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+
+
+def strategies(groups: dict) -> list[str]:
+    head = ["method", "strategy", "seeds", "ACC", "BWT", "forgetting", "gap",
+            *(f"kept {t}" for t in EARLIER), *(f"lost {t}" for t in EARLIER)]  # fmt: skip
+    rows = []
+    for (method, strategy), group in groups.items():
         if strategy == "joint":
             final = [statistics.mean(acc(c["steps"][0], t) for t in TASKS) for c in group]
-            lines.append(
-                f"| {method} | joint | {seeds} | {fmt_ci(final)} |" + " |" * (len(head) - 4)
-            )
+            gap = [statistics.mean(acc(c["steps"][0], t, "-template") - acc(c["steps"][0], t)
+                                   for t in TASKS) for c in group]  # fmt: skip
+            rows.append([method, "joint", seeds(group), fmt_ci(final), "", "", fmt_ci(gap)]
+                        + [""] * (2 * len(EARLIER)))  # fmt: skip
             continue
         m = [measures(c) for c in group]
-        row = [method, strategy, seeds] + [fmt_ci([x[k] for x in m]) for k in head[3:]]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Accuracy matrix R[i][j] (seed mean; row: after task i)", ""]
-    for (method, strategy), group in sorted(groups.items()):
+        rows.append(
+            [method, strategy, seeds(group)] + [fmt_ci([x[k] for x in m]) for k in head[3:]]
+        )
+    return table(head, rows)
+
+
+def bootstrap_acc_gap(ours: list[dict], joint: list[dict], draws: int = 2000) -> tuple:
+    """95 % interval of mean over seeds of ACC(ours) - ACC(joint), resampling each task's eval
+    records (the same records in every cell) with replacement; seeds paired."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    diffs = np.zeros(draws)
+    for task in TASKS:
+        ids = sorted(outcomes(ours[0]["steps"][-1], task))
+
+        def right(c: dict, step: int, task: str = task, ids: list = ids) -> np.ndarray:
+            return np.array([outcomes(c["steps"][step], task)[i] for i in ids])
+
+        delta = np.mean([right(a, -1) - right(b, 0) for a, b in zip(ours, joint, strict=True)], 0)
+        picks = rng.integers(0, len(ids), size=(draws, len(ids)))
+        diffs += delta[picks].mean(1) / len(TASKS)
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def verdict(values: list[float], ok) -> str:
+    """met / missed when the whole seed interval is on one side, else unclear (one seed: mean)."""
+    mean, lo, hi = t_interval(values)
+    if len(values) < 2:
+        return "met (1 seed)" if ok(mean) else "missed (1 seed)"
+    return "met" if ok(lo) and ok(hi) else "missed" if not ok(lo) and not ok(hi) else "unclear"
+
+
+def target_rows(group: list[dict], joint: dict[int, dict]) -> list[tuple[str, str, str]]:
+    """(measure, target, "mean [interval] verdict") of one strategy's cells paired with joint's."""
+    paired = [c for c in group if c["seed"] in joint]
+    m, js = [measures(c) for c in paired], [joint[c["seed"]] for c in paired]
+    rows = []
+
+    def row(name: str, target: str, values: list[float], ok) -> None:
+        rows.append((name, target, f"{fmt_ci(values)} {verdict(values, ok)}"))
+
+    for task in EARLIER:
+        row(f"{task} kept (final / just learned)", f">= {KEPT}", [x[f"kept {task}"] for x in m],
+            lambda v: v >= KEPT)  # fmt: skip
+    row("most records lost by an earlier task", f"<= {LOST:.0%}",
+        [max(x[f"lost {t}"] for t in EARLIER) for x in m], lambda v: v <= LOST)  # fmt: skip
+    row(f"{TASKS[-1]} / joint's", f">= {LAST}",
+        [acc(c["steps"][-1], TASKS[-1]) / acc(j["steps"][0], TASKS[-1])
+         for c, j in zip(paired, js, strict=True)], lambda v: v >= LAST)  # fmt: skip
+    gap = [x["ACC"] - statistics.mean(acc(j["steps"][0], t) for t in TASKS)
+           for x, j in zip(m, js, strict=True)]  # fmt: skip
+    row("ACC - joint's ACC", f">= -{ACC_GAP}", gap, lambda v: v >= -ACC_GAP)
+    lo, hi = bootstrap_acc_gap(paired, js)
+    ok = "met" if lo >= -ACC_GAP else "missed" if hi < -ACC_GAP else "unclear"
+    rows.append(("ACC - joint's ACC, bootstrap over records", f">= -{ACC_GAP}",
+                 f"[{lo:.3f}, {hi:.3f}] {ok}"))  # fmt: skip
+    return rows
+
+
+def targets(groups: dict) -> list[str]:
+    """Per method, one table: each strategy's measures against joint, seed by seed."""
+    lines = []
+    for method in sorted({m for m, _ in groups}):
+        joint = {c["seed"]: c for c in groups.get((method, "joint"), [])}
+        columns = {s: target_rows(g, joint) for (m, s), g in groups.items() if m == method
+                   and s != "joint" and any(c["seed"] in joint for c in g)}  # fmt: skip
+        if not columns:
+            continue
+        names = list(columns)
+        first = columns[names[0]]
+        rows = [[name, target, *(columns[s][i][2] for s in names)]
+                for i, (name, target, _) in enumerate(first)]  # fmt: skip
+        paired = {s: seeds([c for c in groups[(method, s)] if c["seed"] in joint]) for s in names}
+        head = ["measure", "target", *(f"{s} (seeds {paired[s]})" for s in names)]
+        lines += [f"{method}, against joint (the same seeds):", "", *table(head, rows), ""]
+    return lines
+
+
+def matrices(groups: dict) -> list[str]:
+    lines = []
+    for (method, strategy), group in groups.items():
         if strategy == "joint":
             continue
-        lines += [f"{method}, {strategy} ({len(group)} seed(s))", "",
-                  "| after | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS)]  # fmt: skip
         mats = [matrix(c) for c in group]
+        rows = []
         for i, task in enumerate(TASKS):
-            row = [[m[i][j] for m in mats] for j in range(len(TASKS))]
-            shown = ["" if None in v else f"{statistics.mean(v):.3f}" for v in row]
-            lines.append(f"| {task} | " + " | ".join(shown) + " |")
-        lines.append("")
-    lines += ["## Costs per task (seed mean)", "",
-              "| method | strategy | task | train s | trained parameters | bytes added | eval records/s |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (method, strategy), group in sorted(groups.items()):
+            cells = [[m[i][j] for m in mats] for j in range(len(TASKS))]
+            rows.append([task] + ["" if None in v else f"{statistics.mean(v):.3f}" for v in cells])
+        lines += [f"{method}, {strategy}, seeds {seeds(group)} (row: after that task):", "",
+                  *table(["after", *TASKS], rows), ""]  # fmt: skip
+    return lines
+
+
+def costs(groups: dict) -> list[str]:
+    """Per task, seed means: where a cell's time goes and what each task adds."""
+    head = ["method", "strategy", "task", "train s", "other s", "scoring s", "records/s",
+            "trained", "frozen", "bases MB", "adapter MB"]  # fmt: skip
+    rows = []
+    for (method, strategy), group in groups.items():
         for i, step in enumerate(group[0]["steps"]):
             per = [c["steps"][i] for c in group]
-            secs = [s.get("seconds") for s in per if s.get("seconds") is not None]
-            size = statistics.mean(sum(s["costs"]["bytes"].values()) for s in per)
+
+            def mean(values: list) -> str:
+                values = [v for v in values if v is not None]
+                return f"{statistics.mean(values):.0f}" if values else "(shared)"
+
+            train = [s.get("seconds", s.get("train_seconds")) for s in per]
+            other = [s["command_seconds"] - t if "command_seconds" in s else None
+                     for s, t in zip(per, train, strict=True)]  # fmt: skip
             trained = per[0]["costs"]["trained_in_version"]
-            rate = statistics.mean(s["scores"]["records_per_s"] for s in per)
-            shown = f"{statistics.mean(secs):.0f}" if secs else "(shared)"
-            lines.append(f"| {method} | {strategy} | {step['task']} | {shown} | {trained} | "
-                         f"{size / 1e6:.1f} MB | {rate:.1f} |")  # fmt: skip
+            frozen = (per[0]["costs"]["adapter_parameters"] or 0) - (trained or 0)
+
+            def size(name: str, per: list = per) -> float:
+                return statistics.mean(s["costs"]["bytes"].get(name, 0) for s in per) / 1e6
+
+            rows.append([method, strategy, step["task"], mean(train),
+                         mean(other), mean([s["scores"]["seconds"] for s in per]),
+                         f"{statistics.mean(s['scores']['records_per_s'] for s in per):.1f}",
+                         f"{trained / 1e6:.2f} M", f"{frozen / 1e6:.2f} M",
+                         f"{size('protect.safetensors'):.1f}", f"{size('adapter.safetensors'):.1f}"])  # fmt: skip
+    total = []
+    for (method, strategy), group in groups.items():
+        secs = [c["seconds"] for c in group]
+        total.append([method, strategy, seeds(group), f"{statistics.mean(secs) / 60:.1f}",
+                      f"{min(secs) / 60:.1f} - {max(secs) / 60:.1f}"])  # fmt: skip
+    return [*table(head, rows), "", "Minutes per cell (the shared first task excluded):", "",
+            *table(["method", "strategy", "seeds", "mean", "range"], total)]  # fmt: skip
+
+
+def protect_layers(groups: dict) -> list[str]:
+    """Per protect task: layer inputs full, the largest basis share, the new task's energy
+    inside the earlier bases, the least energy held of an earlier task."""
+    rows = []
+    for (method, strategy), group in groups.items():
+        if not strategy.startswith("protect"):
+            continue
+        for i, task in enumerate(TASKS[1:], start=1):
+            info = [c["steps"][i]["continual"] for c in group]
+            held = [min(x["least_held"].values()) for x in info if x.get("least_held")]
+            rows.append([method, task, str(max(x["full_layers"] for x in info)),
+                         f"{max(x['basis_share'][1] for x in info):.3f}",
+                         f"{max(x['new_task_energy_in_bases'][1] for x in info):.4f}",
+                         f"{min(held):.3f}" if held else ""])  # fmt: skip
+    head = ["method", "task", "full layer inputs (most)", "largest basis share",
+            "new task's energy inside bases (most)", "least energy held"]  # fmt: skip
+    return table(head, rows) if rows else []
+
+
+def report(results: dict) -> str:
+    cells, left = comparable(results)
+    groups = groups_of(cells)
+    env = cells[0]["env"] if cells else {}
+    lines = [f"Cells: {len(cells)}; {env.get('cpu')}, {env.get('threads')} thread(s), torch "
+             f"{env.get('torch')}, preset fingerprint {env.get('base_fingerprint')}; settings "
+             f"{cells[0]['settings'] if cells else {}}."]  # fmt: skip
+    lines += [f"Left out: {x}" for x in left]
+    lines += ["", "## Per strategy (unseen phrasing; mean [95 % interval] over seeds)", "",
+              *strategies(groups), "", "## Targets (protect and the others against joint)", "",
+              *targets(groups), "## Accuracy matrix R[i][j] (seed mean)", "", *matrices(groups),
+              "## Protected layers", "", *protect_layers(groups), "",
+              "## Costs per task (seed mean)", "", *costs(groups)]  # fmt: skip
     return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Each task's accuracy after each task of the sequence (seed mean), one panel per
+    (method, strategy); joint's accuracy per task dotted."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = groups_of(comparable(results)[0])
+    panels = [k for k in groups if k[1] != "joint"]
+    methods = sorted({m for m, _ in panels})
+    names = sorted({s for _, s in panels})
+    fig = Figure(figsize=(4.2 * len(names), 3.4 * len(methods)), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(len(methods), len(names), squeeze=False)
+    colors = ["C0", "C1", "C2", "C3", "C4"]
+    for row, method in enumerate(methods):
+        for col, name in enumerate(names):
+            ax = axes[row][col]
+            group = groups.get((method, name), [])
+            joint = groups.get((method, "joint"), [])
+            for j, task in enumerate(TASKS):
+                xs = list(range(j, len(TASKS)))
+                ys = [statistics.mean(matrix(c)[i][j] for c in group) for i in xs] if group else []
+                ax.plot([x + 1 for x in xs], ys, "o-", color=colors[j], label=task, ms=3)
+                if joint:
+                    top = statistics.mean(acc(c["steps"][0], task) for c in joint)
+                    ax.axhline(top, color=colors[j], ls=":", lw=0.8)
+            ax.set_title(f"{method}, {name} ({len(group)} seed(s))", fontsize=9)
+            ax.set_ylim(0, 1.02)
+            ax.set_xticks(range(1, len(TASKS) + 1))
+            ax.set_xlabel("after task", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("accuracy (unseen phrasing)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.print_png(str(tmp))
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--figure", type=Path, default=None, help="write the figure (PNG)")
     args = parser.parse_args(argv)
-    print(report(json.loads(args.results.read_text())))
+    results = json.loads(args.results.read_text())
+    print(report(results))
+    if args.figure:
+        plot(results, args.figure)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,23 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     # resumable: a rerun finds every cell done and trains nothing
     run_script("sequence_study.py", *args)
     assert json.loads(results.read_text())["cells"] == cells
-    report = run_script("sequence_report.py", "--results", str(results))
-    summary, *matrices, costs = tables(report)
+    report = run_script("sequence_report.py", "--results", str(results), "--figure",
+                        str(tmp_path / "fig.png"))  # fmt: skip
+    found = tables(report)
+    summary = next(t for t in found if "ACC" in t[0])
     assert {(r["strategy"], r["seeds"]) for r in summary} == {
         ("none", "0"),
         ("protect", "0"),
         ("joint", "0"),
     }
+    (targets,) = [t for t in found if "measure" in t[0]]
+    assert {"protect (seeds 0)", "none (seeds 0)"} <= set(targets[0])
+    assert targets[-1]["measure"].endswith("bootstrap over records")
+    matrices = [t for t in found if "after" in t[0]]
     assert len(matrices) == 2 and all(len(m) == 5 for m in matrices)
     assert matrices[0][0]["seq-derm"] == ""  # after the first task: itself and the next only
+    costs = next(t for t in found if "train s" in t[0])
     assert len(costs) == 1 + 5 + 5
+    layers = next(t for t in found if "least energy held" in t[0])
+    assert [r["task"] for r in layers] == [t.removeprefix("builtin:") for t in SEQUENCE[1:]]
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
