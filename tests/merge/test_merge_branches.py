@@ -246,7 +246,10 @@ def test_dense_folds_every_lora_branch_exactly(lora_branches: Path, tmp_path: Pa
         update = adapter[prefix + "lora_B"].double() @ adapter[prefix + "lora_A"].double()
         assert update.abs().max() > 1e-4  # the branch changes the weight
         expected += adapter[prefix + "scale"].double() * update
-    assert torch.allclose(load_file(out / "model.safetensors")[key].double(), expected, atol=1e-6)
+    merged = load_file(out / "model.safetensors")
+    assert torch.allclose(merged[key].double(), expected, atol=1e-6)
+    # the base's own tensors and shapes, whatever the branches: inference costs what the base does
+    assert {k: v.shape for k, v in merged.items()} == {k: v.shape for k, v in base.items()}
 
 
 def test_peft_lora_branches_are_one_higher_rank_lora(
