@@ -192,7 +192,7 @@ def targets(groups: dict) -> list[str]:
         paired = {s: seeds([c for c in groups[(method, s)] if c["seed"] in joint]) for s in names}
         head = ["measure", "target", *(f"{s} (seeds {paired[s]})" for s in names)]
         lines += [f"{method}, against joint (the same seeds):", "", *table(head, rows), ""]
-    return lines
+    return lines or ["No joint cell shares a seed with another cell yet: nothing is judged.", ""]
 
 
 def matrices(groups: dict) -> list[str]:
@@ -269,9 +269,11 @@ def report(results: dict) -> str:
     cells, left = comparable(results)
     groups = groups_of(cells)
     env = cells[0]["env"] if cells else {}
-    lines = [f"Cells: {len(cells)}; {env.get('cpu')}, {env.get('threads')} thread(s), torch "
-             f"{env.get('torch')}, preset fingerprint {env.get('base_fingerprint')}; settings "
-             f"{cells[0]['settings'] if cells else {}}."]  # fmt: skip
+    settings = cells[0]["settings"] if cells else {}
+    lines = [f"Cells: {len(cells)}; {env.get('cpu')}, {env.get('threads')} thread(s) per job, "
+             f"torch {env.get('torch')}; base {settings.get('base') or 'nano-qwen2-vl'} "
+             f"(fingerprint {env.get('base_fingerprint')}), {settings.get('steps')} steps of "
+             f"batch 8 per task, {settings.get('samples')} eval records per task and split."]  # fmt: skip
     lines += [f"Left out: {x}" for x in left]
     lines += ["", "## Per strategy (unseen phrasing; mean [95 % interval] over seeds)", "",
               *strategies(groups), "", "## Targets (protect and the others against joint)", "",

@@ -4,6 +4,9 @@
                               table), `strategies-tables` (every table of the conflict pair
                               but the targets), `strategies-cells` (the per-cell table)
     docs/forgetting-study.md  forgetting-study-rules.json: `conflict`, `control`
+    docs/continual.md         sequence-study.json: `sequence-answer` (the per-strategy table
+                              and the targets against joint)
+    docs/sequence.md          sequence-study.json: `sequence-report` (the whole report)
 
     .venv/bin/python scripts/fill_continual_docs.py
 
@@ -19,13 +22,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from sequence_report import report as sequence_report  # noqa: E402
 from study_report import TARGETS_HEADING, report  # noqa: E402
 
 CELLS_HEADING = "Per cell (A's records gained and lost between after A and after B):\n"
 DOCS = {  # doc -> results file
     "docs/continual.md": "benchmarks/results/continual-strategies.json",
     "docs/forgetting-study.md": "benchmarks/results/forgetting-study-rules.json",
+    "docs/sequence.md": "benchmarks/results/sequence-study.json",
 }
+SEQUENCE = "benchmarks/results/sequence-study.json"
+
+
+def sequence_parts() -> dict[str, str]:
+    """The sequence study's report, whole, and its answer (up to the accuracy matrices)."""
+    text = sequence_report(json.loads((REPO / SEQUENCE).read_text(encoding="utf-8")))
+    text = text.replace("\n## ", "\n### ")  # inside a section of the doc
+    return {"answer": text.split("\n### Accuracy matrix")[0].strip(), "report": text.strip()}
 
 
 def _pair(text: str, pair: str) -> str:
@@ -36,6 +49,8 @@ def _pair(text: str, pair: str) -> str:
 
 def parts(doc: str) -> dict[str, str]:
     """Marker name -> the report text that goes between its markers in `doc`."""
+    if doc == "docs/sequence.md":
+        return {"sequence-report": sequence_parts()["report"]}
     results = json.loads((REPO / DOCS[doc]).read_text(encoding="utf-8"))
     text = report(results, None)
     if doc == "docs/forgetting-study.md":
@@ -48,6 +63,7 @@ def parts(doc: str) -> dict[str, str]:
         "strategies-targets": targets.strip(),
         "strategies-tables": notes + "\n\n" + tables.strip(),
         "strategies-cells": cells.strip(),
+        "sequence-answer": sequence_parts()["answer"],
     }
 
 

@@ -96,7 +96,9 @@ def test_quick_study_runs_end_to_end_resumes_and_keeps_one_a_version(tmp_path: P
     assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 8  # nothing added
 
 
-@pytest.mark.parametrize("doc", ["docs/continual.md", "docs/forgetting-study.md"])
+@pytest.mark.parametrize(
+    "doc", ["docs/continual.md", "docs/forgetting-study.md", "docs/sequence.md"]
+)
 def test_the_docs_tables_are_the_committed_results_report(doc: str) -> None:
     """The docs' tables are the report of the committed results files, so a number in the
     docs cannot drift from the data behind it (scripts/fill_continual_docs.py writes them)."""
