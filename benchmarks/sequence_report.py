@@ -122,6 +122,29 @@ def strategies(groups: dict) -> list[str]:
     return table(head, rows)
 
 
+def summary(groups: dict) -> list[str]:
+    """One row per (method, strategy): ACC, the least kept and most lost over the earlier
+    tasks (each a seed mean first), and each task's accuracy just after it was learned."""
+    head = ["method", "strategy", "seeds", "ACC", "least kept (task)", "most lost (task)",
+            *(f"{t} learned" for t in TASKS)]  # fmt: skip
+    rows = []
+    for (method, strategy), group in groups.items():
+        if strategy == "joint":
+            learned = [fmt_ci([acc(c["steps"][0], t) for c in group]) for t in TASKS]
+            final = [statistics.mean(acc(c["steps"][0], t) for t in TASKS) for c in group]
+            rows.append([method, "joint (upper bound)", seeds(group), fmt_ci(final), "", "",
+                         *learned])  # fmt: skip
+            continue
+        m = [measures(c) for c in group]
+        kept = {t: statistics.mean(x[f"kept {t}"] for x in m) for t in EARLIER}
+        lost = {t: statistics.mean(x[f"lost {t}"] for x in m) for t in EARLIER}
+        low, high = min(kept, key=kept.get), max(lost, key=lost.get)
+        learned = [fmt_ci([matrix(c)[j][j] for c in group]) for j in range(len(TASKS))]
+        rows.append([method, strategy, seeds(group), fmt_ci([x["ACC"] for x in m]),
+                     f"{kept[low]:.3f} ({low})", f"{lost[high]:.1%} ({high})", *learned])  # fmt: skip
+    return table(head, rows)
+
+
 def bootstrap_acc_gap(ours: list[dict], joint: list[dict], draws: int = 2000) -> tuple:
     """95 % interval of mean over seeds of ACC(ours) - ACC(joint), resampling each task's eval
     records (the same records in every cell) with replacement; seeds paired."""
@@ -275,7 +298,9 @@ def report(results: dict) -> str:
              f"(fingerprint {env.get('base_fingerprint')}), {settings.get('steps')} steps of "
              f"batch 8 per task, {settings.get('samples')} eval records per task and split."]  # fmt: skip
     lines += [f"Left out: {x}" for x in left]
-    lines += ["", "## Per strategy (unseen phrasing; mean [95 % interval] over seeds)", "",
+    lines += ["", "## Summary (unseen phrasing; seed means, [95 % interval] with 2 seeds or more)",
+              "", *summary(groups),
+              "", "## Per strategy (unseen phrasing; mean [95 % interval] over seeds)", "",
               *strategies(groups), "", "## Targets (protect and the others against joint)", "",
               *targets(groups), "## Accuracy matrix R[i][j] (seed mean)", "", *matrices(groups),
               "## Protected layers", "", *protect_layers(groups), "",

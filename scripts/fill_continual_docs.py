@@ -7,6 +7,7 @@
     docs/continual.md         sequence-study.json: `sequence-answer` (the per-strategy table
                               and the targets against joint)
     docs/sequence.md          sequence-study.json: `sequence-report` (the whole report)
+    README.md                 sequence-study.json: `sequence-summary` (one row per strategy)
 
     .venv/bin/python scripts/fill_continual_docs.py
 
@@ -30,6 +31,7 @@ DOCS = {  # doc -> results file
     "docs/continual.md": "benchmarks/results/continual-strategies.json",
     "docs/forgetting-study.md": "benchmarks/results/forgetting-study-rules.json",
     "docs/sequence.md": "benchmarks/results/sequence-study.json",
+    "README.md": "benchmarks/results/sequence-study.json",
 }
 SEQUENCE = "benchmarks/results/sequence-study.json"
 
@@ -38,7 +40,13 @@ def sequence_parts() -> dict[str, str]:
     """The sequence study's report, whole, and its answer (up to the accuracy matrices)."""
     text = sequence_report(json.loads((REPO / SEQUENCE).read_text(encoding="utf-8")))
     text = text.replace("\n## ", "\n### ")  # inside a section of the doc
-    return {"answer": text.split("\n### Accuracy matrix")[0].strip(), "report": text.strip()}
+    summary = text.split("\n### Summary")[1].split("\n", 1)[1].split("\n### ")[0].strip()
+    head = text.split("\n", 1)[0]  # cells, CPU, settings
+    return {
+        "answer": text.split("\n### Accuracy matrix")[0].strip(),
+        "report": text.strip(),
+        "summary": f"{head}\n\n{summary}",
+    }
 
 
 def _pair(text: str, pair: str) -> str:
@@ -51,6 +59,8 @@ def parts(doc: str) -> dict[str, str]:
     """Marker name -> the report text that goes between its markers in `doc`."""
     if doc == "docs/sequence.md":
         return {"sequence-report": sequence_parts()["report"]}
+    if doc == "README.md":
+        return {"sequence-summary": sequence_parts()["summary"]}
     results = json.loads((REPO / DOCS[doc]).read_text(encoding="utf-8"))
     text = report(results, None)
     if doc == "docs/forgetting-study.md":

@@ -97,7 +97,7 @@ def test_quick_study_runs_end_to_end_resumes_and_keeps_one_a_version(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "doc", ["docs/continual.md", "docs/forgetting-study.md", "docs/sequence.md"]
+    "doc", ["docs/continual.md", "docs/forgetting-study.md", "docs/sequence.md", "README.md"]
 )
 def test_the_docs_tables_are_the_committed_results_report(doc: str) -> None:
     """The docs' tables are the report of the committed results files, so a number in the
