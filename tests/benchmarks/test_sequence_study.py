@@ -56,3 +56,24 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     layers = next(t for t in found if "least energy held" in t[0])
     assert [r["task"] for r in layers] == [t.removeprefix("builtin:") for t in SEQUENCE[1:]]
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_probe_retrains_one_task_on_a_scratch_copy(tmp_path: Path) -> None:
+    """sequence_probe.py: from a cell's version before seq-derm, seq-derm trained otherwise and
+    the seen tasks scored; the cell's own bundle is not touched; a rerun skips the probe."""
+    from medqwen_cli.bundle import Bundle
+
+    out = tmp_path / "out"
+    run_script("sequence_study.py", "--quick", "--methods", "lora", "--strategies", "protect",
+               "--out", str(out), "--results", str(tmp_path / "results.json"))  # fmt: skip
+    cell = out / "lora-seed0" / "protect"
+    before = [v.id for v in Bundle.open(cell / "bundle").manifest.versions]
+    args = ["--cell", str(cell), "--task", "seq-derm", "--label", "none",
+            "--out", str(tmp_path / "probes"), "--results", str(tmp_path / "probes.json")]  # fmt: skip
+    run_script("sequence_probe.py", *args)
+    (probe,) = json.loads((tmp_path / "probes.json").read_text())["cells"].values()
+    assert list(probe["acc"]) == ["seq-cxr", "seq-ct", "seq-derm"] and probe["sets"] == []
+    assert [v.id for v in Bundle.open(cell / "bundle").manifest.versions] == before
+    text = (tmp_path / "probes.json").read_text()
+    run_script("sequence_probe.py", *args)
+    assert (tmp_path / "probes.json").read_text() == text  # found, not trained again
