@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -269,6 +268,43 @@ def costs(groups: dict) -> list[str]:
             *table(["method", "strategy", "seeds", "mean", "range"], total)]  # fmt: skip
 
 
+def contradicting() -> dict[str, set[str]]:
+    """Per task, the ids of its eval records (unseen split) whose answer some earlier task's
+    rules give otherwise (the generated records' meta says which)."""
+    from sequence_study import RECIPE
+
+    from medqwen_cli.evaluation.task_records import load_eval_tasks
+    from medqwen_cli.recipe import load_recipe
+    from medqwen_cli.settings import Settings
+
+    data = load_eval_tasks(load_recipe(RECIPE), TASKS,
+                           data_dir=Settings.from_env().data_cache_dir, notes=[])  # fmt: skip
+    return {t: {r.id for r in data[t].records if r.meta.get("contradicts")} for t in TASKS}
+
+
+def by_contradiction(groups: dict) -> list[str]:
+    """Each task's accuracy just after it was learned, on its records that contradict an
+    earlier task and on the others (seed means)."""
+    against = contradicting()
+    head = ["method", "strategy", *(f"{t} learned: contradicting / agreeing" for t in TASKS[1:])]
+    rows = []
+    for (method, strategy), group in groups.items():
+        shown = []
+        for j, task in enumerate(TASKS[1:], start=1):
+            parts = []
+            for inside in (True, False):
+                values = []
+                for c in group:
+                    step = c["steps"][0 if strategy == "joint" else j]
+                    got = [ok for rid, ok in outcomes(step, task).items()
+                           if (rid in against[task]) == inside]  # fmt: skip
+                    values.append(sum(got) / len(got) if got else float("nan"))
+                parts.append(f"{statistics.mean(values):.2f} ({len(got)})" if got else "-")
+            shown.append(" / ".join(parts))
+        rows.append([method, strategy, *shown])
+    return table(head, rows)
+
+
 def protect_layers(groups: dict) -> list[str]:
     """Per protect task: layer inputs full, the largest basis share, the new task's energy
     inside the earlier bases, the least energy held of an earlier task."""
@@ -303,49 +339,10 @@ def report(results: dict) -> str:
               "", "## Per strategy (unseen phrasing; mean [95 % interval] over seeds)", "",
               *strategies(groups), "", "## Targets (protect and the others against joint)", "",
               *targets(groups), "## Accuracy matrix R[i][j] (seed mean)", "", *matrices(groups),
+              "## Contradicting records (records in brackets)", "", *by_contradiction(groups), "",
               "## Protected layers", "", *protect_layers(groups), "",
               "## Costs per task (seed mean)", "", *costs(groups)]  # fmt: skip
     return "\n".join(lines)
-
-
-def plot(results: dict, path: Path) -> None:
-    """Each task's accuracy after each task of the sequence (seed mean), one panel per
-    (method, strategy); joint's accuracy per task dotted."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    groups = groups_of(comparable(results)[0])
-    panels = [k for k in groups if k[1] != "joint"]
-    methods = sorted({m for m, _ in panels})
-    names = sorted({s for _, s in panels})
-    fig = Figure(figsize=(4.2 * len(names), 3.4 * len(methods)), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    axes = fig.subplots(len(methods), len(names), squeeze=False)
-    colors = ["C0", "C1", "C2", "C3", "C4"]
-    for row, method in enumerate(methods):
-        for col, name in enumerate(names):
-            ax = axes[row][col]
-            group = groups.get((method, name), [])
-            joint = groups.get((method, "joint"), [])
-            for j, task in enumerate(TASKS):
-                xs = list(range(j, len(TASKS)))
-                ys = [statistics.mean(matrix(c)[i][j] for c in group) for i in xs] if group else []
-                ax.plot([x + 1 for x in xs], ys, "o-", color=colors[j], label=task, ms=3)
-                if joint:
-                    top = statistics.mean(acc(c["steps"][0], task) for c in joint)
-                    ax.axhline(top, color=colors[j], ls=":", lw=0.8)
-            ax.set_title(f"{method}, {name} ({len(group)} seed(s))", fontsize=9)
-            ax.set_ylim(0, 1.02)
-            ax.set_xticks(range(1, len(TASKS) + 1))
-            ax.set_xlabel("after task", fontsize=8)
-            if col == 0:
-                ax.set_ylabel("accuracy (unseen phrasing)", fontsize=8)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.print_png(str(tmp))
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(args.results.read_text())
     print(report(results))
     if args.figure:
+        from sequence_plot import plot
+
         plot(results, args.figure)
 
 

@@ -39,7 +39,7 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     report = run_script("sequence_report.py", "--results", str(results), "--figure",
                         str(tmp_path / "fig.png"))  # fmt: skip
     found = tables(report)
-    summary = next(t for t in found if "ACC" in t[0])
+    summary = next(t for t in found if "BWT" in t[0])
     assert {(r["strategy"], r["seeds"]) for r in summary} == {
         ("none", "0"),
         ("protect", "0"),
