@@ -7,7 +7,9 @@ Student t interval over seeds), on the unseen-phrasing split unless said:
     ACC         mean over the five tasks of the final accuracy
     BWT         mean over tasks 1-4 of (final - just learned)
     forgetting  mean over tasks 1-4 of (best since learned - final) (Chaudhry et al.)
-    kept j      final / just learned, task j (1 = all of it kept; above 1: it improved)
+    final/learned j   final accuracy / accuracy just after task j was learned (above 1: later
+                tasks fixed some of its answers, which says nothing of what they broke: `lost`
+                counts that)
     lost j      share of task j's records right just after it was learned and wrong at the end
     gap         final accuracy on the in-template split minus the unseen split (what memorised
                 phrasing adds)
@@ -51,7 +53,7 @@ def matrix(cell: dict) -> list[list[float | None]]:
 
 
 def measures(cell: dict) -> dict:
-    """ACC, BWT, forgetting, the template gap, and per earlier task kept and lost, of one cell."""
+    """ACC, BWT, forgetting, the template gap, and per earlier task final/learned and lost, of one cell."""
     r, steps = matrix(cell), cell["steps"]
     final = r[-1]
     out = {
@@ -64,7 +66,7 @@ def measures(cell: dict) -> dict:
     }
     for j, task in enumerate(EARLIER):
         then, now = outcomes(steps[j], task), outcomes(steps[-1], task)
-        out[f"kept {task}"] = final[j] / r[j][j] if r[j][j] else float("nan")
+        out[f"final/learned {task}"] = final[j] / r[j][j] if r[j][j] else float("nan")
         out[f"lost {task}"] = sum(then[k] and not now[k] for k in then) / len(then)
     return out
 
@@ -104,7 +106,7 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def strategies(groups: dict) -> list[str]:
     head = ["method", "strategy", "seeds", "ACC", "BWT", "forgetting", "gap",
-            *(f"kept {t}" for t in EARLIER), *(f"lost {t}" for t in EARLIER)]  # fmt: skip
+            *(f"final/learned {t}" for t in EARLIER), *(f"lost {t}" for t in EARLIER)]  # fmt: skip
     rows = []
     for (method, strategy), group in groups.items():
         if strategy == "joint":
@@ -122,9 +124,9 @@ def strategies(groups: dict) -> list[str]:
 
 
 def summary(groups: dict) -> list[str]:
-    """One row per (method, strategy): ACC, the least kept and most lost over the earlier
+    """One row per (method, strategy): ACC, the lowest final/learned and most lost over the earlier
     tasks (each a seed mean first), and each task's accuracy just after it was learned."""
-    head = ["method", "strategy", "seeds", "ACC", "least kept (task)", "most lost (task)",
+    head = ["method", "strategy", "seeds", "ACC", "lowest final/learned (task)", "most lost (task)",
             *(f"{t} learned" for t in TASKS)]  # fmt: skip
     rows = []
     for (method, strategy), group in groups.items():
@@ -135,7 +137,7 @@ def summary(groups: dict) -> list[str]:
                          *learned])  # fmt: skip
             continue
         m = [measures(c) for c in group]
-        kept = {t: statistics.mean(x[f"kept {t}"] for x in m) for t in EARLIER}
+        kept = {t: statistics.mean(x[f"final/learned {t}"] for x in m) for t in EARLIER}
         lost = {t: statistics.mean(x[f"lost {t}"] for x in m) for t in EARLIER}
         low, high = min(kept, key=kept.get), max(lost, key=lost.get)
         learned = [fmt_ci([matrix(c)[j][j] for c in group]) for j in range(len(TASKS))]
@@ -181,7 +183,7 @@ def target_rows(group: list[dict], joint: dict[int, dict]) -> list[tuple[str, st
         rows.append((name, target, f"{fmt_ci(values)} {verdict(values, ok)}"))
 
     for task in EARLIER:
-        row(f"{task} kept (final / just learned)", f">= {KEPT}", [x[f"kept {task}"] for x in m],
+        row(f"{task} final / just learned", f">= {KEPT}", [x[f"final/learned {task}"] for x in m],
             lambda v: v >= KEPT)  # fmt: skip
     row("most records lost by an earlier task", f"<= {LOST:.0%}",
         [max(x[f"lost {t}"] for t in EARLIER) for x in m], lambda v: v <= LOST)  # fmt: skip
