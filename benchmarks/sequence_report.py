@@ -326,7 +326,25 @@ def protect_layers(groups: dict) -> list[str]:
     return table(head, rows) if rows else []
 
 
-def report(results: dict) -> str:
+PROBES = Path(__file__).resolve().parent / "results/sequence-probes.json"
+
+
+def probes(path: Path | None) -> list[str]:
+    """sequence_probe.py's results: one task of a cell retrained otherwise, the seen tasks'
+    accuracy after it, beside the cell's own row."""
+    if path is None or not path.is_file():
+        return []
+    rows = []
+    for key, probe in json.loads(path.read_text())["cells"].items():
+        cell = key.rsplit("/", 2)[0]
+        rows.append([cell, probe["task"], probe["label"],
+                     *(f"{probe['acc'].get(t, float('nan')):.2f}" if t in probe["acc"] else ""
+                       for t in TASKS)])  # fmt: skip
+    return ["## Probes (one task retrained from the cell's version before it)", "",
+            *table(["cell", "task", "trained with", *TASKS], rows), ""]  # fmt: skip
+
+
+def report(results: dict, probes_file: Path | None = PROBES) -> str:
     cells, left = comparable(results)
     groups = groups_of(cells)
     env = cells[0]["env"] if cells else {}
@@ -343,6 +361,7 @@ def report(results: dict) -> str:
               *targets(groups), "## Accuracy matrix R[i][j] (seed mean)", "", *matrices(groups),
               "## Contradicting records (records in brackets)", "", *by_contradiction(groups), "",
               "## Protected layers", "", *protect_layers(groups), "",
+              *probes(probes_file),
               "## Costs per task (seed mean)", "", *costs(groups)]  # fmt: skip
     return "\n".join(lines)
 
@@ -351,9 +370,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=Path, default=None, help="write the figure (PNG)")
+    parser.add_argument("--probes", type=Path, default=None,
+                        help=f"sequence_probe.py's results (default with the default --results: {PROBES.name})")  # fmt: skip
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
-    print(report(results))
+    print(report(results, args.probes or (PROBES if args.results == RESULTS else None)))
     if args.figure:
         from sequence_plot import plot
 
