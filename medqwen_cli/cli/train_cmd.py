@@ -128,15 +128,11 @@ def _render(fmt: str, result: Any) -> None:
     ]
     c = r["continual"]
     if c and c["strategy"] == "replay":
-        pools = ", ".join(f"{t} ({n} records)" for t, n in c["tasks"].items())
-        rows.append({
-            "field": "strategy",
-            # the share actually replayed: ceil(f * batch), at least one record per batch
-            "value": f"replay {c['replay']}: {c['replayed_per_batch']} of {c['batch_size']} "
-            f"records per batch ({c['replayed_per_batch'] / c['batch_size']:.1%}) from {pools}",
-        })  # fmt: skip
+        rows.append({"field": "strategy", "value": _replay_line(c)})
     elif c and c["strategy"] == "protect":
         rows.append({"field": "strategy", "value": _protect_line(c)})
+        if c.get("replay"):  # protect and replay together
+            rows.append({"field": "strategy", "value": _replay_line(c["replay"])})
     for kind, load in r["router_load"].items():
         rows.append(
             {
@@ -237,7 +233,8 @@ def continue_(
     """Train the head on the next task only, append a version, then evaluate every task seen.
     With --watch A, task A is scored every --eval-every steps while training (a forgetting curve).
     With --replay F, earlier tasks' records fill a share F of every batch; with --protect, a
-    new branch learns the task outside the earlier tasks' input subspace. Stopped after its
+    new branch learns the task outside the earlier tasks' input subspace; with both, that
+    branch trains on the mixed batches. Stopped after its
     version was written, the same command again completes the evaluation and trains nothing.
     A version that misses the recipe's acceptance criteria is kept but does not become the
     default version, and the command exits 3 (docs/report.md).
@@ -272,6 +269,16 @@ def _exit_if_not_accepted(result: Any) -> None:
 
         _output.error(failure_line(result.acceptance), ACCEPT_HINT)
         raise typer.Exit(EXIT_NOT_ACCEPTED)
+
+
+def _replay_line(c: dict) -> str:
+    """One line on a replay: the share actually replayed (ceil(f * batch), at least one record
+    per batch) and the pools it drew from."""
+    pools = ", ".join(f"{t} ({n} records)" for t, n in c["tasks"].items())
+    return (
+        f"replay {c['replay']}: {c['replayed_per_batch']} of {c['batch_size']} records per batch "
+        f"({c['replayed_per_batch'] / c['batch_size']:.1%}) from {pools}"
+    )
 
 
 def _protect_line(c: dict) -> str:

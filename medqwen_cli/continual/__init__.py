@@ -3,7 +3,8 @@
     none     the default: the new task alone (every method here forgets a contradicted task)
     replay   replay.py: each batch mixes in records of the earlier tasks (`continual.replay`)
     protect  protect.py: a new branch per layer that cannot move the earlier tasks' layer
-             inputs (`continual.protect`), with no old data once their bases are stored
+             inputs (`continual.protect`), with no old data once their bases are stored; with
+             replay too, the branch trains on batches that mix in earlier records
 
 strategy   the interface: one method per phase of a run; `plan_strategy` (here) picks one
 lineage    the earlier tasks, the data each version trained on (`data.json`) and its checks
@@ -28,7 +29,6 @@ from medqwen_cli.continual.record import (
 )
 from medqwen_cli.continual.replay import ReplayMix, ReplayStrategy, plan_replay, replayed_per_batch
 from medqwen_cli.continual.strategy import Mix, Strategy
-from medqwen_cli.errors import RecipeError
 
 __all__ = [
     "CONTINUAL_FILE",
@@ -55,15 +55,9 @@ def plan_strategy(
 ) -> Strategy:
     """The strategy of a run on `parent` training `new_tasks`, as the recipe's `continual`
     section asks; reads what it needs of the lineage, or fails naming the problem."""
-    cfg = recipe.continual
-    if cfg.protect and cfg.replay > 0:
-        raise RecipeError(
-            "--protect and --replay together are not supported yet",
-            "choose one: --protect needs no old data after its bases are stored, --replay needs "
-            "the old data every run",
-        )
     replay = plan_replay(bundle, recipe, parent, new_tasks, data_dir=data_dir)
-    if replay is not None:
-        return replay
     protect = plan_protect(bundle, recipe, parent, new_tasks, data_dir=data_dir)
-    return protect if protect is not None else Strategy()
+    if protect is not None:  # with replay too: protect's branch trains on the mixed batches
+        protect.replay = replay
+        return protect
+    return replay if replay is not None else Strategy()

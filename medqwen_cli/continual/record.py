@@ -83,12 +83,20 @@ class ProtectRecord(_Record):
     protect_full: str = "refuse"
     held: dict[str, list[float | None]] = Field(default_factory=dict)
     full: dict[str, list[int]] = Field(default_factory=dict)
+    replay: ReplayRecord | None = None  # the run also replayed (absent from the file if not)
 
     def describe(self) -> str:
+        also = f" + {self.replay.describe()}" if self.replay is not None else ""
         if not self.protected_tasks:
-            return f"protect {self.protect_energy}: basis recorded"
+            return f"protect {self.protect_energy}: basis recorded{also}"
         full = f", {len(self.full)} layer input(s) full" if self.full else ""
-        return f"protect {self.protect_energy}, branch {self.branches}{full}"
+        return f"protect {self.protect_energy}, branch {self.branches}{full}{also}"
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if out["replay"] is None:  # a version that did not replay reads as before
+            del out["replay"]
+        return out
 
 
 ContinualRecord = Annotated[ReplayRecord | ProtectRecord, Field(discriminator="strategy")]

@@ -40,3 +40,19 @@ def crash_and_resume_on_ct(
         return a
 
     return run
+
+
+@pytest.fixture
+def seen_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
+    """(task, id) of the records of every collated training batch."""
+    from medqwen_cli.data.collate import Collator
+
+    seen: list[list[tuple[str, str]]] = []
+    real = Collator.__call__
+
+    def spy(self, records):
+        seen.append([(r.task, r.id) for r in records])
+        return real(self, records)
+
+    monkeypatch.setattr(Collator, "__call__", spy)
+    return seen

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medqwen_cli.bundle import Bundle
-from medqwen_cli.errors import MedqwenError, RecipeError, TrainingError
+from medqwen_cli.errors import MedqwenError, TrainingError
 from medqwen_cli.training.run import continue_bundle
 
 QUICK = ["train.max_steps=3", "train.checkpoint_every=1000"]
@@ -123,8 +123,6 @@ def test_refusals(
 ) -> None:
     task_a = _task_dir(tmp_path / "a", 6)
     continue_bundle(bundle_dir, task=str(task_a), overrides=QUICK, evaluate=False)  # no basis
-    with pytest.raises(RecipeError, match="--protect and --replay together"):
-        continue_bundle(bundle_dir, task="ct", overrides=[*PROTECT, "continual.replay=0.1"])
     # protect_full=refuse: a layer input the bases fill is named, and the hint's energy works
     refuse = [*QUICK, "continual.protect=true", "continual.protect_full=refuse"]
     with pytest.raises(TrainingError, match=r"layer input language_model\.layers\.\d+\.") as err:

@@ -80,22 +80,6 @@ def test_two_processes_draw_disjoint_new_and_replayed_records() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture
-def seen_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
-    """(task, id) of the records of every collated training batch."""
-    from medqwen_cli.data.collate import Collator
-
-    seen: list[list[tuple[str, str]]] = []
-    real = Collator.__call__
-
-    def spy(self, records):
-        seen.append([(r.task, r.id) for r in records])
-        return real(self, records)
-
-    monkeypatch.setattr(Collator, "__call__", spy)
-    return seen
-
-
 def test_continue_with_replay_mixes_a_fixed_buffer_and_records_ids_only(
     bundle_dir: Path, seen_batches: list, cli
 ) -> None:
