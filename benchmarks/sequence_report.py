@@ -17,7 +17,8 @@ Student t interval over seeds), on the unseen-phrasing split unless said:
 joint (the five mixed from the init, five times the steps) is the upper bound. The targets
 compare protect with joint seed by seed (the same seeds' init), and ACC's difference also with a
 bootstrap over records (every seed scores the same records: resampling them says how much the
-difference owes to which records were drawn). Only cells with the same settings, preset
+difference owes to which records were drawn). Replay cells run at several shares also get
+the smallest share that keeps every task (sequence_replay.py). Only cells with the same settings, preset
 fingerprint, CPU and torch are compared; the report names what it left out.
 
     python benchmarks/sequence_report.py [--results FILE] [--figure PNG]
@@ -345,6 +346,8 @@ def probes(path: Path | None) -> list[str]:
 
 
 def report(results: dict, probes_file: Path | None = PROBES) -> str:
+    from sequence_replay import replay_shares  # it imports this module's measures
+
     cells, left = comparable(results)
     groups = groups_of(cells)
     env = cells[0]["env"] if cells else {}
@@ -361,6 +364,7 @@ def report(results: dict, probes_file: Path | None = PROBES) -> str:
               *targets(groups), "## Accuracy matrix R[i][j] (seed mean)", "", *matrices(groups),
               "## Contradicting records (records in brackets)", "", *by_contradiction(groups), "",
               "## Protected layers", "", *protect_layers(groups), "",
+              *replay_shares(groups),
               *probes(probes_file),
               "## Costs per task (seed mean)", "", *costs(groups)]  # fmt: skip
     return "\n".join(lines)
