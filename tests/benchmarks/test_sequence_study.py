@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from bench_tables import run_script, tables
 
 from medqwen_cli.data.synthetic.sequence import SEQUENCE
@@ -77,3 +78,23 @@ def test_probe_retrains_one_task_on_a_scratch_copy(tmp_path: Path) -> None:
     text = (tmp_path / "probes.json").read_text()
     run_script("sequence_probe.py", *args)
     assert (tmp_path / "probes.json").read_text() == text  # found, not trained again
+
+
+def test_strategy_names_give_their_settings() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from sequence_study import sets_of
+
+    assert sets_of("protect") == ["continual.protect=true"]
+    assert sets_of("replay:0.25:50") == ["continual.replay=0.25", "continual.replay_per_task=50"]
+    assert sets_of("protect:0.9+replay:0.1:50") == [
+        "continual.protect=true", "continual.protect_energy=0.9",
+        "continual.replay=0.1", "continual.replay_per_task=50",
+    ]  # fmt: skip
+    assert sets_of("replay:0.1+protect") == [
+        "continual.replay=0.1", "continual.protect=true",
+    ]  # fmt: skip
+    for bad in ("protect+protect:0.9", "none+replay:0.1", "replay:x"):
+        with pytest.raises(ValueError):
+            sets_of(bad)
