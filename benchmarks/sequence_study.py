@@ -9,7 +9,7 @@ task seen so far and the next one are scored on their unseen-phrasing split (`se
 record, and the task just learned (after the last task: every task) on its in-template split
 (`seq-X-template`), see `schedule`. The first version is scored once per (method, seed). Protect cells check that no earlier task's
 basis came from data (each is computed at the end of its own task's run: no old data read).
-`protect:E+replay:F:N` runs both in each `continue` (replay reads the old tasks' data; the
+`protect@100` trains each later task for 100 steps. `protect:E+replay:F:N` runs both in each `continue` (replay reads the old tasks' data; the
 bases still come from the versions). `joint` (the upper bound) trains the five mixed from the init for five times the steps and is
 scored once. Costs per task come from the runs: train seconds, trainable and frozen adapter
 parameters, bytes the version added, evaluation records per second.
@@ -48,7 +48,11 @@ RESULTS = ROOT / "benchmarks/results/sequence-study.json"
 def sets_of(strategy: str) -> list[str]:
     """`--set` items of a strategy: `protect` alone takes every default (energy 0.99, full
     layers fit); the others as the pair study names them (none, replay:F:N, protect:E); `+`
-    joins a protect and a replay (`protect:0.97+replay:0.1:50`: both in one run)."""
+    joins a protect and a replay (`protect:0.97+replay:0.1:50`: both in one run); `@N` trains
+    each task after the shared first one for N steps instead of --steps (`protect@100`)."""
+    strategy, at, steps = strategy.partition("@")
+    if at:
+        return [*sets_of(strategy), f"train.max_steps={int(steps)}"]
     parts = strategy.split("+")
     kinds = sorted(p.split(":")[0] for p in parts)
     if len(parts) > 1 and kinds != ["protect", "replay"]:

@@ -95,6 +95,7 @@ def test_strategy_names_give_their_settings() -> None:
     assert sets_of("replay:0.1+protect") == [
         "continual.replay=0.1", "continual.protect=true",
     ]  # fmt: skip
-    for bad in ("protect+protect:0.9", "none+replay:0.1", "replay:x"):
+    assert sets_of("protect@100") == ["continual.protect=true", "train.max_steps=100"]
+    for bad in ("protect+protect:0.9", "none+replay:0.1", "replay:x", "protect@x"):
         with pytest.raises(ValueError):
             sets_of(bad)
