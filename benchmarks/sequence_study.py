@@ -9,7 +9,8 @@ task seen so far and the next one are scored on their unseen-phrasing split (`se
 record, and the task just learned (after the last task: every task) on its in-template split
 (`seq-X-template`), see `schedule`. The first version is scored once per (method, seed). Protect cells check that no earlier task's
 basis came from data (each is computed at the end of its own task's run: no old data read).
-`protect@100` trains each later task for 100 steps. `protect:E+replay:F:N` runs both in each `continue` (replay reads the old tasks' data; the
+`protect@steps=100` and `protect@lr=0.0006` train each later task for 100 steps, or at that
+learning rate. `protect:E+replay:F:N` runs both in each `continue` (replay reads the old tasks' data; the
 bases still come from the versions). `joint` (the upper bound) trains the five mixed from the init for five times the steps and is
 scored once. Costs per task come from the runs: train seconds, trainable and frozen adapter
 parameters, bytes the version added, evaluation records per second.
@@ -45,14 +46,25 @@ TASKS = [t.removeprefix("builtin:") for t in SEQUENCE]  # the recipe's task name
 RESULTS = ROOT / "benchmarks/results/sequence-study.json"
 
 
+TRAINING = {"steps": ("train.max_steps", int), "lr": ("train.lr", float)}  # after `@`
+
+
 def sets_of(strategy: str) -> list[str]:
     """`--set` items of a strategy: `protect` alone takes every default (energy 0.99, full
     layers fit); the others as the pair study names them (none, replay:F:N, protect:E); `+`
-    joins a protect and a replay (`protect:0.97+replay:0.1:50`: both in one run); `@N` trains
-    each task after the shared first one for N steps instead of --steps (`protect@100`)."""
-    strategy, at, steps = strategy.partition("@")
+    joins a protect and a replay (`protect:0.97+replay:0.1:50`: both in one run); `@` sets the
+    training of each task after the shared first one: `protect@steps=100`, `protect@lr=0.0006`
+    (comma-separated)."""
+    strategy, at, changes = strategy.partition("@")
     if at:
-        return [*sets_of(strategy), f"train.max_steps={int(steps)}"]
+        sets = sets_of(strategy)
+        for change in changes.split(","):
+            key, _, value = change.partition("=")
+            if key not in TRAINING:
+                raise ValueError(f"{strategy!r}: @{key}: one of {', '.join(TRAINING)}")
+            name, kind = TRAINING[key]
+            sets.append(f"{name}={kind(value)}")
+        return sets
     parts = strategy.split("+")
     kinds = sorted(p.split(":")[0] for p in parts)
     if len(parts) > 1 and kinds != ["protect", "replay"]:

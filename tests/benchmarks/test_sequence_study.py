@@ -95,7 +95,10 @@ def test_strategy_names_give_their_settings() -> None:
     assert sets_of("replay:0.1+protect") == [
         "continual.replay=0.1", "continual.protect=true",
     ]  # fmt: skip
-    assert sets_of("protect@100") == ["continual.protect=true", "train.max_steps=100"]
-    for bad in ("protect+protect:0.9", "none+replay:0.1", "replay:x", "protect@x"):
+    assert sets_of("protect@steps=100,lr=0.0006") == [
+        "continual.protect=true", "train.max_steps=100", "train.lr=0.0006",
+    ]  # fmt: skip
+    bad = ("protect+protect:0.9", "none+replay:0.1", "replay:x", "protect@100", "protect@lr=x")
+    for name in bad:
         with pytest.raises(ValueError):
-            sets_of(bad)
+            sets_of(name)
