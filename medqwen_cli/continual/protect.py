@@ -33,7 +33,7 @@ import numpy as np
 from medqwen_cli.continual.bases import Bases, load_bases, save_bases
 from medqwen_cli.continual.lineage import earlier_tasks, task_train_records
 from medqwen_cli.continual.record import PROTECT_FILE, BasesInfo, ProtectRecord, stored_bases
-from medqwen_cli.continual.strategy import Mix, Strategy
+from medqwen_cli.continual.strategy import Strategy
 from medqwen_cli.errors import DataError, RecipeError, TrainingError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class ProtectStrategy(Strategy):
     full: str = "fit"  # continual.protect_full: what a layer without room does
     adapter: Any = None  # the recipe's adapter settings: the branches' method, rank, experts
     train: Any = None  # the recipe's train settings: batch size, image and length limits
-    replay: Any = None  # a ReplayStrategy when the run also replays (continual.replay > 0)
+    replay: Any = None  # the run also replays: its batches come from this ReplayStrategy
     name = "protect"
 
     # filled by the phases
@@ -86,22 +86,6 @@ class ProtectStrategy(Strategy):
     branches: int = 0
 
     # ------------------------------------------------------------------ phases
-
-    def sampler(
-        self,
-        new: Any,
-        records: list[list[Any]],
-        *,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world: int,
-    ) -> Mix:
-        """The new task alone, or mixed with the earlier tasks' records when the run replays."""
-        source = self.replay if self.replay is not None else super()
-        return source.sampler(
-            new, records, batch_size=batch_size, seed=seed, rank=rank, world=world
-        )
 
     def prepare(self, model: nn.Module, *, bundle: Any, processor: Any, device: Any) -> None:
         """Load or compute the earlier tasks' bases, cut them at this run's energy, and add the

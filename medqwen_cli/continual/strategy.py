@@ -5,7 +5,8 @@ A `train` or `continue` run (training/run.py) calls, in this order:
     plan        `plan_strategy`, before any model loads: the strategy the recipe asks for,
                 with everything it needs from the lineage (earlier tasks, their data checked
                 against the versions' digests, stored bases); every refusal happens here
-    sampler     wraps the new task's sampler (replay mixes earlier records into each batch)
+    sampler     wraps the new task's sampler (replay mixes earlier records into each batch; a
+                strategy that also replays, such as protect with --replay, uses its `replay`'s)
     prepare     on the loaded parent model, before training (protect adds its branches)
     after_step  after every optimizer step (protect puts its branches back in their complement)
     finish      on the trained model, with the new task's train records (protect adds the
@@ -40,6 +41,7 @@ class Strategy:
     """`none`: the new task alone."""
 
     name = "none"
+    replay: Strategy | None = None  # a strategy that also replays draws its batches from this
 
     def sampler(
         self,
@@ -51,7 +53,12 @@ class Strategy:
         rank: int,
         world: int,
     ) -> Mix:
-        """The run's sampler, from `new` (the regime sampler over the new task's `records`)."""
+        """The run's sampler, from `new` (the regime sampler over the new task's `records`):
+        the new task alone, or the replay's mix when the strategy also replays."""
+        if self.replay is not None:
+            return self.replay.sampler(
+                new, records, batch_size=batch_size, seed=seed, rank=rank, world=world
+            )
         return Mix(new, records, batch_size)
 
     def prepare(self, model: Any, *, bundle: Any, processor: Any, device: Any) -> None:
