@@ -68,7 +68,6 @@ class ProtectStrategy(Strategy):
     seed: int = 0  # the samples' seed (train.seed)
     own_tasks: list[str] = field(default_factory=list)  # the run's tasks
     full: str = "fit"  # continual.protect_full: what a layer without room does
-    focus: float | None = None  # continual.protect_focus: branches start where the new task is
     adapter: Any = None  # the recipe's adapter settings: the branches' method, rank, experts
     train: Any = None  # the recipe's train settings: batch size, image and length limits
     replay: Any = None  # the run also replays: its batches come from this ReplayStrategy
@@ -85,16 +84,12 @@ class ProtectStrategy(Strategy):
     held: dict[str, list[float | None]] = field(default_factory=dict)  # group -> per task
     over: dict[str, list[int]] = field(default_factory=dict)  # full groups: [asked, room]
     branches: int = 0
-    focused: dict[str, int] = field(default_factory=dict)  # group -> directions a branch starts in
 
     # ------------------------------------------------------------------ phases
 
-    def prepare(
-        self, model: nn.Module, *, bundle: Any, processor: Any, device: Any, records: list[Any]
-    ) -> None:
+    def prepare(self, model: nn.Module, *, bundle: Any, processor: Any, device: Any) -> None:
         """Load or compute the earlier tasks' bases, cut them at this run's energy, and add the
-        new branches in the complement of the cut (if there is an earlier task); with `focus`,
-        where the new task's `records` put their inputs in it."""
+        new branches in the complement of the cut (if there is an earlier task)."""
         from medqwen_cli.data.collate import Collator
 
         self.device = device
@@ -119,8 +114,7 @@ class ProtectStrategy(Strategy):
         if self.over and self.full == "refuse":
             raise _full_error(self.bases, self.over, self.energy, room)
         self.guarded = {g: int(m.shape[1]) for g, m in guard.items()}
-        starts = self._starts(model, guard, records) if self.focus is not None else None
-        add_protected_branches(model, guard, self.groups, self.adapter, starts=starts)
+        add_protected_branches(model, guard, self.groups, self.adapter)
         layers = [layer for _, layer in _layers(model)]
         self.branches = max(len(layer.branches) for layer in layers)
         for layer in layers:  # the earlier tasks' linear parts join W0, for this run only
@@ -134,7 +128,7 @@ class ProtectStrategy(Strategy):
 
     def finish(self, model: nn.Module, records: list[Any]) -> None:
         """Add the run's own tasks (a sample of their train records) on the trained model."""
-        chosen = self._own_sample(records)
+        chosen = sample(list(records), self.records, self.seed, len(self.earlier))
         for task in self.own_tasks:
             source = {"source": "data", "records": len(chosen)}
             self.new_energy = self._add(model, task, chosen, source)
@@ -174,14 +168,6 @@ class ProtectStrategy(Strategy):
             "basis_share": [min(shares), max(shares)] if shares else [0.0, 0.0],
             "new_task_energy_in_bases": [min(inside), max(inside)] if inside else None,
             "full_layers": len(self.over),
-            **(
-                {
-                    "focus": self.focus,
-                    "focus_directions": [min(self.focused.values()), max(self.focused.values())],
-                }
-                if self.focused
-                else {}
-            ),
             "least_held": {
                 t: round(v, 4) for t, (v, _) in _lowest(self.bases.tasks, self.held).items()
             },
@@ -212,7 +198,6 @@ class ProtectStrategy(Strategy):
             protect_full=self.full,
             held={g: [None if v is None else round(v, 6) for v in vs] for g, vs in self.held.items()},
             full=self.over, replay=self.replay.record() if self.replay is not None else None,
-            protect_focus=self.focus, focused=self.focused,
         )  # fmt: skip
 
     def files(self, run_dir: Path) -> dict[str, Path]:
@@ -222,24 +207,6 @@ class ProtectStrategy(Strategy):
         return {PROTECT_FILE: path}
 
     # ------------------------------------------------------------------ helpers
-
-    def _starts(self, model: nn.Module, guard: dict[str, Tensor], records: list[Any]) -> dict:
-        """Per group, the directions of the complement of `guard` where the new branch starts:
-        the fewest holding `focus` of the new task's input energy there (its records' sample)."""
-        from medqwen_cli.continual.subspace import complement, focus, input_grams
-
-        chosen = self._own_sample(records)
-        size = self.train.batch_size
-        grams, _, _ = input_grams(model, lambda: _batches(chosen, self.collator, size), self.device)
-        starts = {}
-        for group, basis in guard.items():
-            starts[group] = focus(complement(basis), grams[group], self.focus, self.adapter.rank)
-            self.focused[group] = int(starts[group].shape[1])
-        return starts
-
-    def _own_sample(self, records: list[Any]) -> list[Any]:
-        """The sample of the run's own train records that makes its basis (and its focus)."""
-        return sample(list(records), self.records, self.seed, len(self.earlier))
 
     def _add(self, model: nn.Module, task: str, records: Sequence[Any], source: dict) -> dict:
         """Add `task`'s basis from the inputs of `records`; per group, the share of its energy
@@ -333,8 +300,7 @@ def plan_protect(
     return ProtectStrategy(
         energy=cfg.protect_energy, records=cfg.protect_records, earlier=earlier,
         stored_from=version if stored else None, stored_tasks=stored, from_data=from_data,
-        seed=seed, own_tasks=list(new_tasks), full=cfg.protect_full, focus=cfg.protect_focus,
-        adapter=recipe.adapter,
+        seed=seed, own_tasks=list(new_tasks), full=cfg.protect_full, adapter=recipe.adapter,
         train=recipe.train,
     )  # fmt: skip
 
@@ -356,16 +322,10 @@ def check_room(name: str, n: int, k: int, rank: int) -> None:
 
 
 def add_protected_branches(
-    model: nn.Module,
-    bases: dict[str, Tensor],
-    groups: dict[str, str],
-    cfg: AdapterConfig,
-    *,
-    starts: dict[str, Tensor] | None = None,
+    model: nn.Module, bases: dict[str, Tensor], groups: dict[str, str], cfg: AdapterConfig
 ) -> list[Branch]:
     """Freeze every adapter tensor of `model` and give each adapted layer a new branch in the
-    complement of its group's basis, trainable and kept there (`Branch.set_protect`); it starts
-    in span(starts[group]) when given (directions inside that complement), else anywhere in it."""
+    complement of its group's basis, trainable and kept there (`Branch.set_protect`)."""
     import torch
 
     from medqwen_cli.adapters.branches import attach_branch, branch_init, freeze_adapters
@@ -378,12 +338,10 @@ def add_protected_branches(
     freeze_adapters(model)
     added = []
     for name, layer in layers:
-        group = groups.get(name, name)
-        basis = bases.get(group)
+        basis = bases.get(groups.get(name, name))
         if basis is None:
             basis = torch.zeros(layer.in_features, 0, dtype=torch.float64)
-        start = starts[group] if starts is not None else complement(basis)
-        init = branch_init(layer.weight, start, cfg, name, len(layer.branches))
+        init = branch_init(layer.weight, complement(basis), cfg, name, len(layer.branches))
         branch = attach_branch(layer, name, init, cfg)
         for value in branch.own_tensors("trainable").values():
             value.requires_grad_(True)

@@ -84,10 +84,6 @@ class ProtectRecord(_Record):
     held: dict[str, list[float | None]] = Field(default_factory=dict)
     full: dict[str, list[int]] = Field(default_factory=dict)
     replay: ReplayRecord | None = None  # the run also replayed (absent from the file if not)
-    # continual.protect_focus, and per group the directions its new branch started in (both
-    # absent from the file when the run did not focus)
-    protect_focus: float | None = None
-    focused: dict[str, int] = Field(default_factory=dict)
 
     def describe(self) -> str:
         also = f" + {self.replay.describe()}" if self.replay is not None else ""
@@ -98,9 +94,8 @@ class ProtectRecord(_Record):
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
-        for key in ("replay", "protect_focus", "focused"):  # a run without them reads as before
-            if not out[key]:
-                del out[key]
+        if out["replay"] is None:  # a version that did not replay reads as before
+            del out["replay"]
         return out
 
 

@@ -61,11 +61,8 @@ class Strategy:
             )
         return Mix(new, records, batch_size)
 
-    def prepare(
-        self, model: Any, *, bundle: Any, processor: Any, device: Any, records: list[Any]
-    ) -> None:
-        """Change the loaded parent model before training, which will train on the new task's
-        train `records` (nothing by default)."""
+    def prepare(self, model: Any, *, bundle: Any, processor: Any, device: Any) -> None:
+        """Change the loaded parent model before training (nothing by default)."""
 
     def after_step(self, model: Any) -> None:
         """Called after every optimizer step (nothing by default)."""

@@ -231,19 +231,3 @@ def complement(basis: Tensor) -> Tensor:
         return torch.eye(n, dtype=torch.float64, device=basis.device)
     full, _ = torch.linalg.qr(basis.double(), mode="complete")  # (n, n): first k span M
     return full[:, k:]
-
-
-def focus(q: Tensor, gram: Tensor, energy: float, least: int) -> Tensor:
-    """The fewest orthonormal directions inside span(`q`) (n x d) holding `energy` of the input
-    energy `gram` (n x n) puts there, at least `least` (and at most d), strongest first."""
-    q = q.double()
-    inner = q.t() @ gram.to(q) @ q
-    values, vectors = torch.linalg.eigh((inner + inner.t()) / 2)
-    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    total = float(values.sum())
-    if total <= 1e-9 * float(gram.diagonal().sum()):  # nothing of the inputs out there
-        return q
-    share = torch.cumsum(values, 0) / total
-    count = int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype))) + 1
-    count = min(max(count, least), q.shape[1])
-    return q @ vectors[:, :count]

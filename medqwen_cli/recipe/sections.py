@@ -190,15 +190,6 @@ class ContinualConfig(_Strict):
         ge=1,
         description="Train records per task (a seeded sample) whose layer inputs make its basis.",
     )
-    protect_focus: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Start each new protected branch where the new task's inputs are: in the "
-        "fewest directions outside the earlier tasks' bases that hold this share of the new "
-        "task's input energy there (at least the branch's rank), from the same sample of its "
-        "train records that makes its basis. null: anywhere outside the bases.",
-    )
     protect_full: Literal["fit", "refuse"] = Field(
         "fit",
         description="When a layer's input has no room for every earlier task's basis at "

@@ -219,9 +219,8 @@ def run_plan(
     loaded = load_model(plan, bundle, accelerator)
     strategy = plan.strategy
     strategy.prepare(
-        loaded.model, bundle=bundle, processor=loaded.processor, device=accelerator.device,
-        records=data.new,
-    )  # fmt: skip
+        loaded.model, bundle=bundle, processor=loaded.processor, device=accelerator.device
+    )
     batches = data.batches(loaded.processor, plan.recipe.train)
     watch = make_watch(plan, loaded.processor, curve_fn if accelerator.is_main_process else None)
     try:

@@ -11,13 +11,7 @@ from medqwen_cli.adapters import AdapterConfig, inject_adapters
 from medqwen_cli.adapters.branches import add_stored_branches
 from medqwen_cli.adapters.state import adapter_state_dict, load_adapter_state
 from medqwen_cli.continual.protect import add_protected_branches
-from medqwen_cli.continual.subspace import (
-    complement,
-    energy_in,
-    focus,
-    grow_basis,
-    input_grams,
-)
+from medqwen_cli.continual.subspace import complement, energy_in, grow_basis, input_grams
 from medqwen_cli.errors import TrainingError
 
 N, M_OUT, K = 32, 40, 10  # input dim, output dim, basis size
@@ -105,32 +99,6 @@ def test_outputs_on_the_protected_span_never_move(method: str) -> None:
     add_stored_branches(again, state, cfg)
     load_adapter_state(again, state)
     torch.testing.assert_close(again(new), model(new), atol=1e-6, rtol=1e-6)
-
-
-def test_focus_keeps_the_fewest_complement_directions_holding_the_energy() -> None:
-    basis = orthonormal(K).double()
-    q = complement(basis)  # (N, N - K)
-    # the new task's inputs: strong along 3 complement directions, weak along 2 more, and
-    # some energy inside the basis, which focus must not count
-    strong, weak = q[:, :3], q[:, 3:5]
-    g = torch.Generator().manual_seed(7)
-    x = torch.cat([
-        torch.randn(200, 3, generator=g, dtype=torch.float64) * 10 @ strong.t(),
-        torch.randn(200, 2, generator=g, dtype=torch.float64) @ weak.t(),
-        torch.randn(200, K, generator=g, dtype=torch.float64) * 30 @ basis.t(),
-    ])  # fmt: skip
-    gram = x.t() @ x
-    for energy, least, count in ((0.9, 1, 3), (0.9, 4, 4), (0.9999, 1, 5), (0.9999, 8, 8)):
-        start = focus(q, gram, energy, least)
-        assert start.shape == (N, count), (energy, least)
-        torch.testing.assert_close(start.t() @ start, torch.eye(count, dtype=torch.float64))
-        assert float((basis.t() @ start).abs().max()) < 1e-10  # still outside the basis
-    # the three strong directions' span is what a 3-direction focus returns
-    start = focus(q, gram, 0.9, 1)
-    torch.testing.assert_close(start @ start.t() @ strong, strong)
-    # with no energy in the complement it changes nothing
-    inside = torch.randn(50, K, dtype=torch.float64, generator=g) @ basis.t()
-    torch.testing.assert_close(focus(q, inside.t() @ inside, 0.9, 1), q)
 
 
 def test_without_reprojection_adamw_leaves_the_complement() -> None:
