@@ -1,12 +1,12 @@
 """Bytes a protected task adds to a bundle, at Qwen2-VL-2B shapes, against the base's size.
 
 A protected version stores (1) the directions of its task's layer inputs (protect.safetensors:
-n x k floats per layer input, k the task's new directions) and (2) its branch's tensors (the
+n x k float16 numbers per layer input, k the task's new directions; float32 before, shown beside) and (2) its branch's tensors (the
 adapter file holds only what differs from the parent's). The k / n fractions come from a real
 protected bundle (`--bundle`, e.g. one made on nano-qwen2-vl), per kind of layer input and per
 task; they are applied to Qwen2-VL-2B's widths (28 layers; inputs 1536, and 8960 for down_proj)
 and compared with the base's size in bfloat16. The older layout, where every version stored the
-whole accumulated basis and every frozen branch again, is printed beside it. Without --bundle
+whole accumulated basis (float32) and every frozen branch again, is printed beside it. Without --bundle
 a five-task protected sequence on tiny-qwen2-vl is made first (a smoke run: tiny's fractions
 are far larger than a real model's, n = 64).
 
@@ -98,20 +98,22 @@ def main(argv: list[str] | None = None) -> None:
         accumulated += new
         branch = branch_bytes(args.rank, args.experts, spectral=True) if t > 1 else 0
         branches += branch
-        per_task = new * 4 + branch
+        per_task = new * 2 + branch  # directions stored in float16 (continual/bases.py)
         total_new += per_task
         total_old += accumulated * 4 + branches  # every version stored all again
         shown = ", ".join(f"{k} {f:.1%}" for k, f in sorted(frac.items()))
         rows.append(
             f"| {t} | {shown} | {new * 4 / 1e6:.0f} MB | {new * 2 / 1e6:.0f} MB | "
-            f"{branch / 1e6:.0f} MB | {per_task / BASE_BYTES:.1%} | {total_new / 1e9:.2f} GB | "
+            f"{branch / 1e6:.0f} MB | {per_task / BASE_BYTES:.1%} | "
+            f"{(new * 4 + branch) / BASE_BYTES:.1%} | {total_new / 1e9:.2f} GB | "
             f"{total_old / 1e9:.2f} GB |"
         )
     print(
         "| task | new directions k/n (mean over layers) | bases fp32 | bases 16-bit | "
-        f"branch (sslora r{args.rank}, E{args.experts}) | task / base | bundle now | older layout |"
+        f"branch (sslora r{args.rank}, E{args.experts}) | task / base | with fp32 bases | "
+        "bundle now | older layout |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     sizes = [
         sum(f.stat().st_size for f in v.iterdir()) for v in sorted((bundle / "versions").iterdir())

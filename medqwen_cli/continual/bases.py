@@ -7,6 +7,16 @@ per task, the fewest of its own columns that, with the columns already chosen, h
 `continual.protect_energy` of it; when a layer has no room for that and a new branch,
 the columns worth most to some task (`choose_columns`).
 
+Directions are stored in float16 and defined by what is stored: the run that adds a task rounds
+its new directions to 16 bits, makes them orthonormal again and orthogonal to the earlier
+columns (`settle`), and measures the task's energies on those; a later run reads the same 16-bit
+numbers and settles them the same way. So the guarantee (outputs on the guarded span never
+move) holds for exactly the span a later run guards, and the energies recorded are that span's
+own; rounding only moves which span that is, by about 1e-3 (at the default 0.99 the energy
+held is the same to six digits: benchmarks/bases_precision.py). Where that would leave the settled span holding less than the
+energy asked (energy 1: the inputs' exact span), the group's directions stay float32, read as
+stored, as are the float32 files of medqwen before 16-bit storage.
+
 Storage grows linearly with tasks: a version's `protect.safetensors` holds only the tasks it
 added (tensors `<task index>:<group>:directions` and `...:energy`); the earlier tasks' columns
 stay in the earlier versions' files, which the record lists by version (`BasesInfo.files`) and
@@ -28,6 +38,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 _SEP = ":"
+STORED_DTYPE = "float16"  # the directions' dtype in a file (a torch dtype once torch loads)
 
 
 @dataclass
@@ -40,13 +51,19 @@ class Bases:
     owner: dict[str, list[int]] = field(default_factory=dict)  # group -> task of each column
     energies: dict[str, list[Tensor | None]] = field(default_factory=dict)  # group -> per task
     origin: list[str | None] = field(default_factory=list)  # per task: version file holding it
+    stored: dict[tuple[int, str], Tensor] = field(default_factory=dict)  # this run's, float16
 
     def add(self, task: str, grams: dict[str, Tensor], energy: float, source: dict) -> dict:
         """Task `task`'s directions from its inputs' Gram matrices (group -> C), up to `energy`
         of it; returns per group the share of its energy already inside the bases."""
         import torch
 
-        from medqwen_cli.continual.subspace import column_energies, energy_in, new_directions
+        from medqwen_cli.continual.subspace import (
+            column_energies,
+            energy_in,
+            new_directions,
+            settle,
+        )
 
         index = len(self.tasks)
         inside = {}
@@ -56,9 +73,15 @@ class Bases:
                 old = gram.new_zeros(gram.shape[0], 0)
             inside[group] = energy_in(old, gram)
             new = new_directions(old, gram, energy)
-            cols = torch.cat([old, new], dim=1)
+            stored = new.to(getattr(torch, STORED_DTYPE)).contiguous()
+            cols = torch.cat([old, settle(old, stored)], dim=1)
+            asked = min(energy, energy_in(torch.cat([old, new], dim=1), gram))
+            if energy_in(cols, gram) < asked - 1e-12:  # rounding lost energy asked: float32
+                stored = new.float().contiguous()
+                cols = torch.cat([old, stored.double()], dim=1)
+            self.stored[(index, group)] = stored
             self.columns[group] = cols
-            self.owner.setdefault(group, []).extend([index] * new.shape[1])
+            self.owner.setdefault(group, []).extend([index] * stored.shape[1])
             per_task = self.energies.setdefault(group, [])
             per_task += [None] * (index - len(per_task))  # groups a legacy file lacked
             per_task.append(column_energies(cols, gram))
@@ -79,14 +102,13 @@ class Bases:
         return guard, held
 
     def tensors(self, indices: list[int]) -> dict[str, Tensor]:
-        """The file of a version that added tasks `indices`: directions and energies, float32."""
+        """The file of a version that added tasks `indices` (this run's): directions as stored
+        (float16), energies float32."""
         out = {}
-        for group, cols in self.columns.items():
-            owner = self.owner[group]
+        for group in self.columns:
             for t in indices:
-                own = [c for c, o in enumerate(owner) if o == t]
                 energy = self.energies[group][t]
-                out[f"{t}{_SEP}{group}{_SEP}directions"] = cols[:, own].float().contiguous()
+                out[f"{t}{_SEP}{group}{_SEP}directions"] = self.stored[(t, group)].contiguous()
                 if energy is not None:
                     out[f"{t}{_SEP}{group}{_SEP}energy"] = energy.float().contiguous()
         return out
@@ -101,6 +123,7 @@ def load_bases(bundle: Any, parent: str | None) -> tuple[Bases, dict[str, str]]:
     import torch
 
     from medqwen_cli.bundle import load_tensors
+    from medqwen_cli.continual.subspace import settle
 
     bases, groups = Bases(), {}
     chain = _chain(bundle, parent)
@@ -127,7 +150,13 @@ def load_bases(bundle: Any, parent: str | None) -> tuple[Bases, dict[str, str]]:
                 if int(index) != t or kind != "directions":
                     continue
                 old = bases.columns.get(group, value.new_zeros(value.shape[0], 0).double())
-                bases.columns[group] = torch.cat([old, value.double()], dim=1)
+                # 16-bit: settled as the adding run did; float32 (older files): as stored
+                new = (
+                    settle(old, value)
+                    if value.dtype == getattr(torch, STORED_DTYPE)
+                    else value.double()
+                )
+                bases.columns[group] = torch.cat([old, new], dim=1)
                 bases.owner.setdefault(group, []).extend([t] * value.shape[1])
                 energy = stored.get(f"{t}{_SEP}{group}{_SEP}energy")
                 per_task = bases.energies.setdefault(group, [])

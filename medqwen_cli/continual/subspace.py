@@ -160,6 +160,22 @@ def new_directions(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
     return q
 
 
+def settle(basis: Tensor | None, stored: Tensor) -> Tensor:
+    """The orthonormal directions a stored 16-bit block stands for: its columns, in order, made
+    orthogonal to M (n x K, orthonormal) and to each other, float64. The run that adds a basis
+    and every later run that reads its file compute this from the same 16-bit numbers, so the
+    directions a later run guards are exactly those the adding run measured (module docstring
+    of continual/bases.py)."""
+    new = stored.double().contiguous()  # one memory layout, so the rounding is the same
+    if basis is not None and basis.shape[1]:
+        m = basis.to(new.dtype).contiguous()
+        for _ in range(2):  # twice: orthogonal to M up to rounding
+            new = new - m @ (m.t() @ new)
+    q, r = torch.linalg.qr(new)
+    signs = torch.sign(torch.diagonal(r))
+    return q * torch.where(signs == 0, 1.0, signs)  # each column kept pointing its own way
+
+
 def grow_basis(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
     """M extended by `new_directions` (M's columns first, unchanged)."""
     n = gram.shape[0]

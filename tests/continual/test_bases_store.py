@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medqwen_cli._io import save_tensors
+from medqwen_cli._io import load_tensors, save_tensors
 from medqwen_cli.continual.bases import Bases, load_bases, save_bases
 from medqwen_cli.continual.record import CONTINUAL_FILE, PROTECT_FILE
 from medqwen_cli.continual.subspace import choose_columns
@@ -73,7 +73,11 @@ def test_per_task_files_round_trip(tmp_path: Path) -> None:
     (tmp_path / "v2" / CONTINUAL_FILE).write_text(json.dumps(record(["a", "b"], [1], files, sizes)))
     loaded, groups = load_bases(FakeBundle(tmp_path, ["v1", "v2"]), "v2")
     assert loaded.tasks == ["a", "b"] and groups == {"q": "q"}
-    torch.testing.assert_close(loaded.columns["q"], bases.columns["q"], atol=1e-6, rtol=0)
+    # stored in 16 bits, and what a later run reads is exactly what the adding run measured
+    assert load_tensors(tmp_path / "v2" / PROTECT_FILE)["1:q:directions"].dtype == torch.float16
+    assert torch.equal(loaded.columns["q"], bases.columns["q"])
+    cols = loaded.columns["q"]
+    torch.testing.assert_close(cols.t() @ cols, torch.eye(cols.shape[1], dtype=cols.dtype))
     assert loaded.owner["q"] == bases.owner["q"]
     for stored, made in zip(loaded.energies["q"], bases.energies["q"], strict=True):
         torch.testing.assert_close(stored, made, atol=1e-6, rtol=0)
@@ -83,6 +87,28 @@ def test_per_task_files_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(guard["q"], want["q"], atol=1e-6, rtol=0)
         assert held["q"] == pytest.approx(want_held["q"], abs=1e-6)
     assert all(h >= 0.9 - 1e-9 for h in bases.cut(0.9, {"q": N})[1]["q"])
+
+
+def test_directions_stay_float32_where_16_bits_would_not_hold_the_energy_asked() -> None:
+    bases = Bases()
+    bases.add("a", {"q": gram(1)}, 1.0, {"source": "data"})  # the inputs' exact span
+    bases.add("b", {"q": gram(2)}, 0.9, {"source": "data"})
+    assert bases.stored[(0, "q")].dtype == torch.float32
+    assert bases.stored[(1, "q")].dtype == torch.float16
+    assert bases.cut(1.0, {"q": N})[1]["q"][0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_float32_directions_of_an_older_medqwen_read_as_stored(tmp_path: Path) -> None:
+    made = Bases()
+    made.add("a", {"q": gram(1)}, 0.9, {"source": "data"})
+    (tmp_path / "v1").mkdir()
+    cols = torch.linalg.qr(torch.randn(N, 4, generator=torch.Generator().manual_seed(8)))[0]
+    energy = torch.full((4,), 0.2)
+    save_tensors(tmp_path / "v1" / PROTECT_FILE, {"0:q:directions": cols, "0:q:energy": energy})
+    sizes = {"q": [N, 4]}
+    (tmp_path / "v1" / CONTINUAL_FILE).write_text(json.dumps(record(["a"], [0], {}, sizes)))
+    loaded, _ = load_bases(FakeBundle(tmp_path, ["v1"]), "v1")
+    assert torch.equal(loaded.columns["q"], cols.double())  # not re-orthonormalised
 
 
 def test_bases_of_an_older_medqwen_load_whole_and_cut_in_order(tmp_path: Path) -> None:
