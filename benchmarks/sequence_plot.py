@@ -30,16 +30,20 @@ def plot(results: dict, path: Path) -> None:
             ax = axes[row][col]
             group = groups.get((method, name), [])
             joint = groups.get((method, "joint"), [])
+            if not group:  # this method has no cell of the strategy yet
+                ax.text(0.5, 0.5, "no cells yet", ha="center", va="center", transform=ax.transAxes)
             for j, task in enumerate(TASKS):
                 xs = list(range(j, len(TASKS)))
-                ys = [statistics.mean(matrix(c)[i][j] for c in group) for i in xs] if group else []
-                ax.plot([x + 1 for x in xs], ys, "o-", color=colors[j], label=task, ms=3)
+                if group:
+                    ys = [statistics.mean(matrix(c)[i][j] for c in group) for i in xs]
+                    ax.plot([x + 1 for x in xs], ys, "o-", color=colors[j], label=task, ms=3)
                 if joint:
                     top = statistics.mean(acc(c["steps"][0], task) for c in joint)
                     ax.axhline(top, color=colors[j], ls=":", lw=0.8)
             ax.set_title(f"{method}, {name} ({len(group)} seed(s))", fontsize=9)
             ax.set_ylim(0, 1.02)
             ax.set_xticks(range(1, len(TASKS) + 1))
+            ax.set_xlim(0.7, len(TASKS) + 0.3)
             ax.set_xlabel("after task", fontsize=8)
             if col == 0:
                 ax.set_ylabel("accuracy (unseen phrasing)", fontsize=8)

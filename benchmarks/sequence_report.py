@@ -346,7 +346,8 @@ def probes(path: Path | None) -> list[str]:
 
 
 def report(results: dict, probes_file: Path | None = PROBES) -> str:
-    from sequence_replay import replay_shares  # it imports this module's measures
+    from sequence_phrasing import lost_by_phrasing  # both import this module's measures
+    from sequence_replay import replay_shares
 
     cells, left = comparable(results)
     groups = groups_of(cells)
@@ -363,6 +364,7 @@ def report(results: dict, probes_file: Path | None = PROBES) -> str:
               *strategies(groups), "", "## Targets (protect and the others against joint)", "",
               *targets(groups), "## Accuracy matrix R[i][j] (seed mean)", "", *matrices(groups),
               "## Contradicting records (records in brackets)", "", *by_contradiction(groups), "",
+              *lost_by_phrasing(groups),
               "## Protected layers", "", *protect_layers(groups), "",
               *replay_shares(groups),
               *probes(probes_file),

@@ -66,3 +66,22 @@ def test_no_share_keeps_and_one_seed_says_so() -> None:
     assert "lora: no share run so far keeps every task (tried 0.1)." in text
     assert "| misses (1 seed) |" in text  # 10 % lost on its one seed
     assert replay_shares(_groups([_cell("none", 0, 0)])) == []  # no replay cell: no section
+
+
+def test_records_lost_are_counted_per_phrasing() -> None:
+    from sequence_phrasing import lost_by_phrasing
+
+    cells = []
+    for s in range(2):
+        cell = _cell("protect", s, wrong_at_end=2)  # 10 % of each earlier task lost, unseen
+        last = cell["steps"][-1]["scores"]["tasks"]
+        for task in TASKS[:-1]:  # in-template: 4 of 20 lost
+            oks = [int(k >= 4) for k in range(N)]
+            last[task + "-template"] = {"acc": sum(oks) / N,
+                                        "records": [[f"{task}-{k}", ok, 0.5] for k, ok in enumerate(oks)]}  # fmt: skip
+        cells.append(cell)
+    cells.append(_cell("joint", 0, wrong_at_end=0))  # no sequence: left out
+    lines = lost_by_phrasing(_groups(cells))
+    rows = [line for line in lines if line.startswith("| lora")]
+    assert len(rows) == 1 and rows[0].startswith("| lora | protect | 0,1 |")
+    assert rows[0].count("0.100 [0.100, 0.100] / 0.200 [0.200, 0.200]") == len(TASKS) - 1
