@@ -46,15 +46,20 @@ TASKS = [t.removeprefix("builtin:") for t in SEQUENCE]  # the recipe's task name
 RESULTS = ROOT / "benchmarks/results/sequence-study.json"
 
 
-TRAINING = {"steps": ("train.max_steps", int), "lr": ("train.lr", float)}  # after `@`
+# after `@`: name -> (recipe setting, value as --set writes it)
+TRAINING = {
+    "steps": ("train.max_steps", int),
+    "lr": ("train.lr", float),
+    "exclude": ("continual.protect_exclude", lambda v: f"[{v}]"),  # one regex: no branch there
+}
 
 
 def sets_of(strategy: str) -> list[str]:
     """`--set` items of a strategy: `protect` alone takes every default (energy 0.99, full
     layers fit); the others as the pair study names them (none, replay:F:N, protect:E); `+`
     joins a protect and a replay (`protect:0.97+replay:0.1:50`: both in one run); `@` sets the
-    training of each task after the shared first one: `protect@steps=100`, `protect@lr=0.0006`
-    (comma-separated)."""
+    training of each task after the shared first one: `protect@steps=100`, `protect@lr=0.0006`,
+    `protect@exclude=down_proj` (layers given no protected branch; comma-separated)."""
     strategy, at, changes = strategy.partition("@")
     if at:
         sets = sets_of(strategy)

@@ -51,6 +51,16 @@ def num_experts(method: str, experts: int) -> int:
     return 1 if method in SINGLE_EXPERT_METHODS else experts
 
 
+def regexes(patterns: list[str]) -> list[str]:
+    """`patterns`, each checked to compile (a ValueError names the first that does not)."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    return patterns
+
+
 class AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -108,12 +118,7 @@ class AdapterConfig(BaseModel):
     @field_validator("targets", "exclude")
     @classmethod
     def _regexes_compile(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return value
+        return regexes(value)
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> AdapterConfig:

@@ -52,6 +52,7 @@ class Bases:
     energies: dict[str, list[Tensor | None]] = field(default_factory=dict)  # group -> per task
     origin: list[str | None] = field(default_factory=list)  # per task: version file holding it
     stored: dict[tuple[int, str], Tensor] = field(default_factory=dict)  # this run's, float16
+    covered: dict[str, set[int]] = field(default_factory=dict)  # group -> tasks that recorded it
 
     def add(self, task: str, grams: dict[str, Tensor], energy: float, source: dict) -> dict:
         """Task `task`'s directions from its inputs' Gram matrices (group -> C), up to `energy`
@@ -81,6 +82,7 @@ class Bases:
                 cols = torch.cat([old, stored.double()], dim=1)
             self.stored[(index, group)] = stored
             self.columns[group] = cols
+            self.covered.setdefault(group, set()).add(index)
             self.owner.setdefault(group, []).extend([index] * stored.shape[1])
             per_task = self.energies.setdefault(group, [])
             per_task += [None] * (index - len(per_task))  # groups a legacy file lacked
@@ -90,12 +92,24 @@ class Bases:
         self.origin.append(None)  # this run's: stored in the new version's file
         return inside
 
+    def missing(self, groups: set[str]) -> dict[str, list[str]]:
+        """Of `groups`, those some task recorded no directions for (its run gave no layer
+        reading that input a branch: continual.protect_exclude), with those tasks."""
+        out = {}
+        for group in sorted(groups):
+            lacking = [t for i, t in enumerate(self.tasks) if i not in self.covered.get(group, ())]
+            if lacking:
+                out[group] = lacking
+        return out
+
     def cut(self, energy: float, room: dict[str, int]) -> tuple[dict[str, Tensor], dict]:
-        """(group -> the columns guarding a new branch, group -> per task the energy held)."""
+        """(group -> the columns guarding a new branch, group -> per task the energy held), for
+        the groups of `room` (group -> directions the bases may take)."""
         from medqwen_cli.continual.subspace import choose_columns
 
         guard, held = {}, {}
-        for group, cols in self.columns.items():
+        for group in room:
+            cols = self.columns[group]
             energies = self.energies[group] + [None] * (len(self.tasks) - len(self.energies[group]))
             keep, held[group] = choose_columns(self.owner[group], energies, energy, room[group])
             guard[group] = cols[:, keep]
@@ -107,6 +121,8 @@ class Bases:
         out = {}
         for group in self.columns:
             for t in indices:
+                if (t, group) not in self.stored:  # the task recorded no basis for this input
+                    continue
                 energy = self.energies[group][t]
                 out[f"{t}{_SEP}{group}{_SEP}directions"] = self.stored[(t, group)].contiguous()
                 if energy is not None:
@@ -137,6 +153,7 @@ def load_bases(bundle: Any, parent: str | None) -> tuple[Bases, dict[str, str]]:
                 bases.origin.append(version)
             first = 0
             for group, cols in stored.items():
+                bases.covered[group] = set(range(len(record.bases.tasks)))
                 bases.columns[group] = cols.double()
                 bases.owner[group] = [first] * cols.shape[1]
                 bases.energies[group] = [None] * len(record.bases.tasks)
@@ -149,6 +166,7 @@ def load_bases(bundle: Any, parent: str | None) -> tuple[Bases, dict[str, str]]:
                 index, group, kind = key.split(_SEP)
                 if int(index) != t or kind != "directions":
                     continue
+                bases.covered.setdefault(group, set()).add(t)
                 old = bases.columns.get(group, value.new_zeros(value.shape[0], 0).double())
                 # 16-bit: settled as the adding run did; float32 (older files): as stored
                 new = (

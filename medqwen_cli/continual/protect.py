@@ -68,6 +68,7 @@ class ProtectStrategy(Strategy):
     seed: int = 0  # the samples' seed (train.seed)
     own_tasks: list[str] = field(default_factory=list)  # the run's tasks
     full: str = "fit"  # continual.protect_full: what a layer without room does
+    exclude: list[str] = field(default_factory=list)  # continual.protect_exclude: no branch there
     adapter: Any = None  # the recipe's adapter settings: the branches' method, rank, experts
     train: Any = None  # the recipe's train settings: batch size, image and length limits
     replay: Any = None  # the run also replays: its batches come from this ReplayStrategy
@@ -84,6 +85,7 @@ class ProtectStrategy(Strategy):
     held: dict[str, list[float | None]] = field(default_factory=dict)  # group -> per task
     over: dict[str, list[int]] = field(default_factory=dict)  # full groups: [asked, room]
     branches: int = 0
+    branched: list[str] = field(default_factory=list)  # the layers given a branch
 
     # ------------------------------------------------------------------ phases
 
@@ -99,13 +101,18 @@ class ProtectStrategy(Strategy):
         )  # fmt: skip
         self.bases, self.groups = load_bases(bundle, self.stored_from)
         self.stored_count = len(self.bases.tasks)
+        self.branched = branched_layers(model, self.exclude)
         for task, records, checked in self.from_data:
             source = {"source": "data", "records": len(records), "checked_against": checked}
             self._add(model, task, records, source)
         if not self.earlier:
             return
+        needed = {self.groups.get(name, name) for name in self.branched}
+        missing = self.bases.missing(needed)
+        if missing:
+            raise _unrecorded_error(missing, self.exclude)
         sizes = {name: layer.in_features for name, layer in _layers(model)}
-        room = {g: sizes[g] - self.adapter.rank for g in self.bases.columns}
+        room = {g: sizes[g] - self.adapter.rank for g in sorted(needed)}
         guard, self.held = self.bases.cut(self.energy, room)
         asked, _ = self.bases.cut(self.energy, {g: sizes[g] for g in room})  # without the branch
         self.over = {
@@ -114,7 +121,7 @@ class ProtectStrategy(Strategy):
         if self.over and self.full == "refuse":
             raise _full_error(self.bases, self.over, self.energy, room)
         self.guarded = {g: int(m.shape[1]) for g, m in guard.items()}
-        add_protected_branches(model, guard, self.groups, self.adapter)
+        add_protected_branches(model, guard, self.groups, self.adapter, layers=self.branched)
         layers = [layer for _, layer in _layers(model)]
         self.branches = max(len(layer.branches) for layer in layers)
         for layer in layers:  # the earlier tasks' linear parts join W0, for this run only
@@ -168,6 +175,11 @@ class ProtectStrategy(Strategy):
             "basis_share": [min(shares), max(shares)] if shares else [0.0, 0.0],
             "new_task_energy_in_bases": [min(inside), max(inside)] if inside else None,
             "full_layers": len(self.over),
+            **(
+                {"protect_exclude": list(self.exclude), "branched_layers": len(self.branched)}
+                if self.exclude
+                else {}
+            ),
             "least_held": {
                 t: round(v, 4) for t, (v, _) in _lowest(self.bases.tasks, self.held).items()
             },
@@ -198,6 +210,7 @@ class ProtectStrategy(Strategy):
             protect_full=self.full,
             held={g: [None if v is None else round(v, 6) for v in vs] for g, vs in self.held.items()},
             full=self.over, replay=self.replay.record() if self.replay is not None else None,
+            protect_exclude=list(self.exclude),
         )  # fmt: skip
 
     def files(self, run_dir: Path) -> dict[str, Path]:
@@ -215,8 +228,9 @@ class ProtectStrategy(Strategy):
 
         size = self.train.batch_size
         grams, groups, tokens = input_grams(
-            model, lambda: _batches(records, self.collator, size), self.device
-        )
+            model, lambda: _batches(records, self.collator, size), self.device,
+            only=set(self.branched),
+        )  # fmt: skip
         if self.groups and groups != self.groups:
             raise TrainingError(
                 "the layers' input groups differ from the stored bases' "
@@ -255,6 +269,28 @@ def _full_error(bases: Bases, over: dict, energy: float, room: dict[str, int]) -
         f"({len(over)} layer input(s) like it) and continual.protect_full=refuse",
         fix,
     )
+
+
+def _unrecorded_error(missing: dict[str, list[str]], exclude: list[str]) -> TrainingError:
+    """An earlier task recorded no basis for an input this run would give a branch."""
+    group, tasks = next(iter(missing.items()))
+    kind = group.rsplit(".", 1)[-1]
+    return TrainingError(
+        f"layer input {group}: earlier task(s) {', '.join(map(repr, tasks))} recorded no input "
+        f"basis for it (their runs gave no branch to the layers reading it, "
+        f"continual.protect_exclude); a branch there could move them unguarded "
+        f"({len(missing)} layer input(s) like it)",
+        "exclude those layers again, e.g. --set "
+        f"'continual.protect_exclude=[{', '.join(sorted({*exclude, kind + '$'}))}]'",
+    )
+
+
+def branched_layers(model: Any, exclude: list[str]) -> list[str]:
+    """The adapted layers that get a protected branch: those no `exclude` regex matches."""
+    import re
+
+    patterns = [re.compile(p) for p in exclude]
+    return [name for name, _ in _layers(model) if not any(p.search(name) for p in patterns)]
 
 
 def _layers(model: Any) -> Any:
@@ -300,7 +336,8 @@ def plan_protect(
     return ProtectStrategy(
         energy=cfg.protect_energy, records=cfg.protect_records, earlier=earlier,
         stored_from=version if stored else None, stored_tasks=stored, from_data=from_data,
-        seed=seed, own_tasks=list(new_tasks), full=cfg.protect_full, adapter=recipe.adapter,
+        seed=seed, own_tasks=list(new_tasks), full=cfg.protect_full,
+        exclude=list(cfg.protect_exclude), adapter=recipe.adapter,
         train=recipe.train,
     )  # fmt: skip
 
@@ -322,22 +359,30 @@ def check_room(name: str, n: int, k: int, rank: int) -> None:
 
 
 def add_protected_branches(
-    model: nn.Module, bases: dict[str, Tensor], groups: dict[str, str], cfg: AdapterConfig
+    model: nn.Module,
+    bases: dict[str, Tensor],
+    groups: dict[str, str],
+    cfg: AdapterConfig,
+    *,
+    layers: list[str] | None = None,
 ) -> list[Branch]:
-    """Freeze every adapter tensor of `model` and give each adapted layer a new branch in the
-    complement of its group's basis, trainable and kept there (`Branch.set_protect`)."""
+    """Freeze every adapter tensor of `model` and give each adapted layer (of `layers`, default
+    every one) a new branch in the complement of its group's basis, trainable and kept there
+    (`Branch.set_protect`)."""
     import torch
 
     from medqwen_cli.adapters.branches import attach_branch, branch_init, freeze_adapters
     from medqwen_cli.continual.subspace import complement
 
-    layers = list(_layers(model))
-    for name, layer in layers:  # every layer checked before the model changes
+    chosen = list(_layers(model))
+    if layers is not None:
+        chosen = [(name, layer) for name, layer in chosen if name in set(layers)]
+    for name, layer in chosen:  # every layer checked before the model changes
         basis = bases.get(groups.get(name, name))
         check_room(name, layer.in_features, 0 if basis is None else basis.shape[1], cfg.rank)
     freeze_adapters(model)
     added = []
-    for name, layer in layers:
+    for name, layer in chosen:
         basis = bases.get(groups.get(name, name))
         if basis is None:
             basis = torch.zeros(layer.in_features, 0, dtype=torch.float64)

@@ -84,18 +84,21 @@ class ProtectRecord(_Record):
     held: dict[str, list[float | None]] = Field(default_factory=dict)
     full: dict[str, list[int]] = Field(default_factory=dict)
     replay: ReplayRecord | None = None  # the run also replayed (absent from the file if not)
+    protect_exclude: list[str] = Field(default_factory=list)  # layers given no branch (if any)
 
     def describe(self) -> str:
         also = f" + {self.replay.describe()}" if self.replay is not None else ""
         if not self.protected_tasks:
             return f"protect {self.protect_energy}: basis recorded{also}"
         full = f", {len(self.full)} layer input(s) full" if self.full else ""
-        return f"protect {self.protect_energy}, branch {self.branches}{full}{also}"
+        skip = f", no branch at {' '.join(self.protect_exclude)}" if self.protect_exclude else ""
+        return f"protect {self.protect_energy}, branch {self.branches}{full}{skip}{also}"
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
-        if out["replay"] is None:  # a version that did not replay reads as before
-            del out["replay"]
+        for key in ("replay", "protect_exclude"):  # a run without them reads as before
+            if not out[key]:
+                del out[key]
         return out
 
 

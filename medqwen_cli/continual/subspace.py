@@ -36,6 +36,7 @@ def input_grams(
     device: torch.device | str,
     *,
     budget: int = GRAM_BUDGET,
+    only: set[str] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, str], int]:
     """(group -> C = X X^T (n x n, float64), layer -> group, non-padding tokens seen) over
     the collated records `batches()` yields, run through `model` as it is.
@@ -44,10 +45,12 @@ def input_grams(
     the groups' Gram matrices are summed over every batch, as many groups per pass as fit in
     `budget` bytes (Qwen2-VL-2B's down_proj input alone is 8960 x 8960 x 8 B = 640 MB, 28 of
     them 18 GB: several passes over the records instead of one that would not fit).
+    `only`: layer names; only the groups that one of them reads are computed (default all).
     """
     layers = dict(adapter_layers(model))
     groups = _groups(model, layers, next(iter(batches())), device)
-    leaders = list(dict.fromkeys(groups.values()))
+    wanted = None if only is None else {groups.get(name, name) for name in only}
+    leaders = [g for g in dict.fromkeys(groups.values()) if wanted is None or g in wanted]
     chunks: list[list[str]] = [[]]
     for group in leaders:  # greedy, in model order
         size = layers[group].in_features ** 2 * 8

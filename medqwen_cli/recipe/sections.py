@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The `adapter` section: defined with the method's facts, re-exported for recipe importers.
 from medqwen_cli.adapters.config import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
 from medqwen_cli.adapters.config import DEFAULT_TARGETS as DEFAULT_TARGETS
 from medqwen_cli.adapters.config import Method as Method
+from medqwen_cli.adapters.config import regexes
 
 # Built-in synthetic tasks (medqwen_cli.data.synthetic generates them on first use, no download).
 BUILTIN_TASKS = (
@@ -190,6 +191,15 @@ class ContinualConfig(_Strict):
         ge=1,
         description="Train records per task (a seeded sample) whose layer inputs make its basis.",
     )
+    protect_exclude: list[str] = Field(
+        default_factory=list,
+        description="Adapted layers (regular expressions searched in the layer's name, like "
+        "adapter.exclude) that get no protected branch: they keep the earlier tasks' adapters, "
+        "frozen, and the run records no basis for an input only they read. E.g. [down_proj$]: "
+        "the MLP's output projection reads the widest input (the largest bases) and is where "
+        "later branches move old tasks' outputs most. Every later protected run must exclude "
+        "at least the same layers.",
+    )
     protect_full: Literal["fit", "refuse"] = Field(
         "fit",
         description="When a layer's input has no room for every earlier task's basis at "
@@ -197,3 +207,8 @@ class ContinualConfig(_Strict):
         "task that leave the branch its rank (and says which layers and how much each task "
         "kept); `refuse` stops before training, naming an energy that fits.",
     )
+
+    @field_validator("protect_exclude")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        return regexes(value)

@@ -98,6 +98,9 @@ def test_strategy_names_give_their_settings() -> None:
     assert sets_of("protect@steps=100,lr=0.0006") == [
         "continual.protect=true", "train.max_steps=100", "train.lr=0.0006",
     ]  # fmt: skip
+    assert sets_of("protect@exclude=down_proj") == [
+        "continual.protect=true", "continual.protect_exclude=[down_proj]",
+    ]  # fmt: skip
     bad = ("protect+protect:0.9", "none+replay:0.1", "replay:x", "protect@100", "protect@lr=x")
     for name in bad:
         with pytest.raises(ValueError):

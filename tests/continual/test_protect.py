@@ -189,3 +189,34 @@ def test_five_tasks_with_defaults_and_no_old_data(bundle_dir: Path, tmp_path: Pa
     shown = json.loads(cli("inspect", str(bundle_dir), "--format", "json").out)
     assert shown["strategy"].startswith("protect 0.99, branch 4")
     assert set(shown["protect_bases"]["least_kept"]) == set(record["protected_tasks"])
+
+
+def test_excluded_layers_get_no_branch_and_record_no_basis(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    from medqwen_cli.bundle import load_tensors
+
+    skip = [*QUICK, *PROTECT, "continual.protect_exclude=[down_proj$]"]
+    task_a = _task_dir(tmp_path / "a", 6)
+    first = continue_bundle(bundle_dir, task=str(task_a), overrides=skip, evaluate=False)
+    second = continue_bundle(bundle_dir, task="ct", overrides=skip, evaluate=False)
+    assert second.continual["protect_exclude"] == ["down_proj$"]
+    b = Bundle.open(bundle_dir)
+    for version in (first.version, second.version):  # no basis of down_proj's input is stored
+        keys = load_tensors(b.version_dir(version) / "protect.safetensors")
+        assert keys and not any("down_proj" in k for k in keys)
+    state = b.read_adapter(second.version)
+    branched = {k.split(".branches.")[0] for k in state if ".branches.0." in k}
+    assert branched and not any(k.endswith("down_proj") for k in branched)
+    assert any(k.endswith("up_proj") for k in branched)
+    assert b.read_json("continual.json", second.version)["protect_exclude"] == ["down_proj$"]
+    # a later run that would branch down_proj has no basis of it for ct: refused, and the hint's
+    # setting runs
+    with pytest.raises(
+        TrainingError, match=r"mlp\.down_proj: earlier task\(s\) .* recorded no"
+    ) as err:
+        continue_bundle(bundle_dir, task="xray", overrides=[*QUICK, *PROTECT], evaluate=False)
+    setting = re.search(r"--set '([^']+)'", err.value.hint).group(1)
+    third = continue_bundle(bundle_dir, task="xray", overrides=[*QUICK, *PROTECT, setting],
+                            evaluate=False)  # fmt: skip
+    assert third.continual["branches"] == 2
