@@ -56,10 +56,13 @@ def fractions(bundle: Path) -> list[dict[str, float]]:
     return out
 
 
-def branch_bytes(rank: int, experts: int, spectral: bool) -> int:
-    """One branch at 2B shapes in float32: A, B, router, and the frozen residual factors."""
+def branch_bytes(rank: int, experts: int, spectral: bool, exclude: tuple[str, ...] = ()) -> int:
+    """One branch at 2B shapes in float32: A, B, router, and the frozen residual factors
+    (none on the kinds of input in `exclude`)."""
     total = 0
     for name, outs in LINEARS.items():
+        if name in exclude:
+            continue
         n = INPUT[name]
         for m in outs:
             total += rank * (n + m) + (experts * n if experts > 1 else 0)
@@ -86,9 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="make the tiny sequence")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--exclude", nargs="*", default=[], choices=sorted(INPUT),
+                        help="kinds of layer input given no branch and no basis "
+                        "(continual.protect_exclude), e.g. down_proj")  # fmt: skip
     args = parser.parse_args(argv)
     bundle = args.bundle if args.bundle is not None else tiny_sequence()
-    tasks = fractions(bundle)
+    tasks = [{k: f for k, f in frac.items() if k not in args.exclude} for frac in fractions(bundle)]
     print(
         f"k / n from {bundle} ({len(tasks)} protected tasks); Qwen2-VL-2B base {BASE_BYTES / 1e9:.2f} GB (bf16)"
     )
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     for t, frac in enumerate(tasks, 1):
         new = sum(LAYERS * INPUT[k] * INPUT[k] * f for k, f in frac.items())  # floats
         accumulated += new
-        branch = branch_bytes(args.rank, args.experts, spectral=True) if t > 1 else 0
+        branch = branch_bytes(args.rank, args.experts, True, tuple(args.exclude)) if t > 1 else 0
         branches += branch
         per_task = new * 2 + branch  # directions stored in float16 (continual/bases.py)
         total_new += per_task
