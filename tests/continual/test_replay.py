@@ -98,7 +98,7 @@ def test_continue_with_replay_mixes_a_fixed_buffer_and_records_ids_only(
     assert {"continual.json", "data.json"} <= set(info.files)  # checksummed like every file
     assert info.recipe["continual"] == {
         "replay": 0.25, "replay_per_task": 3, "protect": False, "protect_energy": 0.99,
-        "protect_records": 100, "protect_full": "fit",
+        "protect_records": 100, "protect_exclude": [], "protect_full": "fit",
     }  # fmt: skip
     record = b.read_json("continual.json", result.version)
     ids = record["tasks"]["xray"]["ids"]

@@ -111,15 +111,16 @@ def test_two_processes_continue_with_protect(bundle_dir: Path) -> None:
     record = b.read_json("continual.json", "v0003")
     assert record["branches"] == 1 and record["protected_tasks"] == ["xray"]
     from medqwen_cli.adapters import adapter_layers
-    from medqwen_cli.bundle import load_tensors
+    from medqwen_cli.continual.bases import load_bases
 
-    bases = load_tensors(b.version_dir("v0003") / "protect.safetensors")
+    bases, _ = load_bases(b, "v0003")  # the columns as a run reads them (16-bit, settled)
     layers = dict(adapter_layers(load_adapted(b, "v0003").model))
     for name, layer in layers.items():  # the trained branch stayed in xray's complement
         group = record["groups"][name]
-        guard = bases[f"0:{group}:directions"]  # xray's directions (task 0 of the bases)
+        owner = bases.owner[group]
+        guard = bases.columns[group][:, [c for c, t in enumerate(owner) if t == 0]]  # xray's
         assert guard.shape[1] == record["bases"]["guarded"][group]  # all of them guard it
-        a = layer.branches[0].lora_A.detach()
+        a = layer.branches[0].lora_A.detach().double()
         assert guard.shape[1] > 0 and float((a @ guard).norm() / a.norm()) < 1e-4, name
 
 
