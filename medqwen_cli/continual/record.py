@@ -168,7 +168,9 @@ def inspect_fields(bundle: Any, version: str) -> dict[str, Any]:
     out: dict[str, Any] = {"strategy": "none" if record is None else record.describe()}
     if isinstance(record, ProtectRecord) and record.bases.sizes:
         shares = [k / n for n, k in record.bases.sizes.values()]
-        guarded = [record.bases.guarded.get(g, 0) / n for g, (n, _) in record.bases.sizes.items()]
+        sizes = record.bases.sizes
+        # over the layer inputs with a branch (all of them unless continual.protect_exclude)
+        guarded = [k / sizes[g][0] for g, k in record.bases.guarded.items()] or [0.0]
         out["protect_bases"] = {
             "what": "layer-input directions: derived statistics, no records",
             "tasks": record.bases.tasks,
