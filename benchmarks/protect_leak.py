@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -46,7 +47,16 @@ def leak(cell: Path, version: str, task: str, split: str, records: int) -> dict:
 
     bundle = Bundle.open(cell / "bundle")
     record = read_record(bundle, version)
-    own = record.bases.tasks.index(task) - 1  # its branch (-1: the layer's own experts)
+    tasks = record.bases.tasks  # in training order; each after the first trained a branch
+    trained_in = {t: v for v, idx in {**record.bases.files, version: record.bases.added}.items()
+                  for t in (tasks[i] for i in idx)}  # fmt: skip
+    skips = {t: [re.compile(p) for p in read_record(bundle, trained_in[t]).protect_exclude]
+             for t in tasks[1:]}  # fmt: skip
+
+    def branch_tasks(layer_name: str) -> list[str]:
+        """The tasks whose branches this layer holds, in order (a run's exclude left it none)."""
+        return [t for t in tasks[1:] if not any(p.search(layer_name) for p in skips[t])]
+
     recipe = load_recipe(RECIPE)
     name = task if split == "eval" else f"{task}-template"
     chosen = load_eval_tasks(recipe, [name], data_dir=Settings.from_env().data_cache_dir)
@@ -60,10 +70,15 @@ def leak(cell: Path, version: str, task: str, split: str, records: int) -> dict:
     def hook(layer_name: str):
         kind = layer_name.rsplit(".", 1)[-1]
 
+        held = branch_tasks(layer_name)
+        own = held.index(task) if task in held else -1  # its branch (-1: none here)
+        after = tasks.index(task)  # the branches of tasks trained after it
+        later_ix = [i for i, t in enumerate(held) if tasks.index(t) > after]
+
         def capture(layer, args, out) -> None:
             x = args[0].float().reshape(-1, layer.in_features)
             y = out.float().reshape(-1, layer.out_features)
-            later = range(own + 1, len(layer.branches))
+            later = later_ix
             for part, sets in zip(PARTS, ([layer], [layer.branches[own]] if own >= 0 else [],
                                           [layer.branches[i] for i in later]), strict=True):  # fmt: skip
                 delta = torch.zeros_like(y)
