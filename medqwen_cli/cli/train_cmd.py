@@ -301,4 +301,9 @@ def _protect_line(c: dict) -> str:
         inside = c.get("new_task_energy_in_bases")
         if inside:
             what += f"; {inside[0]:.0%}-{inside[1]:.0%} of the new task's input energy lies inside"
+    if c.get("protect_exclude"):
+        what += (
+            f"; no branch at {' '.join(c['protect_exclude'])} "
+            f"({c['branched_layers']} layers branched)"
+        )
     return f"protect: {what}; this task's basis is stored for the next --protect"
