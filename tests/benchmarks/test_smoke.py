@@ -5,7 +5,7 @@ Smoke only: no timing is asserted (timings are measured by the scripts, never by
 
 from __future__ import annotations
 
-from bench_tables import is_number, run_script, tables
+from bench_tables import REPO, is_number, run_script, tables
 
 
 def test_layer_quick() -> None:
@@ -78,3 +78,18 @@ def test_bases_storage_quick() -> None:
     assert [r["task"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert rows[0]["branch (sslora r32, E8)"] == "0 MB"  # the first task trains no branch
     assert all(r["branch (sslora r32, E8)"] == rows[1]["branch (sslora r32, E8)"] for r in rows[1:])
+
+
+def test_bases_storage_without_a_kind_of_input() -> None:
+    """--exclude drops a kind of input's bases and branch tensors from the bytes per task."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bases_storage import INPUT, LAYERS, LINEARS, branch_bytes
+
+    whole = branch_bytes(32, 8, True)
+    without = branch_bytes(32, 8, True, ("down_proj",))
+    (m,) = LINEARS["down_proj"]
+    n = INPUT["down_proj"]
+    # down_proj's A and B, its frozen residual pair, and its router, float32, every layer
+    assert whole - without == (2 * 32 * (n + m) + 8 * n) * LAYERS * 4
