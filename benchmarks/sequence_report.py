@@ -30,6 +30,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -357,6 +358,8 @@ def report(results: dict, probes_file: Path | None = PROBES) -> str:
              f"torch {env.get('torch')}; base {settings.get('base') or 'nano-qwen2-vl'} "
              f"(fingerprint {env.get('base_fingerprint')}), {settings.get('steps')} steps of "
              f"batch 8 per task, {settings.get('samples')} eval records per task and split."]  # fmt: skip
+    codes = Counter(c["env"].get("code", "not recorded") for c in cells)
+    lines += ["Code: " + ", ".join(f"{k} ({n} cells)" for k, n in sorted(codes.items()))]
     lines += [f"Left out: {x}" for x in left]
     lines += ["", "## Summary (unseen phrasing; seed means, [95 % interval] with 2 seeds or more)",
               "", *summary(groups),

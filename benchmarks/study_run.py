@@ -41,12 +41,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def code_version() -> str:
+    """The commit of the code that runs (`git describe`, "-dirty" when tracked files differ)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                              cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=60, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return done.stdout.strip()
+
+
 def run_env(fingerprint: str) -> dict:
     """What a run ran on: runs on different base builds are not pairs."""
     import torch
 
     return {"base_fingerprint": fingerprint, "cpu": cpu_model(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "code": code_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}"}  # fmt: skip
 

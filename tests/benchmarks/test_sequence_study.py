@@ -39,6 +39,8 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     assert json.loads(results.read_text())["cells"] == cells
     report = run_script("sequence_report.py", "--results", str(results), "--figure",
                         str(tmp_path / "fig.png"))  # fmt: skip
+    code = {c["env"]["code"] for c in cells.values()}  # the commit that ran them, recorded
+    assert len(code) == 1 and f"Code: {code.pop()} (3 cells)" in report
     found = tables(report)
     summary = next(t for t in found if "BWT" in t[0])
     assert {(r["strategy"], r["seeds"]) for r in summary} == {
