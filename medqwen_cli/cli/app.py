@@ -37,9 +37,9 @@ from medqwen_cli.errors import Interrupted, MedqwenError
 app = typer.Typer(
     name="medqwen",
     help="Sparse Spectral LoRA for medical vision-language models: routed spectral experts, "
-    "continual tasks with their forgetting measured, two strategies that keep earlier tasks "
-    "(continue --protect: protected branches, no old data; --replay: earlier records; on the "
-    "built-in conflict study protect kept 97-100 % of the old task, docs/continual.md), "
+    "continual tasks with their forgetting measured, two strategies against it (continue "
+    "--protect: protected branches, no old data; --replay: earlier records; what each keeps "
+    "and costs on a five-task sequence: docs/continual.md), "
     "versioned adapter bundles. Results go to stdout, logs and progress to stderr.",
     no_args_is_help=True,
     add_completion=False,
