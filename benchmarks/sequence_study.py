@@ -9,6 +9,9 @@ task seen so far and the next one are scored on their unseen-phrasing split (`se
 record, and the task just learned (after the last task: every task) on its in-template split
 (`seq-X-template`), see `schedule`. The first version is scored once per (method, seed). Protect cells check that no earlier task's
 basis came from data (each is computed at the end of its own task's run: no old data read).
+`protect:E` above the energy the shared first version recorded its basis at trains seq-cxr again
+in the cell's own bundle, recording at E, and goes on only if the adapter is the shared one's bit
+for bit (a later run can cut a stored basis lower, never higher).
 `protect@steps=100` and `protect@lr=0.0006` train each later task for 100 steps, or at that
 learning rate. `protect:E+replay:F:N` runs both in each `continue` (replay reads the old tasks' data; the
 bases still come from the versions). `joint` (the upper bound) trains the five mixed from the init for five times the steps and is
@@ -150,6 +153,37 @@ def first_task(args: argparse.Namespace, method: str, seed: int, out: Path) -> P
     return done
 
 
+def richer_energy(strategy: str, first: Path) -> float | None:
+    """The protect energy a cell asks for when it is above the one the shared first version
+    recorded its basis at (a later run can cut a stored basis lower, never higher), else None."""
+    from medqwen_cli.bundle import Bundle
+    from medqwen_cli.continual.record import read_record
+
+    asked = [float(s.split("=", 1)[1]) for s in sets_of(strategy)
+             if s.startswith("continual.protect_energy=")]  # fmt: skip
+    bundle = Bundle.open(first)
+    recorded = read_record(bundle, bundle.head).protect_energy
+    return asked[0] if asked and asked[0] > recorded else None
+
+
+def record_first_at(args: argparse.Namespace, method: str, seed: int, energy: float, root: Path,
+                    shared_sha: str) -> None:  # fmt: skip
+    """The first task trained again in the cell's own bundle, recording its basis at `energy`.
+    Training does not depend on the energy (with no earlier task protect only records), so the
+    adapter must be the shared first version's bit for bit: the cell then pairs with the others
+    (same adapter, same scores) and only its stored basis holds more."""
+    from medqwen_cli.init_experts import init_experts
+    from medqwen_cli.recipe import load_recipe
+    from medqwen_cli.training.run import continue_bundle
+
+    init_experts(load_recipe(RECIPE, base_sets(args, method, seed)), root)
+    result = continue_bundle(root, task=TASKS[0], evaluate=False, overrides=[
+        "continual.protect=true", f"continual.protect_energy={energy}"])  # fmt: skip
+    if adapter_sha256(root, result.version) != shared_sha:
+        raise RuntimeError(f"{method} seed {seed}: seq-cxr trained again for a basis at {energy} "
+                           "is not the shared first version (another machine or thread count?)")  # fmt: skip
+
+
 def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, out: Path) -> dict:
     from medqwen_cli.bundle import Bundle
     from medqwen_cli.training.run import continue_bundle, train_bundle
@@ -174,10 +208,14 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
         return {"first": None, "steps": steps}
     first = first_task(args, method, seed, out)
     root = cell_dir / "bundle"
-    shutil.copytree(first, root)
+    first_sha = adapter_sha256(first, Bundle.open(first).head)
+    energy = richer_energy(strategy, first)
+    if energy is None:
+        shutil.copytree(first, root)
+    else:
+        record_first_at(args, method, seed, energy, root, first_sha)
     bundle = Bundle.open(root)
     head = bundle.head
-    first_sha = adapter_sha256(root, head)
     timing = first.parent / "first-timing.json"  # the shared run's own times
     timing = json.loads(timing.read_text()) if timing.is_file() else {}
     first_scores = json.loads((first.parent / "first-scores.json").read_text())

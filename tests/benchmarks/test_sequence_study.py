@@ -14,13 +14,20 @@ from medqwen_cli.data.synthetic.sequence import SEQUENCE
 
 def test_quick_study_and_report(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    args = ["--quick", "--methods", "lora", "--strategies", "none", "protect", "joint",
-            "--out", str(tmp_path / "out"), "--results", str(results)]  # fmt: skip
+    args = ["--quick", "--methods", "lora", "--strategies", "none", "protect", "protect:0.999",
+            "joint", "--out", str(tmp_path / "out"), "--results", str(results)]  # fmt: skip
     run_script("sequence_study.py", *args)
     cells = json.loads(results.read_text())["cells"]
-    assert set(cells) == {"lora/0/none", "lora/0/protect", "lora/0/joint"}
+    assert set(cells) == {"lora/0/none", "lora/0/protect", "lora/0/protect:0.999", "lora/0/joint"}
     none, protect = cells["lora/0/none"], cells["lora/0/protect"]
     assert none["first"]["sha256"] == protect["first"]["sha256"]  # one first version
+    # an energy above the shared first version's: the first task trained again in the cell,
+    # the same adapter bit for bit (checked by the study), a basis holding more
+    richer = cells["lora/0/protect:0.999"]
+    assert richer["first"]["sha256"] == protect["first"]["sha256"]
+    assert richer["steps"][0]["scores"] == protect["steps"][0]["scores"]
+    size = [c["steps"][0]["costs"]["bytes"]["protect.safetensors"] for c in (protect, richer)]
+    assert size[1] > size[0]
     assert [s["task"] for s in protect["steps"]] == [t.removeprefix("builtin:") for t in SEQUENCE]
     tasks = [s["task"] for s in protect["steps"]]
     for i, step in enumerate(protect["steps"]):  # seen and next unseen; template: just learned
@@ -40,24 +47,25 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     report = run_script("sequence_report.py", "--results", str(results), "--figure",
                         str(tmp_path / "fig.png"))  # fmt: skip
     code = {c["env"]["code"] for c in cells.values()}  # the commit that ran them, recorded
-    assert len(code) == 1 and f"Code: {code.pop()} (3 cells)" in report
+    assert len(code) == 1 and f"Code: {code.pop()} (4 cells)" in report
     found = tables(report)
     summary = next(t for t in found if "BWT" in t[0])
     assert {(r["strategy"], r["seeds"]) for r in summary} == {
         ("none", "0"),
         ("protect", "0"),
+        ("protect:0.999", "0"),
         ("joint", "0"),
     }
     (targets,) = [t for t in found if "measure" in t[0]]
     assert {"protect (seeds 0)", "none (seeds 0)"} <= set(targets[0])
     assert targets[-1]["measure"].endswith("bootstrap over records")
     matrices = [t for t in found if "after" in t[0]]
-    assert len(matrices) == 2 and all(len(m) == 5 for m in matrices)
+    assert len(matrices) == 3 and all(len(m) == 5 for m in matrices)
     assert matrices[0][0]["seq-derm"] == ""  # after the first task: itself and the next only
     costs = next(t for t in found if "train s" in t[0])
-    assert len(costs) == 1 + 5 + 5
+    assert len(costs) == 1 + 5 + 5 + 5, len(costs)
     layers = next(t for t in found if "least energy held" in t[0])
-    assert [r["task"] for r in layers] == [t.removeprefix("builtin:") for t in SEQUENCE[1:]]
+    assert [r["task"] for r in layers] == 2 * [t.removeprefix("builtin:") for t in SEQUENCE[1:]]
     assert (tmp_path / "fig.png").stat().st_size > 10_000
 
 
