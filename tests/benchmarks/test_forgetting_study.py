@@ -106,3 +106,22 @@ def test_the_docs_tables_are_the_committed_results_report(doc: str) -> None:
     fill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fill)
     assert (REPO / doc).read_text(encoding="utf-8") == fill.filled(doc)
+
+
+def test_rerun_compare_counts_changed_answers_and_skips_other_a_versions() -> None:
+    import rerun_compare
+
+    def run(seed: int, digest: str, records: list) -> dict:
+        acc = sum(r[1] for r in records) / len(records)
+        scores = {"cxr-rules": {"acc": acc, "records": records}}
+        return {"method": "lora", "seed": seed, "strategy": "protect:0.99",
+                "A": {"digest": digest}, "pairs": {"conflict": {"scores": scores}}}  # fmt: skip
+
+    reference = {"runs": [run(0, "a0", [["r1", 1, 0.9], ["r2", 0, 0.2]]),
+                          run(1, "a1", [["r1", 1, 0.9]])]}  # fmt: skip
+    rerun = {"runs": [run(0, "a0", [["r1", 1, 0.8], ["r2", 1, 0.6]]),
+                      run(1, "other", [["r1", 1, 0.9]])]}  # fmt: skip
+    lines, differ, total = rerun_compare.compare(reference, rerun)
+    assert (differ, total) == (1, 2)
+    assert "1 of 2 | 4.0e-01" in lines[2] and "0.500 -> 1.000" in lines[2]
+    assert "not in the reference from this A version" in lines[3]
