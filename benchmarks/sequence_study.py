@@ -19,7 +19,10 @@ scored once. Costs per task come from the runs: train seconds, trainable and fro
 parameters, bytes the version added, evaluation records per second.
 
 Results go to --results as each cell finishes (a cell already there is skipped: rerun the same
-command to resume); the report is benchmarks/sequence_report.py.
+command to resume). A cell keeps its finished tasks in its folder (`progress.json`): run again
+by the same code with the same settings, an interrupted cell goes on after the last of them
+(the cell records `resumed`; a task whose version was written before the stop keeps its
+training time, not its command's). The report is benchmarks/sequence_report.py.
 
     python benchmarks/sequence_study.py --methods lora sslora --seeds 0 1 2 \\
         --strategies none protect replay:0.1:50 joint
@@ -39,7 +42,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_run import _scores, adapter_sha256, run_env, strategy_overrides  # noqa: E402
+from study_run import (  # noqa: E402
+    _scores,
+    adapter_sha256,
+    code_version,
+    run_env,
+    strategy_overrides,
+)
 
 from medqwen_cli.data.synthetic.sequence import SEQUENCE  # noqa: E402
 
@@ -189,9 +198,12 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
     from medqwen_cli.training.run import continue_bundle, train_bundle
 
     cell_dir = out / f"{method}-seed{seed}" / strategy.replace(":", "_")
-    shutil.rmtree(cell_dir, ignore_errors=True)  # an unfinished cell starts over
-    cell_dir.mkdir(parents=True)
-    steps: list[dict] = []
+    t_start = time.perf_counter()
+    done = resume_point(cell_dir, args)
+    if done is None:  # nothing to resume: the cell starts over
+        shutil.rmtree(cell_dir, ignore_errors=True)
+        cell_dir.mkdir(parents=True)
+    steps: list[dict] = list(done["steps"]) if done else []
     if strategy == "joint":
         from medqwen_cli.init_experts import init_experts
         from medqwen_cli.recipe import load_recipe
@@ -209,19 +221,26 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
     first = first_task(args, method, seed, out)
     root = cell_dir / "bundle"
     first_sha = adapter_sha256(first, Bundle.open(first).head)
-    energy = richer_energy(strategy, first)
-    if energy is None:
-        shutil.copytree(first, root)
-    else:
-        record_first_at(args, method, seed, energy, root, first_sha)
-    bundle = Bundle.open(root)
-    head = bundle.head
-    timing = first.parent / "first-timing.json"  # the shared run's own times
-    timing = json.loads(timing.read_text()) if timing.is_file() else {}
-    first_scores = json.loads((first.parent / "first-scores.json").read_text())
-    steps.append({"task": TASKS[0], "version": head, **timing, "costs": version_costs(bundle, head),
-                  "scores": first_scores})  # fmt: skip
+    if done and done["first"] != first_sha:
+        raise RuntimeError(f"{cell_dir}: its first version is not the shared one; remove it")
+    if not steps:
+        energy = richer_energy(strategy, first)
+        if energy is None:
+            shutil.copytree(first, root)
+        else:
+            record_first_at(args, method, seed, energy, root, first_sha)
+        bundle = Bundle.open(root)
+        head = bundle.head
+        timing = first.parent / "first-timing.json"  # the shared run's own times
+        timing = json.loads(timing.read_text()) if timing.is_file() else {}
+        first_scores = json.loads((first.parent / "first-scores.json").read_text())
+        steps.append({"task": TASKS[0], "version": head, **timing,
+                      "costs": version_costs(bundle, head), "scores": first_scores})  # fmt: skip
+        save_progress(cell_dir, args, first_sha, steps, t_start, 0.0)
     for i, task in enumerate(TASKS[1:], start=1):
+        if i < len(steps):
+            continue  # finished before an interruption
+        ran_before = trained(Bundle.open(root), task)  # its version written, then stopped
         t0 = time.perf_counter()
         result = continue_bundle(root, task=task, overrides=sets_of(strategy), evaluate=False)
         command_seconds = round(time.perf_counter() - t0, 3)  # loading, training, bases, writing
@@ -232,12 +251,59 @@ def run_cell(args: argparse.Namespace, method: str, seed: int, strategy: str, ou
         bundle = Bundle.open(root)
         steps.append({
             "task": task, "version": result.version, "seconds": result.seconds,
-            "command_seconds": command_seconds,
+            **({} if ran_before else {"command_seconds": command_seconds}),  # else not measured
             "loss": result.final_loss, "continual": result.continual, "notes": result.notes,
             "costs": version_costs(bundle, result.version),
             "scores": scores(bundle, result.version, *schedule(i), cell_dir),
         })  # fmt: skip
-    return {"first": {"sha256": first_sha}, "steps": steps}
+        save_progress(cell_dir, args, first_sha, steps, t_start, done["seconds"] if done else 0.0)
+    cell = {"first": {"sha256": first_sha}, "steps": steps}
+    if done:
+        cell["resumed"] = {
+            "after_task": done["steps"][-1]["task"],
+            "earlier_seconds": done["seconds"],
+        }
+    return cell
+
+
+PROGRESS = "progress.json"  # a cell's finished tasks, so that an interrupted cell resumes
+
+
+def save_progress(cell_dir: Path, args: argparse.Namespace, first_sha: str, steps: list[dict],
+                  t_start: float, earlier: float) -> None:  # fmt: skip
+    """The tasks finished so far, with what must match for a later run to go on from them."""
+    state = {"code": code_version(), "settings": cell_settings(args), "first": first_sha,
+             "seconds": round(earlier + time.perf_counter() - t_start, 1), "steps": steps}  # fmt: skip
+    tmp = cell_dir / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, cell_dir / PROGRESS)
+
+
+def resume_point(cell_dir: Path, args: argparse.Namespace) -> dict | None:
+    """The finished tasks of an interrupted run of this cell, when the same code and settings
+    ran them and its bundle still holds their versions (else None: the cell starts over)."""
+    from medqwen_cli.bundle import Bundle
+
+    path = cell_dir / PROGRESS
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    if done["code"] != code_version() or done["settings"] != cell_settings(args):
+        return None
+    try:
+        versions = {v.id for v in Bundle.open(cell_dir / "bundle").manifest.versions}
+    except Exception:  # noqa: BLE001 - no readable bundle: nothing to go on from
+        return None
+    return done if {s["version"] for s in done["steps"]} <= versions else None
+
+
+def trained(bundle, task: str) -> bool:
+    """Whether the bundle's head version trained `task` (its run stopped after writing it)."""
+    return any(v.id == bundle.head and task in v.tasks for v in bundle.manifest.versions)
+
+
+def cell_settings(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "samples": args.samples, "base": args.base}
 
 
 def fingerprint(args: argparse.Namespace) -> str | None:
@@ -296,9 +362,10 @@ def main(argv: list[str] | None = None) -> None:
                           and c.get("seed") == seed and c.get("first")]  # fmt: skip
                 if first and any(c["first"]["sha256"] != first["sha256"] for c in paired):
                     raise RuntimeError(f"{key}: its first version differs from the paired cells'")
+                earlier = cell.get("resumed", {}).get("earlier_seconds", 0.0)
                 cell.update(method=method, seed=seed, strategy=strategy,
-                            settings={"steps": args.steps, "samples": args.samples, "base": args.base},
-                            env=run_env(fingerprint(args)), seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+                            settings=cell_settings(args), env=run_env(fingerprint(args)),
+                            seconds=round(earlier + time.perf_counter() - t0, 1))  # fmt: skip
                 save_cell(args.results, key, cell)
                 print(f"{key}: {cell['seconds']} s", file=sys.stderr)
 

@@ -115,3 +115,54 @@ def test_strategy_names_give_their_settings() -> None:
     for name in bad:
         with pytest.raises(ValueError):
             sets_of(name)
+
+
+def test_an_interrupted_cell_goes_on_after_its_last_finished_task(tmp_path: Path, monkeypatch):
+    """Stopped after seq-mammo's version was written, before it was scored: the same command
+    trains no task again (seq-mammo's run is found done) and the cell ends as one run would."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import sequence_study
+
+    from medqwen_cli.bundle import Bundle
+    from medqwen_cli.training import run
+
+    class Stop(Exception):  # the kill: anything that ends the process there
+        pass
+
+    real, calls, stops = run.continue_bundle, [], ["seq-mammo"]
+
+    def stopping(root, *, task, **kw):
+        calls.append(task)
+        result = real(root, task=task, **kw)
+        if task in stops:
+            stops.remove(task)
+            raise Stop
+        return result
+
+    monkeypatch.setattr(run, "continue_bundle", stopping)
+    results, out = tmp_path / "results.json", tmp_path / "out"
+    args = ["--quick", "--methods", "lora", "--strategies", "protect", "--out", str(out),
+            "--results", str(results)]  # fmt: skip
+    with pytest.raises(Stop):
+        sequence_study.main(args)
+    cell_dir = out / "lora-seed0" / "protect"
+    saved = json.loads((cell_dir / sequence_study.PROGRESS).read_text())
+    assert [s["task"] for s in saved["steps"]] == ["seq-cxr", "seq-ct", "seq-derm"]
+    assert not results.exists()
+    calls.clear()
+    sequence_study.main(args)
+    assert calls == ["seq-mammo", "seq-thyroid"]  # seq-mammo: found, not trained again
+    cell = json.loads(results.read_text())["cells"]["lora/0/protect"]
+    assert [s["task"] for s in cell["steps"]] == [t.removeprefix("builtin:") for t in SEQUENCE]
+    assert cell["steps"][:3] == saved["steps"]
+    assert cell["resumed"]["after_task"] == "seq-derm" and cell["seconds"] > saved["seconds"]
+    mammo = cell["steps"][3]
+    assert "command_seconds" not in mammo and mammo["seconds"] > 0  # training time kept
+    assert "command_seconds" in cell["steps"][4]
+    versions = [v.id for v in Bundle.open(cell_dir / "bundle").manifest.versions]
+    assert len(versions) == 6  # init, then one version per task: nothing trained twice
+    # another setting is another cell: it starts over instead of going on
+    assert sequence_study.resume_point(cell_dir, sequence_study.argparse.Namespace(
+        steps=3, samples=8, base="tiny-qwen2-vl")) is None  # fmt: skip
