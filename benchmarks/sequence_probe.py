@@ -79,5 +79,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{key}: {probe['acc']}", file=sys.stderr)
 
 
+def probe_table(path: Path | None) -> list[str]:
+    """sequence_probe.py's results: one task of a cell retrained otherwise, the seen tasks'
+    accuracy after it, beside the cell's own row (a part of sequence_report.py's report)."""
+    from sequence_report import table
+
+    if path is None or not path.is_file():
+        return []
+    rows = []
+    for key, probe in json.loads(path.read_text())["cells"].items():
+        cell = key.rsplit("/", 2)[0]
+        rows.append([cell, probe["task"], probe["label"],
+                     *(f"{probe['acc'].get(t, float('nan')):.2f}" if t in probe["acc"] else ""
+                       for t in TASKS)])  # fmt: skip
+    return ["## Probes (one task retrained from the cell's version before it)", "",
+            *table(["cell", "task", "trained with", *TASKS], rows), ""]  # fmt: skip
+
+
 if __name__ == "__main__":
     main()

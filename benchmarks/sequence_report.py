@@ -18,7 +18,8 @@ joint (the five mixed from the init, five times the steps) is the upper bound. T
 compare protect with joint seed by seed (the same seeds' init), and ACC's difference also with a
 bootstrap over records (every seed scores the same records: resampling them says how much the
 difference owes to which records were drawn). Replay cells run at several shares also get
-the smallest share that keeps every task (sequence_replay.py). Only cells with the same settings, preset
+the smallest share that keeps every task (sequence_replay.py). A protect cell is named with the
+energy it ran at (`protect` alone: the defaults of its code). Only cells with the same settings, preset
 fingerprint, CPU and torch are compared; the report names what it left out.
 
     python benchmarks/sequence_report.py [--results FILE] [--figure PNG]
@@ -36,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sequence_study import RESULTS, TASKS  # noqa: E402
 from study_stats import fmt_ci, t_interval  # noqa: E402
+
+PROBES = RESULTS.parent / "sequence-probes.json"  # sequence_probe.py's results
 
 EARLIER = TASKS[:-1]
 KEPT, LOST, LAST, ACC_GAP = 0.95, 0.05, 0.95, 0.03  # the targets of protect against joint
@@ -90,10 +93,20 @@ def comparable(results: dict) -> tuple[list[dict], list[str]]:
     return [c for c in cells if setting(c) == common], left
 
 
+def label(cell: dict) -> str:
+    """The cell's strategy with the protect energy it ran at: `protect` means the defaults of
+    the code that ran it, so `protect@lr=0.0006` at 0.99 shows as `protect:0.99@lr=0.0006`."""
+    name, at, rest = cell["strategy"].partition("@")
+    energy = {(s.get("continual") or {}).get("protect_energy") for s in cell["steps"][1:]} - {None}
+    parts = [f"protect:{next(iter(energy)):g}" if p == "protect" and len(energy) == 1 else p
+             for p in name.split("+")]  # fmt: skip
+    return "+".join(parts) + at + rest
+
+
 def groups_of(cells: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
-    for cell in sorted(cells, key=lambda c: (c["method"], c["strategy"], c["seed"])):
-        groups.setdefault((cell["method"], cell["strategy"]), []).append(cell)
+    for cell in sorted(cells, key=lambda c: (c["method"], label(c), c["seed"])):
+        groups.setdefault((cell["method"], label(cell)), []).append(cell)
     return groups
 
 
@@ -328,26 +341,9 @@ def protect_layers(groups: dict) -> list[str]:
     return table(head, rows) if rows else []
 
 
-PROBES = Path(__file__).resolve().parent / "results/sequence-probes.json"
-
-
-def probes(path: Path | None) -> list[str]:
-    """sequence_probe.py's results: one task of a cell retrained otherwise, the seen tasks'
-    accuracy after it, beside the cell's own row."""
-    if path is None or not path.is_file():
-        return []
-    rows = []
-    for key, probe in json.loads(path.read_text())["cells"].items():
-        cell = key.rsplit("/", 2)[0]
-        rows.append([cell, probe["task"], probe["label"],
-                     *(f"{probe['acc'].get(t, float('nan')):.2f}" if t in probe["acc"] else ""
-                       for t in TASKS)])  # fmt: skip
-    return ["## Probes (one task retrained from the cell's version before it)", "",
-            *table(["cell", "task", "trained with", *TASKS], rows), ""]  # fmt: skip
-
-
 def report(results: dict, probes_file: Path | None = PROBES) -> str:
-    from sequence_phrasing import lost_by_phrasing  # both import this module's measures
+    from sequence_phrasing import lost_by_phrasing  # these import this module's measures
+    from sequence_probe import probe_table
     from sequence_replay import replay_shares
 
     cells, left = comparable(results)
@@ -370,7 +366,7 @@ def report(results: dict, probes_file: Path | None = PROBES) -> str:
               *lost_by_phrasing(groups),
               "## Protected layers", "", *protect_layers(groups), "",
               *replay_shares(groups),
-              *probes(probes_file),
+              *probe_table(probes_file),
               "## Costs per task (seed mean)", "", *costs(groups)]  # fmt: skip
     return "\n".join(lines)
 

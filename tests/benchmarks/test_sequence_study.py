@@ -52,12 +52,12 @@ def test_quick_study_and_report(tmp_path: Path) -> None:
     summary = next(t for t in found if "BWT" in t[0])
     assert {(r["strategy"], r["seeds"]) for r in summary} == {
         ("none", "0"),
-        ("protect", "0"),
+        ("protect:0.99", "0"),  # named by the energy it ran at: the default's
         ("protect:0.999", "0"),
         ("joint", "0"),
     }
     (targets,) = [t for t in found if "measure" in t[0]]
-    assert {"protect (seeds 0)", "none (seeds 0)"} <= set(targets[0])
+    assert {"protect:0.99 (seeds 0)", "none (seeds 0)"} <= set(targets[0])
     assert targets[-1]["measure"].endswith("bootstrap over records")
     matrices = [t for t in found if "after" in t[0]]
     assert len(matrices) == 3 and all(len(m) == 5 for m in matrices)
@@ -166,3 +166,21 @@ def test_an_interrupted_cell_goes_on_after_its_last_finished_task(tmp_path: Path
     # another setting is another cell: it starts over instead of going on
     assert sequence_study.resume_point(cell_dir, sequence_study.argparse.Namespace(
         steps=3, samples=8, base="tiny-qwen2-vl")) is None  # fmt: skip
+
+
+def test_protect_cells_are_named_by_the_energy_they_ran_at() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from sequence_report import label
+
+    def cell(strategy: str, energy: float | None) -> dict:
+        later = {"continual": {} if energy is None else {"protect_energy": energy}}
+        return {"strategy": strategy, "steps": [{}, later, later]}
+
+    assert label(cell("protect", 0.99)) == "protect:0.99"
+    assert label(cell("protect", 0.999)) == "protect:0.999"  # another default, another name
+    assert label(cell("protect@lr=0.0006", 0.99)) == "protect:0.99@lr=0.0006"
+    assert label(cell("protect:0.999", 0.999)) == "protect:0.999"
+    assert label(cell("replay:0.1:50+protect", 0.97)) == "replay:0.1:50+protect:0.97"
+    assert label(cell("none", None)) == "none" and label(cell("protect", None)) == "protect"
