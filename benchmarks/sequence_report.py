@@ -250,9 +250,10 @@ def matrices(groups: dict) -> list[str]:
 
 
 def costs(groups: dict) -> list[str]:
-    """Per task, seed means: where a cell's time goes and what each task adds."""
+    """Per task, seed means: where a cell's time goes, what each task adds, and the training
+    loss of its last batch (how far its 50 steps got; one batch of 8, so noisy)."""
     head = ["method", "strategy", "task", "train s", "other s", "scoring s", "records/s",
-            "trained", "frozen", "bases MB", "adapter MB"]  # fmt: skip
+            "trained", "frozen", "bases MB", "adapter MB", "last batch loss"]  # fmt: skip
     rows = []
     for (method, strategy), group in groups.items():
         for i, step in enumerate(group[0]["steps"]):
@@ -275,7 +276,8 @@ def costs(groups: dict) -> list[str]:
                          mean(other), mean([s["scores"]["seconds"] for s in per]),
                          f"{statistics.mean(s['scores']['records_per_s'] for s in per):.1f}",
                          f"{trained / 1e6:.2f} M", f"{frozen / 1e6:.2f} M",
-                         f"{size('protect.safetensors'):.1f}", f"{size('adapter.safetensors'):.1f}"])  # fmt: skip
+                         f"{size('protect.safetensors'):.1f}", f"{size('adapter.safetensors'):.1f}",
+                         loss_of(per)])  # fmt: skip
     total = []
     for (method, strategy), group in groups.items():
         secs = [c["seconds"] for c in group]
@@ -283,6 +285,11 @@ def costs(groups: dict) -> list[str]:
                       f"{min(secs) / 60:.1f} - {max(secs) / 60:.1f}"])  # fmt: skip
     return [*table(head, rows), "", "Minutes per cell (the shared first task excluded):", "",
             *table(["method", "strategy", "seeds", "mean", "range"], total)]  # fmt: skip
+
+
+def loss_of(steps: list[dict]) -> str:
+    losses = [s["loss"] for s in steps if s.get("loss") is not None]
+    return f"{statistics.mean(losses):.3f}" if losses else "(shared)"
 
 
 def contradicting() -> dict[str, set[str]]:
