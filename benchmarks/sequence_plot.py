@@ -1,5 +1,6 @@
 """The sequence study's figure: each task's accuracy across the sequence, one panel per
-(method, strategy), joint's accuracy per task dotted (benchmarks/sequence_report.py --figure)."""
+(method, strategy), a row per strategy and a column per method so that it reads at page width;
+joint's accuracy per task dotted (benchmarks/sequence_report.py --figure)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sequence_study import TASKS
 
 def plot(results: dict, path: Path) -> None:
     """Each task's accuracy after each task of the sequence (seed mean), one panel per
-    (method, strategy); joint's accuracy per task dotted."""
+    (method, strategy): a row per strategy, a column per method; joint's per task dotted."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -21,12 +22,12 @@ def plot(results: dict, path: Path) -> None:
     panels = [k for k in groups if k[1] != "joint"]
     methods = sorted({m for m, _ in panels})
     names = sorted({s for _, s in panels})
-    fig = Figure(figsize=(4.2 * len(names), 3.4 * len(methods)), dpi=100)
+    fig = Figure(figsize=(4.6 * len(methods), 2.6 * len(names)), dpi=100)
     canvas = FigureCanvasAgg(fig)
-    axes = fig.subplots(len(methods), len(names), squeeze=False)
+    axes = fig.subplots(len(names), len(methods), squeeze=False, sharex=True)
     colors = ["C0", "C1", "C2", "C3", "C4"]
-    for row, method in enumerate(methods):
-        for col, name in enumerate(names):
+    for col, method in enumerate(methods):
+        for row, name in enumerate(names):
             ax = axes[row][col]
             group = groups.get((method, name), [])
             joint = groups.get((method, "joint"), [])
@@ -44,9 +45,10 @@ def plot(results: dict, path: Path) -> None:
             ax.set_ylim(0, 1.02)
             ax.set_xticks(range(1, len(TASKS) + 1))
             ax.set_xlim(0.7, len(TASKS) + 0.3)
-            ax.set_xlabel("after task", fontsize=8)
+            if row == len(names) - 1:
+                ax.set_xlabel("after task", fontsize=8)
             if col == 0:
-                ax.set_ylabel("accuracy (unseen phrasing)", fontsize=8)
+                ax.set_ylabel("accuracy (unseen)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
