@@ -1,8 +1,9 @@
 """Bytes a protected task adds to a bundle, at Qwen2-VL-2B shapes, against the base's size.
 
 A protected version stores (1) the directions of its task's layer inputs (protect.safetensors:
-n x k float16 numbers per layer input, k the task's new directions; float32 before, shown beside) and (2) its branch's tensors (the
-adapter file holds only what differs from the parent's). The k / n fractions come from a real
+n x k 8-bit codes and k float32 scales per layer input, k the task's new directions; float32 and
+float16 before, shown beside) and (2) its branch's tensors (the adapter file holds only what
+differs from the parent's). The k / n fractions come from a real
 protected bundle (`--bundle`, e.g. one made on nano-qwen2-vl), per kind of layer input and per
 task; they are applied to Qwen2-VL-2B's widths (28 layers; inputs 1536, and 8960 for down_proj)
 and compared with the base's size in bfloat16. The older layout, where every version stored the
@@ -100,26 +101,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows, accumulated, total_new, total_old, branches = [], 0.0, 0, 0, 0
     for t, frac in enumerate(tasks, 1):
-        new = sum(LAYERS * INPUT[k] * INPUT[k] * f for k, f in frac.items())  # floats
+        new = sum(LAYERS * INPUT[k] * INPUT[k] * f for k, f in frac.items())  # numbers
+        columns = sum(LAYERS * INPUT[k] * f for k, f in frac.items())  # one scale each
         accumulated += new
         branch = branch_bytes(args.rank, args.experts, True, tuple(args.exclude)) if t > 1 else 0
         branches += branch
-        per_task = new * 2 + branch  # directions stored in float16 (continual/bases.py)
+        bases = new + columns * 4  # 8-bit codes, a float32 scale per column (continual/bases.py)
+        per_task = bases + branch
         total_new += per_task
         total_old += accumulated * 4 + branches  # every version stored all again
         shown = ", ".join(f"{k} {f:.1%}" for k, f in sorted(frac.items()))
         rows.append(
             f"| {t} | {shown} | {new * 4 / 1e6:.0f} MB | {new * 2 / 1e6:.0f} MB | "
-            f"{branch / 1e6:.0f} MB | {per_task / BASE_BYTES:.1%} | "
-            f"{(new * 4 + branch) / BASE_BYTES:.1%} | {total_new / 1e9:.2f} GB | "
+            f"{bases / 1e6:.0f} MB | {branch / 1e6:.0f} MB | {per_task / BASE_BYTES:.1%} | "
+            f"{(new * 2 + branch) / BASE_BYTES:.1%} | {total_new / 1e9:.2f} GB | "
             f"{total_old / 1e9:.2f} GB |"
         )
     print(
-        "| task | new directions k/n (mean over layers) | bases fp32 | bases 16-bit | "
-        f"branch (sslora r{args.rank}, E{args.experts}) | task / base | with fp32 bases | "
+        "| task | new directions k/n (mean over layers) | bases fp32 | bases fp16 | bases 8-bit | "
+        f"branch (sslora r{args.rank}, E{args.experts}) | task / base | with fp16 bases | "
         "bundle now | older layout |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     sizes = [
         sum(f.stat().st_size for f in v.iterdir()) for v in sorted((bundle / "versions").iterdir())

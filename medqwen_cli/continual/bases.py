@@ -7,15 +7,17 @@ per task, the fewest of its own columns that, with the columns already chosen, h
 `continual.protect_energy` of it; when a layer has no room for that and a new branch,
 the columns worth most to some task (`choose_columns`).
 
-Directions are stored in float16 and defined by what is stored: the run that adds a task rounds
-its new directions to 16 bits, makes them orthonormal again and orthogonal to the earlier
-columns (`settle`), and measures the task's energies on those; a later run reads the same 16-bit
-numbers and settles them the same way. So the guarantee (outputs on the guarded span never
-move) holds for exactly the span a later run guards, and the energies recorded are that span's
-own; rounding only moves which span that is, by about 1e-3 (at the default 0.99 the energy
-held is the same to six digits: benchmarks/bases_precision.py). Where that would leave the settled span holding less than the
-energy asked (energy 1: the inputs' exact span), the group's directions stay float32, read as
-stored, as are the float32 files of medqwen before 16-bit storage.
+Directions are stored in 8 bits (codes and one float32 scale per column) and defined by what
+is stored: the run that adds a task rounds its new directions to 8 bits, makes them orthonormal
+again and orthogonal to the earlier columns (`settle`), and measures the task's energies on
+those; a later run reads the same codes and settles them the same way. So the guarantee
+(outputs on the guarded span never move) holds for exactly the span a later run guards, and the
+energies recorded are that span's own. Rounding moves which span that is, by about 1e-2, and
+can leave it holding slightly less than the energy asked (about 1e-4 less at 0.99:
+benchmarks/bases_precision.py); then the next direction is taken as well, and so on until the
+settled span holds it. Where no number of directions does (energy 1: the inputs' exact span),
+the group's directions stay float32, read as stored, as are the float32 files of medqwen before
+16-bit storage; the float16 files of medqwen before 8-bit storage are settled as they were.
 
 Storage grows linearly with tasks: a version's `protect.safetensors` holds only the tasks it
 added (tensors `<task index>:<group>:directions` and `...:energy`); the earlier tasks' columns
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 _SEP = ":"
-STORED_DTYPE = "float16"  # the directions' dtype in a file (a torch dtype once torch loads)
+SPARE = 1 / 16  # directions past the fewest that 8-bit rounding may need (and one more)
 
 
 @dataclass
@@ -51,7 +53,8 @@ class Bases:
     owner: dict[str, list[int]] = field(default_factory=dict)  # group -> task of each column
     energies: dict[str, list[Tensor | None]] = field(default_factory=dict)  # group -> per task
     origin: list[str | None] = field(default_factory=list)  # per task: version file holding it
-    stored: dict[tuple[int, str], Tensor] = field(default_factory=dict)  # this run's, float16
+    stored: dict[tuple[int, str], tuple[Tensor, Tensor | None]] = field(default_factory=dict)
+    # ^ this run's: (8-bit codes, their column scales), or (float32 directions, None)
     covered: dict[str, set[int]] = field(default_factory=dict)  # group -> tasks that recorded it
 
     def add(self, task: str, grams: dict[str, Tensor], energy: float, source: dict) -> dict:
@@ -60,10 +63,9 @@ class Bases:
         import torch
 
         from medqwen_cli.continual.subspace import (
+            candidate_directions,
             column_energies,
             energy_in,
-            new_directions,
-            settle,
         )
 
         index = len(self.tasks)
@@ -73,17 +75,16 @@ class Bases:
             if old is None:
                 old = gram.new_zeros(gram.shape[0], 0)
             inside[group] = energy_in(old, gram)
-            new = new_directions(old, gram, energy)
-            stored = new.to(getattr(torch, STORED_DTYPE)).contiguous()
-            cols = torch.cat([old, settle(old, stored)], dim=1)
-            asked = min(energy, energy_in(torch.cat([old, new], dim=1), gram))
-            if energy_in(cols, gram) < asked - 1e-12:  # rounding lost energy asked: float32
-                stored = new.float().contiguous()
-                cols = torch.cat([old, stored.double()], dim=1)
+            block, count = candidate_directions(old, gram, energy, SPARE)
+            stored, cols = _settled(old, gram, energy, block, count)
+            if stored is None:  # no 8-bit prefix holds the energy asked: float32
+                new = block[:, :count]
+                stored = (new.float().contiguous(), None)
+                cols = torch.cat([old, new.float().double()], dim=1)
             self.stored[(index, group)] = stored
             self.columns[group] = cols
             self.covered.setdefault(group, set()).add(index)
-            self.owner.setdefault(group, []).extend([index] * stored.shape[1])
+            self.owner.setdefault(group, []).extend([index] * stored[0].shape[1])
             per_task = self.energies.setdefault(group, [])
             per_task += [None] * (index - len(per_task))  # groups a legacy file lacked
             per_task.append(column_energies(cols, gram))
@@ -117,14 +118,17 @@ class Bases:
 
     def tensors(self, indices: list[int]) -> dict[str, Tensor]:
         """The file of a version that added tasks `indices` (this run's): directions as stored
-        (float16), energies float32."""
+        (8-bit codes with float32 column scales, or float32), energies float32."""
         out = {}
         for group in self.columns:
             for t in indices:
                 if (t, group) not in self.stored:  # the task recorded no basis for this input
                     continue
                 energy = self.energies[group][t]
-                out[f"{t}{_SEP}{group}{_SEP}directions"] = self.stored[(t, group)].contiguous()
+                directions, scale = self.stored[(t, group)]
+                out[f"{t}{_SEP}{group}{_SEP}directions"] = directions.contiguous()
+                if scale is not None:
+                    out[f"{t}{_SEP}{group}{_SEP}scale"] = scale.contiguous()
                 if energy is not None:
                     out[f"{t}{_SEP}{group}{_SEP}energy"] = energy.float().contiguous()
         return out
@@ -133,13 +137,32 @@ class Bases:
         return {g: [int(c.shape[0]), int(c.shape[1])] for g, c in self.columns.items()}
 
 
+def _settled(
+    old: Tensor, gram: Tensor, energy: float, block: Tensor, count: int
+) -> tuple[tuple[Tensor, Tensor | None] | None, Tensor]:
+    """((codes, scales), old and the settled new columns) for the fewest first columns of
+    `block` (at least `count`) whose settled 8-bit span, with `old`, holds the energy the exact
+    `count` columns ask; (None, old) when no prefix does."""
+    import torch
+
+    from medqwen_cli.continual.subspace import dequantize, energy_in, quantize, settle
+
+    asked = min(energy, energy_in(torch.cat([old, block[:, :count]], dim=1), gram))
+    for j in range(count, block.shape[1] + 1):
+        codes, scale = quantize(block[:, :j])
+        cols = torch.cat([old, settle(old, dequantize(codes, scale))], dim=1)
+        if energy_in(cols, gram) >= asked - 1e-12:
+            return (codes, scale), cols
+    return None, old
+
+
 def load_bases(bundle: Any, parent: str | None) -> tuple[Bases, dict[str, str]]:
     """The bases `parent`'s lineage stored, and the layer -> group map they were made with;
     empty when no version of the lineage stored any."""
     import torch
 
     from medqwen_cli.bundle import load_tensors
-    from medqwen_cli.continual.subspace import settle
+    from medqwen_cli.continual.subspace import dequantize, settle
 
     bases, groups = Bases(), {}
     chain = _chain(bundle, parent)
@@ -168,12 +191,14 @@ def load_bases(bundle: Any, parent: str | None) -> tuple[Bases, dict[str, str]]:
                     continue
                 bases.covered.setdefault(group, set()).add(t)
                 old = bases.columns.get(group, value.new_zeros(value.shape[0], 0).double())
-                # 16-bit: settled as the adding run did; float32 (older files): as stored
-                new = (
-                    settle(old, value)
-                    if value.dtype == getattr(torch, STORED_DTYPE)
-                    else value.double()
-                )
+                # 8 or 16 bits: settled as the adding run did; float32: as stored
+                if value.dtype == torch.int8:
+                    value = dequantize(value, stored[f"{t}{_SEP}{group}{_SEP}scale"])
+                    new = settle(old, value)
+                elif value.dtype == torch.float16:  # medqwen before 8-bit directions
+                    new = settle(old, value)
+                else:
+                    new = value.double()
                 bases.columns[group] = torch.cat([old, new], dim=1)
                 bases.owner.setdefault(group, []).extend([t] * value.shape[1])
                 energy = stored.get(f"{t}{_SEP}{group}{_SEP}energy")

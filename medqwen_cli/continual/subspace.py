@@ -17,6 +17,7 @@ basis of what is left, in which a protected branch's input side lives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -138,12 +139,22 @@ def new_directions(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
     """The fewest directions outside span(M) that bring the inputs of `gram` to `energy` of
     their total (see the module docstring): n x j, float64, orthonormal, orthogonal to M, in
     decreasing order of the energy they carry; j = 0 when M already holds enough."""
+    return candidate_directions(basis, gram, energy)[0]
+
+
+def candidate_directions(
+    basis: Tensor | None, gram: Tensor, energy: float, spare: float = 0.0
+) -> tuple[Tensor, int]:
+    """(block, count): `new_directions`' `count` columns (the fewest for `energy`), then, with
+    `spare` > 0, up to ceil(spare * count) + 1 next ones. Any first j columns of the block are
+    what the fewest-for-some-energy rule gives for j (Gram-Schmidt keeps prefixes), so a caller
+    may take more than `count` without another eigendecomposition."""
     n = gram.shape[0]
     m = gram.new_zeros(n, 0) if basis is None else basis.to(gram.dtype)
     total = float(torch.trace(gram))
     kept = energy_in(m, gram) * total
     if total <= 0 or kept >= energy * total or m.shape[1] >= n:
-        return gram.new_zeros(n, 0)
+        return gram.new_zeros(n, 0), 0
     rest = gram - m @ (m.t() @ gram)  # (I - P) C
     rest = rest - (rest @ m) @ m.t()  # (I - P) C (I - P)
     rest = (rest + rest.t()) / 2
@@ -155,20 +166,36 @@ def new_directions(basis: Tensor | None, gram: Tensor, energy: float) -> Tensor:
     need = energy * total - kept
     cumulative = torch.cumsum(values[:reached], 0)
     count = int(torch.searchsorted(cumulative, torch.tensor(need, dtype=values.dtype))) + 1
-    count = min(count, reached, n - m.shape[1])
-    new = vectors[:, :count]
+    room = min(reached, n - m.shape[1])
+    count = min(count, room)
+    extra = math.ceil(spare * count) + 1 if spare > 0 else 0
+    new = vectors[:, : min(count + extra, room)]
     for _ in range(2):  # orthogonal to M up to rounding: make it exact (twice is enough)
         new = new - m @ (m.t() @ new)
     q, _ = torch.linalg.qr(new)  # orthonormal among themselves, their order (and span) kept
-    return q
+    return q, count
+
+
+def quantize(directions: Tensor) -> tuple[Tensor, Tensor]:
+    """Directions (n x j) as 8-bit codes and one float32 scale per column: column c stands for
+    codes[:, c] * scale[c] (`dequantize`), every entry within scale[c] / 2 of it."""
+    scale = (directions.abs().amax(dim=0) / 127).float().clamp_min(torch.finfo(torch.float32).tiny)
+    codes = (directions / scale.double()).round().clamp(-127, 127).to(torch.int8)
+    return codes.contiguous(), scale.contiguous()
+
+
+def dequantize(codes: Tensor, scale: Tensor) -> Tensor:
+    """The float64 block 8-bit codes and their column scales stand for (exact: an int8 times a
+    float32 is a float64 without rounding, so every run gets the same numbers)."""
+    return codes.double() * scale.double()[None, :]
 
 
 def settle(basis: Tensor | None, stored: Tensor) -> Tensor:
-    """The orthonormal directions a stored 16-bit block stands for: its columns, in order, made
-    orthogonal to M (n x K, orthonormal) and to each other, float64. The run that adds a basis
-    and every later run that reads its file compute this from the same 16-bit numbers, so the
-    directions a later run guards are exactly those the adding run measured (module docstring
-    of continual/bases.py)."""
+    """The orthonormal directions a stored block (8-bit codes dequantized, or 16 bits) stands
+    for: its columns, in order, made orthogonal to M (n x K, orthonormal) and to each other,
+    float64. The run that adds a basis and every later run that reads its file compute this
+    from the same stored numbers, so the directions a later run guards are exactly those the
+    adding run measured (module docstring of continual/bases.py)."""
     new = stored.double().contiguous()  # one memory layout, so the rounding is the same
     if basis is not None and basis.shape[1]:
         m = basis.to(new.dtype).contiguous()

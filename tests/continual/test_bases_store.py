@@ -13,7 +13,14 @@ import torch
 from medqwen_cli._io import load_tensors, save_tensors
 from medqwen_cli.continual.bases import Bases, load_bases, save_bases
 from medqwen_cli.continual.record import CONTINUAL_FILE, PROTECT_FILE
-from medqwen_cli.continual.subspace import choose_columns
+from medqwen_cli.continual.subspace import (
+    choose_columns,
+    dequantize,
+    energy_in,
+    new_directions,
+    quantize,
+    settle,
+)
 
 N = 16
 
@@ -73,8 +80,8 @@ def test_per_task_files_round_trip(tmp_path: Path) -> None:
     (tmp_path / "v2" / CONTINUAL_FILE).write_text(json.dumps(record(["a", "b"], [1], files, sizes)))
     loaded, groups = load_bases(FakeBundle(tmp_path, ["v1", "v2"]), "v2")
     assert loaded.tasks == ["a", "b"] and groups == {"q": "q"}
-    # stored in 16 bits, and what a later run reads is exactly what the adding run measured
-    assert load_tensors(tmp_path / "v2" / PROTECT_FILE)["1:q:directions"].dtype == torch.float16
+    # stored in 8 bits, and what a later run reads is exactly what the adding run measured
+    assert load_tensors(tmp_path / "v2" / PROTECT_FILE)["1:q:directions"].dtype == torch.int8
     assert torch.equal(loaded.columns["q"], bases.columns["q"])
     cols = loaded.columns["q"]
     torch.testing.assert_close(cols.t() @ cols, torch.eye(cols.shape[1], dtype=cols.dtype))
@@ -89,13 +96,44 @@ def test_per_task_files_round_trip(tmp_path: Path) -> None:
     assert all(h >= 0.9 - 1e-9 for h in bases.cut(0.9, {"q": N})[1]["q"])
 
 
-def test_directions_stay_float32_where_16_bits_would_not_hold_the_energy_asked() -> None:
+def test_directions_stay_float32_where_8_bits_would_not_hold_the_energy_asked() -> None:
     bases = Bases()
     bases.add("a", {"q": gram(1)}, 1.0, {"source": "data"})  # the inputs' exact span
     bases.add("b", {"q": gram(2)}, 0.9, {"source": "data"})
-    assert bases.stored[(0, "q")].dtype == torch.float32
-    assert bases.stored[(1, "q")].dtype == torch.float16
+    assert bases.stored[(0, "q")][0].dtype == torch.float32 and bases.stored[(0, "q")][1] is None
+    assert bases.stored[(1, "q")][0].dtype == torch.int8
     assert bases.cut(1.0, {"q": N})[1]["q"][0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_settled_8_bit_span_short_of_the_energy_takes_the_next_direction() -> None:
+    """Rounding moves the span; where the fewest directions' settled span holds less than the
+    energy asked, the next direction is stored as well, until it holds it."""
+    n = 256
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4 * n, n, generator=g, dtype=torch.float64)
+    x = x / (1.0 + torch.arange(n, dtype=torch.float64) / 10) ** 2
+    c = x.t() @ x
+    fewest = new_directions(None, c, 0.999)
+    assert energy_in(fewest, c) >= 0.999
+    codes, scale = quantize(fewest)
+    assert energy_in(settle(None, dequantize(codes, scale)), c) < 0.999  # short: the case tested
+    bases = Bases()
+    bases.add("a", {"q": c}, 0.999, {"source": "data"})
+    codes, scale = bases.stored[(0, "q")]
+    assert codes.dtype == torch.int8 and codes.shape[1] == fewest.shape[1] + 1
+    assert energy_in(bases.columns["q"], c) >= 0.999
+    assert float(bases.energies["q"][0].sum()) == pytest.approx(energy_in(bases.columns["q"], c))
+
+
+def test_float16_directions_of_an_older_medqwen_are_settled_as_then(tmp_path: Path) -> None:
+    cols = torch.linalg.qr(torch.randn(N, 4, generator=torch.Generator().manual_seed(9)))[0]
+    half = cols.to(torch.float16)
+    (tmp_path / "v1").mkdir()
+    save_tensors(tmp_path / "v1" / PROTECT_FILE, {"0:q:directions": half})
+    (tmp_path / "v1" / CONTINUAL_FILE).write_text(json.dumps(record(["a"], [0], {}, {"q": [N, 4]})))
+    loaded, _ = load_bases(FakeBundle(tmp_path, ["v1"]), "v1")
+    assert torch.equal(loaded.columns["q"], settle(None, half))
+    assert loaded.energies["q"] == [None]
 
 
 def test_float32_directions_of_an_older_medqwen_read_as_stored(tmp_path: Path) -> None:
