@@ -49,7 +49,7 @@ def scratch_copy(cell: Path, task: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--cell", type=Path, required=True, help="a cell folder of the study")
-    parser.add_argument("--task", required=True, choices=TASKS[1:])
+    parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--label", required=True, help="the probe's name in the results")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("out/sequence-probes"))
